@@ -1,0 +1,62 @@
+#include "vd/error.h"
+
+#include <cstdio>
+#include <cstring>
+
+namespace vd {
+namespace {
+
+class Category final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "vd"; }
+  std::string message(int ev) const override {
+    switch (static_cast<Errc>(ev)) {
+      case Errc::corrupt: return "image is corrupt";
+      case Errc::not_supported: return "not supported";
+      case Errc::io: return "I/O error";
+      case Errc::read_only: return "image is read-only";
+      case Errc::not_allocated: return "range not allocated in this image";
+      case Errc::invalid_argument: return "invalid argument";
+      case Errc::not_found: return "not found";
+      case Errc::wrong_format: return "wrong image format";
+      case Errc::wrong_passphrase: return "wrong passphrase";
+      case Errc::too_large: return "too large";
+      case Errc::out_of_range: return "out of range";
+      case Errc::permission: return "operation not permitted";
+      case Errc::busy: return "busy";
+      case Errc::canceled: return "canceled";
+      case Errc::exists: return "already exists";
+      case Errc::no_space: return "no space left";
+      case Errc::internal: return "internal error";
+    }
+    return "unknown vd error " + std::to_string(ev);
+  }
+};
+
+}  // namespace
+
+const std::error_category& vd_category() noexcept {
+  static const Category c;
+  return c;
+}
+
+std::error_code make_error_code(Errc e) noexcept { return {static_cast<int>(e), vd_category()}; }
+
+Error Error::from_errno(int err, const std::string& what) {
+  Errc kind = Errc::io;
+  if (err == ENOENT) kind = Errc::not_found;
+  else if (err == EEXIST) kind = Errc::exists;
+  else if (err == ENOSPC) kind = Errc::no_space;
+  else if (err == EROFS || err == EACCES || err == EPERM) kind = Errc::permission;
+  else if (err == EFBIG) kind = Errc::too_large;
+  else if (err == EINVAL) kind = Errc::invalid_argument;
+  return Error(kind, what + ": " + std::strerror(err));
+}
+
+std::string hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace vd

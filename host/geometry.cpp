@@ -1,0 +1,25 @@
+// Default CHS geometries for images that store none (VirtualBox's VD layer does the same).
+#include <algorithm>
+
+#include "vd/backend.h"
+
+namespace vd {
+
+Geometry derive_pchs(uint64_t size) {
+  uint64_t cyl = size / 512 / 16 / 63;
+  return Geometry{static_cast<uint32_t>(std::clamp<uint64_t>(cyl, 1, 16383)), 16, 63};
+}
+
+Geometry derive_lchs(uint64_t size) {
+  // BIOS translation: grow the head count until the cylinders fit in 1024.
+  const uint64_t sectors = size / 512;
+  uint32_t heads = 16;
+  for (uint32_t h : {16u, 32u, 64u, 128u, 255u}) {
+    heads = h;
+    if (sectors / (uint64_t{h} * 63) <= 1024) break;
+  }
+  uint64_t cyl = sectors / (uint64_t{heads} * 63);
+  return Geometry{static_cast<uint32_t>(std::clamp<uint64_t>(cyl, 1, 1024)), heads, 63};
+}
+
+}  // namespace vd

@@ -1,0 +1,76 @@
+// The I/O seam. A backend never touches a file directly: every byte it reads or writes
+// goes through a `File` obtained from the `IoProvider` the host hands it. Tests replace
+// the provider with an in-memory one or a GoogleMock; a VM monitor may plug in a network
+// block device or an object store.
+//
+// Threading model: an image and its files belong to one executor (one thread, or one
+// strand). Asynchronous operations start on that executor and their completions are
+// posted back to it, never run inline from the submitting call. Synchronous operations
+// run on the calling thread and block it (used for open, create and small metadata).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "vd/error.h"
+
+namespace vd {
+
+// What a request carries; lets a provider treat metadata differently (cache it, order it)
+// and lets tests fail exactly "the L2 table write".
+enum class IoKind : uint8_t { data, meta };
+
+using Completion = std::function<void(Error)>;
+
+// File open modes for IoProvider::open.
+enum FileMode : unsigned {
+  file_read = 1u << 0,
+  file_write = 1u << 1,
+  file_create = 1u << 2,     // create if missing
+  file_exclusive = 1u << 3,  // with file_create: fail if it exists
+  file_truncate = 1u << 4,   // with file_create: truncate an existing file
+};
+
+class File {
+ public:
+  virtual ~File() = default;
+
+  virtual const std::string& path() const = 0;
+  virtual Result<uint64_t> size() = 0;
+  virtual Error set_size(uint64_t size) = 0;
+
+  // Synchronous I/O. Reads past the end of the file fill the buffer with zeros.
+  virtual Error read(IoKind kind, uint64_t offset, std::span<std::byte> buf) = 0;
+  virtual Error write(IoKind kind, uint64_t offset, std::span<const std::byte> buf) = 0;
+  // Returns once everything written before it is durable.
+  virtual Error flush() = 0;
+
+  // Asynchronous I/O: the buffer must stay valid until the completion runs. The completion
+  // is posted to the file's executor exactly once, also on failure.
+  virtual void async_read(IoKind kind, uint64_t offset, std::span<std::byte> buf,
+                          Completion done) = 0;
+  virtual void async_write(IoKind kind, uint64_t offset, std::span<const std::byte> buf,
+                           Completion done) = 0;
+  virtual void async_flush(Completion done) = 0;
+
+  // Deallocates the range so it reads as zeros (punch a hole). Providers that cannot
+  // write zeros instead.
+  virtual Error discard(uint64_t offset, uint64_t length) = 0;
+  // Reserves space for the range so later writes cannot fail for lack of space
+  // (preallocation=full). The range reads as zeros if it was not written before.
+  virtual Error allocate(uint64_t offset, uint64_t length) = 0;
+};
+
+class IoProvider {
+ public:
+  virtual ~IoProvider() = default;
+  virtual Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) = 0;
+  virtual Error remove(const std::string& path) = 0;
+  virtual bool exists(const std::string& path) = 0;
+};
+
+}  // namespace vd

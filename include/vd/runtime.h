@@ -1,0 +1,76 @@
+// The host's I/O runtime on Boost.Asio: one io_context on which images run and completions
+// land, and a thread pool that does the blocking file I/O (preadv/pwritev/fdatasync), so
+// many requests are in flight at once. Synchronous callers (vdimg) use `wait`.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "vd/backend.h"
+#include "vd/error.h"
+#include "vd/io.h"
+
+namespace vd {
+
+// Real files. Blocking calls run on `pool`; completions are posted to `completions`.
+class PosixIoProvider : public IoProvider {
+ public:
+  PosixIoProvider(boost::asio::any_io_executor completions, boost::asio::thread_pool& pool);
+  Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override;
+  Error remove(const std::string& path) override;
+  bool exists(const std::string& path) override;
+
+ private:
+  boost::asio::any_io_executor ex_;
+  boost::asio::thread_pool& pool_;
+};
+
+// Files in memory, for tests and fuzzing. Async completions are posted to `completions`.
+class MemIoProvider : public IoProvider {
+ public:
+  explicit MemIoProvider(boost::asio::any_io_executor completions);
+  Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override;
+  Error remove(const std::string& path) override;
+  bool exists(const std::string& path) override;
+  // The bytes of a file (created empty if missing); shared with every open File of it.
+  std::shared_ptr<std::vector<std::byte>> contents(const std::string& path);
+
+ private:
+  boost::asio::any_io_executor ex_;
+  std::unordered_map<std::string, std::shared_ptr<std::vector<std::byte>>> files_;
+};
+
+class Runtime {
+ public:
+  // io_threads = 0 picks a default from the hardware.
+  explicit Runtime(unsigned io_threads = 0);
+  ~Runtime();
+
+  boost::asio::io_context& context() { return ctx_; }
+  boost::asio::any_io_executor executor() { return ctx_.get_executor(); }
+  IoProvider& files() { return *files_; }
+
+  // Starts an asynchronous operation and runs the io_context on this thread until the
+  // operation's completion has run. Returns its error.
+  Error wait(const std::function<void(Completion)>& start);
+
+ private:
+  boost::asio::io_context ctx_;
+  boost::asio::thread_pool pool_;
+  std::unique_ptr<IoProvider> files_;
+};
+
+// Synchronous helpers over one Image (whole request, looping over partial results). Ranges
+// the image does not hold read as zeros; use a Disk to read through a chain.
+Error sync_image_read(Runtime& rt, Image& img, uint64_t offset, std::span<std::byte> buf);
+Error sync_image_write(Runtime& rt, Image& img, uint64_t offset, std::span<const std::byte> buf,
+                       unsigned flags = 0);
+
+}  // namespace vd

@@ -1,0 +1,66 @@
+// Helpers shared by every test binary: scratch folders, running commands (vdimg, qemu-img,
+// qemu-io), reading and poking files.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace vdtest {
+
+// A fresh folder under $TMPDIR, removed with everything in it when destroyed.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct CmdResult {
+  int exit_code = -1;  // -1 if it did not exit normally
+  std::string out;
+  std::string err;
+};
+
+// Runs argv[0] (searched in PATH) with the arguments, capturing stdout and stderr.
+CmdResult run(const std::vector<std::string>& argv);
+// Runs a shell command line; fails the current test if it exits non-zero.
+std::string sh(const std::string& command_line);
+
+std::string vdimg_path();      // the vdimg built with this tree
+std::string data_dir();        // tests/data
+std::string plugin_path();     // the test plugin shared object
+bool have_qemu();              // qemu-img and qemu-io are on PATH
+
+std::vector<std::byte> read_file(const std::string& path);
+void write_file(const std::string& path, const std::vector<std::byte>& bytes);
+uint64_t file_size(const std::string& path);
+std::string sha256_file(const std::string& path);
+
+// Big-endian pokes at a byte offset of a file (corruption fixtures).
+void poke_u8(const std::string& path, uint64_t offset, uint8_t v);
+void poke_be16(const std::string& path, uint64_t offset, uint16_t v);
+void poke_be32(const std::string& path, uint64_t offset, uint32_t v);
+void poke_be64(const std::string& path, uint64_t offset, uint64_t v);
+void poke_bytes(const std::string& path, uint64_t offset, const std::string& bytes);
+uint64_t peek_be64(const std::string& path, uint64_t offset);
+uint32_t peek_be32(const std::string& path, uint64_t offset);
+
+// A deterministic pseudo-random byte pattern (for payloads).
+std::vector<std::byte> pattern(size_t length, uint32_t seed);
+
+}  // namespace vdtest
+
+// Skips the current test when qemu-img/qemu-io are missing (they are installed by the
+// README's commands; a developer box may lack them).
+#define VD_REQUIRE_QEMU()                                        \
+  do {                                                           \
+    if (!::vdtest::have_qemu()) GTEST_SKIP() << "qemu-utils missing"; \
+  } while (0)
