@@ -42,6 +42,8 @@ class File {
   virtual const std::string& path() const = 0;
   virtual Result<uint64_t> size() = 0;
   virtual Error set_size(uint64_t size) = 0;
+  // Bytes the file really occupies on its storage (holes excluded), for `info`'s disk size.
+  virtual Result<uint64_t> allocated_size() { return size(); }
 
   // Synchronous I/O. Reads past the end of the file fill the buffer with zeros.
   virtual Error read(IoKind kind, uint64_t offset, std::span<std::byte> buf) = 0;
