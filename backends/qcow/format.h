@@ -114,6 +114,9 @@ struct Header {
   uint64_t crypto_header_length = 0;
   bool has_bitmaps_extension = false;
   std::vector<RawExtension> unknown_extensions;
+  // v3: bytes of the fixed header past the 112 that QEMU knows (header_length > 112),
+  // kept so a header rewrite preserves them as QEMU does.
+  std::vector<std::byte> unknown_header_fields;
 
   // Derived.
   uint64_t cluster_size() const { return 1ull << cluster_bits; }

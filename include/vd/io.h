@@ -73,6 +73,10 @@ class IoProvider {
   virtual Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) = 0;
   virtual Error remove(const std::string& path) = 0;
   virtual bool exists(const std::string& path) = 0;
+  // Runs `fn` later on the executor that receives this provider's completions. Backends use
+  // it to complete a request that needed no I/O without running the completion inline.
+  // (The default runs inline; every real provider overrides it.)
+  virtual void post(std::function<void()> fn) { fn(); }
 };
 
 }  // namespace vd

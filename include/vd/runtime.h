@@ -26,6 +26,7 @@ class PosixIoProvider : public IoProvider {
   Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override;
   Error remove(const std::string& path) override;
   bool exists(const std::string& path) override;
+  void post(std::function<void()> fn) override;
 
  private:
   boost::asio::any_io_executor ex_;
@@ -39,6 +40,7 @@ class MemIoProvider : public IoProvider {
   Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override;
   Error remove(const std::string& path) override;
   bool exists(const std::string& path) override;
+  void post(std::function<void()> fn) override;
   // The bytes of a file (created empty if missing); shared with every open File of it.
   std::shared_ptr<std::vector<std::byte>> contents(const std::string& path);
 

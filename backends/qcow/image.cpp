@@ -1,0 +1,121 @@
+// QcowImage: properties, descriptive information, and the calls of the write side.
+#include "backends/qcow/flush_request.h"
+#include "backends/qcow/image.h"
+
+namespace vd::qcow {
+
+Result<uint64_t> QcowImage::file_size() {
+  auto a = file_->allocated_size();
+  if (!a || !data_file_) return a;
+  auto b = data_file_->allocated_size();
+  if (!b) return b;
+  return *a + *b;
+}
+
+Error QcowImage::set_pchs(const Geometry& g) {
+  if (g.heads > 16 || g.sectors > 63) return Error(Errc::invalid_argument, "invalid physical geometry");
+  pchs_ = g;  // QCOW stores no geometry: kept for this session, as VirtualBox does
+  return {};
+}
+
+Error QcowImage::set_lchs(const Geometry& g) {
+  if (g.heads > 255 || g.sectors > 63) return Error(Errc::invalid_argument, "invalid logical geometry");
+  lchs_ = g;
+  return {};
+}
+
+Error QcowImage::set_parent(const std::optional<std::string>&, const std::optional<std::string>&) {
+  return refuse_write("changing the backing file");
+}
+
+// Growing: the new size is recorded, and a larger L1 table is allocated and written when the
+// old one cannot map it. Shrinking would have to free clusters: refused for now.
+Error QcowImage::resize(uint64_t new_size) {
+  if (Error e = refuse_write("resize")) return e;
+  if (hdr_.version == 1)
+    return Error(Errc::not_supported, "'" + path_ + "': QCOW version 1 images cannot be resized");
+  if (new_size < size_)
+    return Error(Errc::not_supported, "'" + path_ + "': shrinking QCOW2 images is not supported");
+  if (writes_active_ || flushing_)
+    return Error(Errc::busy, "'" + path_ + "': resize while requests are in flight");
+  const uint64_t cs = layout_.cluster_size();
+  const uint64_t needed = (new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage();
+  if (needed * 8 > kMaxL1Bytes) return Error(Errc::too_large, "'" + path_ + "': Image is too big");
+  if (needed > l1_.size()) {
+    const uint64_t clusters = (needed * 8 + cs - 1) / cs;
+    auto at = allocate_clusters(clusters);
+    if (!at) return at.error();
+    // The new table is written whole before the header points at it (write_l1 step).
+    refs_->release_later(hdr_.l1_table_offset, (uint64_t{hdr_.l1_size} * 8 + cs - 1) / cs * cs);
+    l1_.resize(needed, 0);
+    for (uint64_t i = 0; i < needed; ++i) l1_dirty_.insert(i);
+    hdr_.l1_table_offset = *at;
+    hdr_.l1_size = static_cast<uint32_t>(needed);
+    if (Error e = file_->set_size(std::max<uint64_t>(file_end_, *at + clusters * cs))) return e;
+  }
+  hdr_.size = new_size;
+  size_ = new_size;
+  header_dirty_ = true;
+  compute_limits();
+  return FlushRequest::run_sync(*this);
+}
+
+Result<CheckReport> QcowImage::check(RepairMode) {
+  return Error(Errc::not_supported, "'" + path_ + "': checking QCOW images is not implemented yet");
+}
+
+std::vector<InfoField> QcowImage::format_info() const {
+  std::vector<InfoField> f;
+  if (hdr_.version == 1) return f;
+  const bool v3 = hdr_.version >= 3;
+  f.push_back({"compat", std::string(v3 ? "1.1" : "0.10")});
+  f.push_back({"compression-type",
+               std::string(hdr_.compression_type == kCompressionZstd ? "zstd" : "zlib")});
+  if (v3) f.push_back({"lazy-refcounts", bool(hdr_.compatible_features & kCompatLazyRefcounts)});
+  f.push_back({"refcount-bits", uint64_t{1} << hdr_.refcount_order});
+  if (hdr_.data_file) {
+    f.push_back({"data-file", *hdr_.data_file});
+    f.push_back({"data-file-raw", bool(hdr_.autoclear_features & kAutoclearDataFileRaw)});
+  }
+  if (hdr_.crypt_method == kCryptLuks) f.push_back({"encrypt.format", std::string("luks")});
+  if (hdr_.crypt_method == kCryptAes) f.push_back({"encrypt.format", std::string("aes")});
+  if (v3) {
+    f.push_back({"corrupt", bool(hdr_.incompatible_features & kIncompatCorrupt)});
+    f.push_back({"extended-l2", hdr_.extended_l2()});
+  }
+  return f;
+}
+
+std::vector<SnapshotInfo> QcowImage::snapshots() const {
+  std::vector<SnapshotInfo> out;
+  for (const auto& s : snapshots_) {
+    SnapshotInfo i;
+    i.id = s.id;
+    i.name = s.name;
+    i.vm_state_size = s.vm_state_size;
+    i.disk_size = s.disk_size.value_or(hdr_.size);
+    i.date_sec = s.date_sec;
+    i.date_nsec = s.date_nsec;
+    i.vm_clock_nsec = s.vm_clock_nsec;
+    i.icount = s.icount;
+    out.push_back(std::move(i));
+  }
+  return out;
+}
+
+Error QcowImage::close(bool remove) {
+  if (closed_) return {};
+  closed_ = true;
+  Error first;
+  if (!(flags_ & open_read_only)) first = FlushRequest::run_sync(*this);
+  cache_.clear();
+  data_file_.reset();
+  file_.reset();
+  if (remove) {
+    Error e = io_.remove(path_);
+    if (!first) first = e;
+  }
+  return first;
+}
+
+}  // namespace vd::qcow

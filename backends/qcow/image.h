@@ -1,0 +1,197 @@
+// One open QCOW image (v1, v2 or v3). Split by operation:
+//   image_open.cpp     open: header, data file, encryption, snapshots, L1, refcounts
+//   image_lookup.cpp   guest offset -> run, loading L2 tables (joined when already in flight)
+//   image_read.cpp     read and block_status
+//   image_write.cpp    write entry points, the write gate, in-flight clusters, table updates
+//   write_request.cpp  one guest write: in-place runs and cluster allocations
+//   cluster_alloc.cpp  the cluster-allocation state machine
+//   zero_discard.cpp   write_zeroes and discard
+//   flush_request.cpp  write-back of metadata in crash-safe order
+//   image.cpp          properties and descriptive information
+//
+// Metadata is write-back: allocations change the L1/L2 tables and refcounts in memory, and
+// the flush writes them in the order of the crash invariants (flush_request.h). Writes are
+// gated while a flush runs, so a table is never changed while it is being written.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "backends/qcow/crypto.h"
+#include "backends/qcow/format.h"
+#include "backends/qcow/l2_cache.h"
+#include "backends/qcow/mapping.h"
+#include "backends/qcow/refcount.h"
+#include "vd/backend.h"
+
+namespace vd::qcow {
+
+class QcowImage final : public Image {
+ public:
+  static Result<std::unique_ptr<Image>> open(const Backend& backend, const std::string& path,
+                                             const OpenOptions& opts, IoProvider& io);
+  ~QcowImage() override;
+
+  const Backend& backend() const override { return backend_; }
+  const std::string& path() const override { return path_; }
+  unsigned open_flags() const override { return flags_; }
+  unsigned version() const override { return hdr_.version; }
+  uint64_t size() const override { return size_; }
+  Result<uint64_t> file_size() override;
+  uint32_t cluster_size() const override { return static_cast<uint32_t>(layout_.cluster_size()); }
+
+  void read(uint64_t offset, std::span<std::byte> buf, ReadHandler done) override;
+  void write(uint64_t offset, std::span<const std::byte> buf, unsigned flags,
+             Completion done) override;
+  void write_zeroes(uint64_t offset, uint64_t length, unsigned flags, Completion done) override;
+  void discard(uint64_t offset, uint64_t length, Completion done) override;
+  void flush(Completion done) override;
+  void block_status(uint64_t offset, uint64_t length, ExtentHandler done) override;
+  void set_parent_reader(std::shared_ptr<ParentReader> parent) override { parent_ = std::move(parent); }
+
+  Geometry pchs() const override { return pchs_.is_set() ? pchs_ : derive_pchs(size_); }
+  Error set_pchs(const Geometry& g) override;
+  Geometry lchs() const override { return lchs_.is_set() ? lchs_ : derive_lchs(size_); }
+  Error set_lchs(const Geometry& g) override;
+
+  std::optional<std::string> parent_filename() const override { return hdr_.backing_file; }
+  std::optional<std::string> parent_format() const override { return hdr_.backing_format; }
+  Error set_parent(const std::optional<std::string>& filename,
+                   const std::optional<std::string>& format) override;
+  Error resize(uint64_t new_size) override;
+
+  std::vector<InfoField> format_info() const override;
+  bool encrypted() const override { return hdr_.crypt_method != kCryptNone; }
+  std::vector<SnapshotInfo> snapshots() const override;
+  Result<CheckReport> check(RepairMode repair) override;
+  Error close(bool remove) override;
+
+  const Header& header() const { return hdr_; }
+  const Layout& layout() const { return layout_; }
+
+  // ---- For the request classes (write_request, cluster_alloc, zero_discard, flush) ----
+  using RunHandler = std::function<void(Error, Run)>;
+  using L2Handler = std::function<void(Error, L2Ptr)>;
+  void lookup(uint64_t guest, uint64_t max_len, RunHandler done);
+  void get_l2(uint64_t l1_index, uint64_t l2_offset, L2Handler done);
+  IoProvider& io() { return io_; }
+  File& file() { return *file_; }
+  File& data_file() { return *data_; }
+  Refcounts* refcounts() { return refs_.get(); }
+  bool has_parent() const { return parent_ != nullptr; }
+  ParentReader* parent() { return parent_.get(); }
+  const SectorCipher* cipher() const { return cipher_.get(); }
+  std::vector<uint64_t>& l1() { return l1_; }
+
+  // Reads [offset, offset + buf.size()) as the guest sees it through this image and its
+  // parent (zeros where neither has data). Used to fill partial clusters.
+  void read_through(uint64_t offset, std::span<std::byte> buf, Completion done);
+  Error encrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf) const;
+
+  // Clusters being allocated, by guest cluster index: a second writer waits for the first.
+  bool cluster_busy(uint64_t guest_cluster) const { return busy_.count(guest_cluster) != 0; }
+  void wait_cluster(uint64_t guest_cluster, std::function<void()> retry);
+  void mark_busy(uint64_t first_cluster, uint64_t count);
+  void clear_busy(uint64_t first_cluster, uint64_t count);
+
+  // The L2 table at `l2_offset` (already loaded), made writable and marked dirty.
+  L2Table& l2_for_update(uint64_t l2_offset);
+  void mark_l1_dirty(uint64_t index) { l1_dirty_.insert(index); }
+  void mark_header_dirty() { header_dirty_ = true; }
+  // Host space for data clusters: v2/v3 through the refcounts; v1 appended at the end.
+  Result<uint64_t> allocate_clusters(uint64_t count);
+  void rollback_clusters(uint64_t host, uint64_t count);
+  // Drops the reference an L2 entry held (after the flush wrote the tables without it).
+  void release_entry(uint64_t entry, uint64_t bitmap);
+  // Makes the L1 entry `l1_index` point at a writable (COPIED) L2 table, allocating a new
+  // one or copying a shared one. Completes with the table's offset.
+  void prepare_l2(uint64_t l1_index, std::function<void(Error, uint64_t)> done);
+
+  // The write gate: writes run between flushes; a flush waits for them to drain.
+  void begin_write(std::function<void()> start);
+  void end_write();
+  void flush_finished(Error e);
+  Error write_metadata_header();
+  Error check_allocation(uint64_t host, uint64_t length);
+  // Compressed data goes to byte-granular space shared by several compressed clusters.
+  Result<uint64_t> allocate_bytes(uint64_t length);
+  void forget_packing() { zbytes_next_ = 0; }
+  void grew_to(uint64_t end);
+
+  friend class FlushRequest;
+
+ private:
+  QcowImage(const Backend& backend, std::string path, unsigned flags, IoProvider& io);
+
+  // image_open.cpp
+  Error load(const OpenOptions& opts);
+  Error open_data_file();
+  Error open_encryption(const OpenOptions& opts);
+  Error open_for_writing();
+  Error load_l1(uint64_t offset, uint32_t entries, const char* what);
+  Error select_snapshot(const std::string& name);
+  void compute_limits();
+
+  // image_lookup.cpp
+  void finish_l2_load(uint64_t l2_offset, Error e, L2Ptr table);
+
+  // image_read.cpp
+  void read_data(const Run& run, uint64_t guest, std::span<std::byte> buf, ReadHandler done);
+  void read_compressed(const Run& run, uint64_t guest, std::span<std::byte> buf, ReadHandler done);
+  Error decrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf) const;
+
+  Error refuse_write(const char* op) const;
+
+  const Backend& backend_;
+  std::string path_;
+  unsigned flags_;
+  IoProvider& io_;
+  std::unique_ptr<File> file_;
+  std::unique_ptr<File> data_file_;  // external data file, if any
+  File* data_ = nullptr;             // where data clusters live
+
+  Header hdr_;
+  Layout layout_;
+  uint64_t size_ = 0;
+  uint64_t file_end_ = 0;  // size of the image file when last looked at
+  std::vector<uint64_t> l1_;
+  std::vector<Snapshot> snapshots_;
+  HostLimits limits_;
+  std::unique_ptr<SectorCipher> cipher_;
+
+  L2Cache cache_;
+  std::unordered_map<uint64_t, std::vector<L2Handler>> l2_loads_;  // in flight, by offset
+
+  // The last decompressed cluster (sequential partial reads of compressed images).
+  uint64_t zcache_host_ = UINT64_MAX;
+  std::shared_ptr<std::vector<std::byte>> zcache_;
+
+  // Write-back state.
+  std::unique_ptr<Refcounts> refs_;
+  std::map<uint64_t, std::shared_ptr<L2Table>> dirty_l2_;  // by offset; pinned until flushed
+  std::set<uint64_t> l1_dirty_;
+  bool header_dirty_ = false;
+  std::unordered_map<uint64_t, std::vector<std::function<void()>>> busy_;
+  unsigned writes_active_ = 0;
+  bool flushing_ = false;
+  std::deque<std::function<void()>> gated_;   // writes waiting for a flush to finish
+  std::vector<Completion> flush_waiters_;     // flushes waiting for writes to drain
+  uint64_t v1_end_ = 0;                       // QCOW v1: next free host offset
+  uint64_t zbytes_next_ = 0;                  // next free byte for compressed data (0: none)
+  // L1 entries whose L2 table is being copied from a snapshot's: later writers wait.
+  std::unordered_map<uint64_t, std::vector<std::function<void()>>> l1_busy_;
+
+  Geometry pchs_, lchs_;
+  std::shared_ptr<ParentReader> parent_;
+  bool closed_ = false;
+};
+
+}  // namespace vd::qcow

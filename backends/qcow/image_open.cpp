@@ -1,0 +1,171 @@
+// Opening a QCOW image: every header field and table location is validated (header.cpp)
+// before it is used, and nothing is sized from an unchecked field.
+#include <filesystem>
+
+#include "backends/qcow/header.h"
+#include "backends/qcow/image.h"
+#include "backends/qcow/luks.h"
+#include "backends/qcow/snapshot_table.h"
+
+namespace vd::qcow {
+
+QcowImage::QcowImage(const Backend& backend, std::string path, unsigned flags, IoProvider& io)
+    : backend_(backend), path_(std::move(path)), flags_(flags), io_(io), cache_(32ull << 20) {}
+
+QcowImage::~QcowImage() = default;
+
+Result<std::unique_ptr<Image>> QcowImage::open(const Backend& backend, const std::string& path,
+                                               const OpenOptions& opts, IoProvider& io) {
+  unsigned flags = opts.flags;
+  if (opts.snapshot) flags |= open_read_only;  // a snapshot is a read-only view
+  std::unique_ptr<QcowImage> img(new QcowImage(backend, path, flags, io));
+  img->cache_ = L2Cache(opts.cache_bytes);
+  if (Error e = img->load(opts)) return e;
+  return std::unique_ptr<Image>(std::move(img));
+}
+
+Error QcowImage::load(const OpenOptions& opts) {
+  const bool ro = flags_ & open_read_only;
+  auto f = io_.open(path_, ro ? file_read : (file_read | file_write));
+  if (!f) return f.error();
+  file_ = std::move(*f);
+  data_ = file_.get();
+
+  auto h = read_header(*file_, path_);
+  if (!h) return h.error();
+  hdr_ = std::move(*h);
+  if (hdr_.version == 1 && backend_.name() != "qcow")
+    return Error(Errc::wrong_format, "'" + path_ + "' is a QCOW version 1 image: open it as 'qcow'");
+  if (hdr_.version != 1 && backend_.name() != "qcow2")
+    return Error(Errc::wrong_format, "'" + path_ + "' is a QCOW2 image: open it as 'qcow2'");
+  if ((hdr_.incompatible_features & kIncompatCorrupt) && !ro)
+    return Error(Errc::corrupt, "'" + path_ + "': Image is corrupt; cannot be opened read/write");
+  layout_ = Layout::from(hdr_);
+  size_ = hdr_.size;
+
+  auto fs = file_->size();
+  if (!fs) return fs.error();
+  file_end_ = *fs;
+  if (Error e = validate_layout(hdr_, file_end_, path_)) return e;
+  if (Error e = open_data_file()) return e;
+  if (Error e = open_encryption(opts)) return e;
+
+  if (hdr_.version >= 2) {
+    auto snaps = read_snapshot_table(*file_, hdr_, path_);
+    if (!snaps) return snaps.error();
+    snapshots_ = std::move(*snaps);
+  }
+  if (opts.snapshot) {
+    if (Error e = select_snapshot(*opts.snapshot)) return e;
+  } else if (Error e = load_l1(hdr_.l1_table_offset, hdr_.l1_size, "active L1 table")) {
+    return e;
+  }
+  compute_limits();
+  return open_for_writing();
+}
+
+// Read-write opens load the refcounts (QCOW2) or find the end of the file (QCOW v1), and
+// clear the autoclear bits of everything vd does not keep up to date as it writes.
+Error QcowImage::open_for_writing() {
+  if (flags_ & open_read_only) return {};
+  const uint64_t cs = layout_.cluster_size();
+  if (hdr_.version == 1) {
+    v1_end_ = (file_end_ + cs - 1) & ~(cs - 1);
+    return {};
+  }
+  if ((hdr_.incompatible_features & kIncompatDirty) && !(flags_ & open_no_repair))
+    return Error(Errc::not_supported,
+                 "'" + path_ + "' was not closed cleanly (dirty bit set, lazy refcounts): open it "
+                 "read-only, or repair it with 'vdimg check -r all'");
+  refs_ = std::make_unique<Refcounts>(
+      *file_, path_,
+      Refcounts::Config{hdr_.cluster_bits, hdr_.refcount_order, hdr_.refcount_table_offset,
+                        hdr_.refcount_table_clusters});
+  if (Error e = refs_->load(file_end_)) return e;
+  const uint64_t keep = hdr_.autoclear_features & kAutoclearDataFileRaw;
+  if (keep != hdr_.autoclear_features) {
+    hdr_.autoclear_features = keep;
+    if (Error e = write_metadata_header()) return e;
+    if (Error e = file_->flush()) return e.wrap("'" + path_ + "': flush");
+  }
+  return {};
+}
+
+Error QcowImage::open_data_file() {
+  if (!hdr_.data_file) return {};
+  namespace fs = std::filesystem;
+  fs::path p(*hdr_.data_file);
+  if (p.is_relative()) p = fs::path(path_).parent_path() / p;
+  const bool ro = flags_ & open_read_only;
+  auto f = io_.open(p.string(), ro ? file_read : (file_read | file_write));
+  if (!f) return f.error().wrap("'" + path_ + "': could not open its external data file");
+  data_file_ = std::move(*f);
+  data_ = data_file_.get();
+  return {};
+}
+
+Error QcowImage::open_encryption(const OpenOptions& opts) {
+  if (hdr_.crypt_method == kCryptNone) return {};
+  if (flags_ & open_info_only) return {};
+  if (!opts.passphrase)
+    return Error(Errc::wrong_passphrase,
+                 "'" + path_ + "' is encrypted: a passphrase is needed (--passphrase-file)");
+  if (hdr_.crypt_method == kCryptAes) {
+    auto c = make_legacy_aes(*opts.passphrase);
+    if (!c) return c.error();
+    cipher_ = std::move(*c);
+    return {};
+  }
+  auto v = luks_unlock(*file_, hdr_.crypto_header_offset, hdr_.crypto_header_length,
+                       *opts.passphrase, path_);
+  if (!v) return v.error();
+  cipher_ = std::move(v->cipher);
+  return {};
+}
+
+Error QcowImage::load_l1(uint64_t offset, uint32_t entries, const char* what) {
+  // The header check bounded entries by kMaxL1Bytes and the range by the file size.
+  if (uint64_t{entries} * 8 > kMaxL1Bytes)
+    return Error(Errc::corrupt, "'" + path_ + "': " + what + " too large");
+  if (offset + uint64_t{entries} * 8 > file_end_)
+    return Error(Errc::corrupt, "'" + path_ + "': " + what + " at " + hex(offset) +
+                                    " lies beyond the end of the file");
+  std::vector<std::byte> raw(uint64_t{entries} * 8);
+  if (Error e = file_->read(IoKind::meta, offset, raw))
+    return e.wrap("'" + path_ + "': reading the " + what);
+  l1_.resize(entries);
+  for (uint32_t i = 0; i < entries; ++i) l1_[i] = load_be64(raw.data() + uint64_t{i} * 8);
+  return {};
+}
+
+Error QcowImage::select_snapshot(const std::string& name) {
+  const Snapshot* found = nullptr;
+  for (const auto& s : snapshots_)
+    if (s.id == name) found = &s;
+  if (!found)
+    for (const auto& s : snapshots_)
+      if (s.name == name) found = &s;
+  if (!found)
+    return Error(Errc::not_found, "'" + path_ + "': no snapshot with id or name '" + name + "'");
+  if (Error e = validate_snapshot(*found, hdr_, static_cast<size_t>(found - snapshots_.data()), file_end_, path_))
+    return e;
+  if (found->disk_size) size_ = *found->disk_size;
+  return load_l1(found->l1_table_offset, found->l1_size, "snapshot L1 table");
+}
+
+void QcowImage::compute_limits() {
+  limits_.data_end = file_end_;
+  if (data_file_) {
+    auto ds = data_file_->size();
+    limits_.data_end = ds ? *ds : 0;
+    return;  // data clusters live in another file: no metadata to collide with
+  }
+  const uint64_t cs = layout_.cluster_size();
+  limits_.meta[0] = {0, cs, "image header"};
+  limits_.meta[1] = {hdr_.l1_table_offset, uint64_t{hdr_.l1_size} * 8, "active L1 table"};
+  if (hdr_.version >= 2)
+    limits_.meta[2] = {hdr_.refcount_table_offset, uint64_t{hdr_.refcount_table_clusters} * cs,
+                       "refcount table"};
+}
+
+}  // namespace vd::qcow

@@ -1,0 +1,146 @@
+// Reading through the chain: the machinery behind Disk::read, Disk::block_status and the
+// ParentReaders that give each image the content below it for copy-on-write.
+#include <algorithm>
+#include <cstring>
+
+#include "host/disk_impl.h"
+
+namespace vd::detail {
+
+void ChainState::post(std::function<void()> fn) {
+  if (io) return io->post(std::move(fn));
+  // The cheapest image call there is; its completion lands on the images' executor.
+  Image& img = top();
+  if (img.size() > 0) {
+    img.block_status(0, 1, [fn = std::move(fn)](Error, Extent) { fn(); });
+  } else {
+    img.flush([fn = std::move(fn)](Error) { fn(); });
+  }
+}
+
+namespace {
+
+Error bad_read_result(const Image& img, uint64_t offset, uint64_t asked, uint64_t got) {
+  return Error(Errc::internal, "read of '" + img.path() + "' at " + hex(offset) + " for " +
+                                   hex(asked) + " bytes answered " + hex(got) + " bytes");
+}
+
+// One read of a range from one level down. Owned by its single pending completion
+// (shared_from_this is captured by exactly one handler at a time); finish() is the only
+// exit. A prefix this level does not hold becomes a nested ChainRead one level lower.
+//
+//   step --(level holds range)--> image read --allocated--> step (advance)
+//     |                                   \--not allocated--> read_chain(level+1) --> step
+//     \--(done, past level size, below base: zeros)--> finish
+class ChainRead : public std::enable_shared_from_this<ChainRead> {
+ public:
+  ChainRead(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
+            Completion done)
+      : chain_(chain), level_(level), offset_(offset), buf_(buf), done_(std::move(done)) {}
+
+  void step() {
+    if (pos_ == buf_.size()) return finish({});
+    uint64_t off = offset_ + pos_;
+    if (level_ >= chain_.depth() || off >= chain_.images[level_]->size()) return fill_zeros();
+    Image& img = *chain_.images[level_];
+    uint64_t n = std::min<uint64_t>(buf_.size() - pos_, img.size() - off);
+    img.read(off, buf_.subspan(pos_, n),
+             [self = shared_from_this(), n](Error e, ReadResult r) {
+               self->handle_read(std::move(e), r, n);
+             });
+  }
+
+ private:
+  void handle_read(Error e, ReadResult r, uint64_t asked) {
+    if (e) return finish(std::move(e));
+    uint64_t off = offset_ + pos_;
+    if (r.length == 0 || r.length > asked) {
+      return finish(bad_read_result(*chain_.images[level_], off, asked, r.length));
+    }
+    if (r.allocated) {
+      pos_ += r.length;
+      return step();
+    }
+    read_chain(chain_, level_ + 1, off, buf_.subspan(pos_, r.length),
+               [self = shared_from_this(), n = r.length](Error e2) {
+                 if (e2) return self->finish(std::move(e2));
+                 self->pos_ += n;
+                 self->step();
+               });
+  }
+
+  // Nobody below holds the rest of the range: past this level's end, or below the base.
+  void fill_zeros() {
+    std::memset(buf_.data() + pos_, 0, buf_.size() - pos_);
+    pos_ = buf_.size();
+    finish({});
+  }
+
+  void finish(Error e) {
+    Completion done = std::move(done_);
+    done(std::move(e));
+  }
+
+  ChainState& chain_;
+  const size_t level_;
+  const uint64_t offset_;
+  const std::span<std::byte> buf_;
+  size_t pos_ = 0;
+  Completion done_;
+};
+
+class ChainParentReader final : public ParentReader {
+ public:
+  ChainParentReader(ChainState& chain, size_t level) : chain_(&chain), level_(level) {}
+
+  void read(uint64_t offset, std::span<std::byte> buf, Completion done) override {
+    ChainState& chain = *chain_;
+    size_t level = level_;
+    start_posted(
+        chain, [&](Completion c) { read_chain(chain, level, offset, buf, std::move(c)); },
+        std::move(done));
+  }
+
+ private:
+  ChainState* chain_;  // owned by the Disk, which owns the image holding this reader
+  size_t level_;
+};
+
+}  // namespace
+
+void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
+                Completion done) {
+  std::make_shared<ChainRead>(chain, level, offset, buf, std::move(done))->step();
+}
+
+void status_chain(ChainState& chain, size_t level, uint64_t offset, uint64_t length,
+                  DiskExtentHandler done) {
+  if (level >= chain.depth() || offset >= chain.images[level]->size()) {
+    // Past this level's end or below the base: zeros that no image holds.
+    DiskExtent z;
+    z.extent.length = length;
+    z.extent.kind = Extent::Kind::zero;
+    return done({}, z);
+  }
+  Image& img = *chain.images[level];
+  uint64_t n = std::min(length, img.size() - offset);
+  img.block_status(offset, n, [&chain, &img, level, offset, n, done](Error e, Extent x) {
+    if (e) return done(std::move(e), {});
+    if (x.length == 0 || x.length > n) {
+      return done(Error(Errc::internal, "block status of '" + img.path() + "' at " +
+                                            hex(offset) + " answered " + hex(x.length) +
+                                            " bytes for " + hex(n)),
+                  {});
+    }
+    if (x.kind != Extent::Kind::unallocated) {
+      return done({}, DiskExtent{x, static_cast<int>(level)});
+    }
+    status_chain(chain, level + 1, offset, x.length, done);
+  });
+}
+
+std::shared_ptr<ParentReader> make_parent_reader(ChainState& chain, size_t level) {
+  return std::make_shared<ChainParentReader>(chain, level);
+}
+
+}  // namespace vd::detail

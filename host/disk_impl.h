@@ -1,0 +1,76 @@
+// Internals of vd::Disk shared by host/disk.cpp, host/disk_chain.cpp and host/disk_open.cpp.
+//
+// Ownership: the Disk owns a ChainState, which owns the images (top first). The
+// ParentReaders attached to the images hold a plain pointer to that ChainState: an image
+// holding a shared_ptr to the chain that owns it would be a cycle. A Disk must therefore
+// outlive every request in flight on it or on its images (the usual Asio rule).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "vd/backend.h"
+#include "vd/disk.h"
+
+namespace vd::detail {
+
+struct ChainState {
+  std::vector<std::unique_ptr<Image>> images;  // 0 = top
+  IoProvider* io = nullptr;  // the provider the images were opened with, when known
+  bool closed = false;
+
+  size_t depth() const { return images.size(); }
+  Image& top() { return *images.front(); }
+
+  // Runs `fn` later on the images' executor: through the IoProvider when the Disk opened
+  // the chain itself, else (assemble) by borrowing an image call, whose completion is
+  // posted there (vd/io.h).
+  void post(std::function<void()> fn);
+};
+
+// Reads [offset, offset + buf.size()) as seen from `level` down: a prefix an image does not
+// hold goes to the next level; past a level's size, and below the base, it reads zeros.
+// The completion may run inline when no image I/O was needed.
+void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
+                Completion done);
+
+// Allocation status of a prefix of [offset, offset + length) as seen from `level` down.
+// May complete inline.
+void status_chain(ChainState& chain, size_t level, uint64_t offset, uint64_t length,
+                  DiskExtentHandler done);
+
+// Calls start(handler) so that `done` is posted if the handler would run before `start`
+// returns: callers of the Disk and of a ParentReader never see a completion inline, while
+// completions that already arrive posted (from image I/O) are not posted a second time.
+// Single-executor model (vd/io.h): the handler runs on the thread that called start.
+template <class Handler, class Start>
+void start_posted(ChainState& chain, Start&& start, Handler done) {
+  struct State {
+    Handler done;
+    bool starting = true;
+    std::function<void()> deferred;  // the inline completion, to post once start returns
+  };
+  auto st = std::make_shared<State>(State{std::move(done), true, {}});
+  start([st](auto... args) {
+    if (!st->starting) return st->done(std::move(args)...);
+    st->deferred = [st, args...]() mutable { st->done(std::move(args)...); };
+  });
+  st->starting = false;
+  if (st->deferred) chain.post(std::exchange(st->deferred, nullptr));
+}
+
+// The reader attached to the image at level - 1: reads the chain from `level` down.
+std::shared_ptr<ParentReader> make_parent_reader(ChainState& chain, size_t level);
+
+}  // namespace vd::detail
+
+namespace vd {
+
+struct Disk::Impl {
+  detail::ChainState chain;
+};
+
+}  // namespace vd

@@ -1,0 +1,283 @@
+// PosixIoProvider: real files. Synchronous calls run on the caller's thread; asynchronous
+// calls run the same blocking syscalls as a job on the runtime's thread pool and post their
+// completion to the completion executor.
+//
+// Lifetime: the descriptor lives in a shared `Fd` that every queued job co-owns, so a File
+// may be destroyed while its requests are still on the pool; the last job closes the fd.
+// Each job also holds a tracked-work executor, so the io_context does not run out of work
+// (and `Runtime::wait` keeps blocking in run_one) while a request is on the pool.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/execution.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#include "vd/runtime.h"
+
+namespace vd {
+namespace {
+
+// The largest transfer one pread/pwrite call is asked for (Linux caps at ~2 GiB anyway).
+constexpr size_t kMaxChunk = size_t{1} << 30;
+// Zeros written per call when a provider must emulate discard/allocate with writes.
+constexpr size_t kZeroChunk = size_t{1} << 20;
+
+struct Fd {
+  int fd = -1;
+  std::string path;
+  Fd(int f, std::string p) : fd(f), path(std::move(p)) {}
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+};
+
+std::string at(const std::string& what, const std::string& path, uint64_t offset) {
+  return what + " of '" + path + "' at " + hex(offset);
+}
+
+// Offsets must fit off_t together with the length: refuse before the kernel sees them.
+Error check_span(const Fd& f, const char* what, uint64_t offset, uint64_t len) {
+  constexpr uint64_t max_off = static_cast<uint64_t>(INT64_MAX);
+  if (offset > max_off || len > max_off - offset) {
+    return Error(Errc::out_of_range, at(what, f.path, offset) + ": range of " + hex(len) +
+                                         " bytes exceeds the largest file offset");
+  }
+  return {};
+}
+
+// Reads everything, retrying EINTR and short reads; past end of file fills zeros.
+Error read_all(const Fd& f, uint64_t offset, std::span<std::byte> buf) {
+  if (auto e = check_span(f, "read", offset, buf.size())) return e;
+  size_t done = 0;
+  while (done < buf.size()) {
+    size_t want = std::min(buf.size() - done, kMaxChunk);
+    ssize_t n = ::pread(f.fd, buf.data() + done, want, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error::from_errno(errno, at("read", f.path, offset + done));
+    }
+    if (n == 0) {  // end of file: the rest reads as zeros
+      std::memset(buf.data() + done, 0, buf.size() - done);
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+Error write_all(const Fd& f, uint64_t offset, std::span<const std::byte> buf) {
+  if (auto e = check_span(f, "write", offset, buf.size())) return e;
+  size_t done = 0;
+  while (done < buf.size()) {
+    size_t want = std::min(buf.size() - done, kMaxChunk);
+    ssize_t n = ::pwrite(f.fd, buf.data() + done, want, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error::from_errno(errno, at("write", f.path, offset + done));
+    }
+    // A zero-byte write makes no progress; treat it as the storage being full.
+    if (n == 0) return Error::from_errno(ENOSPC, at("write", f.path, offset + done));
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+Error flush_fd(const Fd& f) {
+  while (::fdatasync(f.fd) != 0) {
+    if (errno == EINTR) continue;
+    return Error::from_errno(errno, "flush of '" + f.path + "'");
+  }
+  return {};
+}
+
+Result<uint64_t> size_of(const Fd& f) {
+  // lseek works for block devices too, where st_size is 0.
+  off_t end = ::lseek(f.fd, 0, SEEK_END);
+  if (end < 0) return Error::from_errno(errno, "size of '" + f.path + "'");
+  return static_cast<uint64_t>(end);
+}
+
+Error write_zeros(const Fd& f, uint64_t offset, uint64_t len) {
+  std::vector<std::byte> zeros(static_cast<size_t>(std::min<uint64_t>(len, kZeroChunk)));
+  while (len > 0) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(len, zeros.size()));
+    if (auto e = write_all(f, offset, std::span(zeros.data(), n))) return e;
+    offset += n;
+    len -= n;
+  }
+  return {};
+}
+
+bool unsupported(int err) { return err == EOPNOTSUPP || err == ENOSYS || err == EINVAL; }
+
+Error fallocate_retry(const Fd& f, int mode, uint64_t offset, uint64_t len, int& err) {
+  err = 0;
+  while (::fallocate(f.fd, mode, static_cast<off_t>(offset), static_cast<off_t>(len)) != 0) {
+    if (errno == EINTR) continue;
+    err = errno;
+    return Error::from_errno(err, at(mode ? "discard" : "allocate", f.path, offset));
+  }
+  return {};
+}
+
+// Punches a hole; where the file system cannot, writes zeros over the part inside the file
+// (a hole punch never changes the size, and neither does its emulation).
+Error discard_fd(const Fd& f, uint64_t offset, uint64_t len) {
+  if (len == 0) return {};
+  if (auto e = check_span(f, "discard", offset, len)) return e;
+  int err = 0;
+  Error e = fallocate_retry(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len, err);
+  if (!e || !unsupported(err)) return e;
+  auto size = size_of(f);
+  if (!size) return size.error();
+  if (offset >= *size) return {};
+  return write_zeros(f, offset, std::min(len, *size - offset));
+}
+
+// Reserves blocks; where fallocate is unsupported, extends the file with written zeros
+// (existing data inside the file is kept, so the range only reads as zeros where unwritten).
+Error allocate_fd(const Fd& f, uint64_t offset, uint64_t len) {
+  if (len == 0) return {};
+  if (auto e = check_span(f, "allocate", offset, len)) return e;
+  int err = 0;
+  Error e = fallocate_retry(f, 0, offset, len, err);
+  if (!e || !unsupported(err)) return e;
+  auto size = size_of(f);
+  if (!size) return size.error();
+  uint64_t from = std::max(offset, *size);
+  if (from >= offset + len) return {};
+  return write_zeros(f, from, offset + len - from);
+}
+
+class PosixFile final : public File {
+ public:
+  PosixFile(std::shared_ptr<Fd> fd, boost::asio::any_io_executor ex,
+            boost::asio::thread_pool& pool)
+      : fd_(std::move(fd)), ex_(std::move(ex)), pool_(pool) {}
+
+  const std::string& path() const override { return fd_->path; }
+  Result<uint64_t> size() override { return size_of(*fd_); }
+
+  Error set_size(uint64_t size) override {
+    if (size > static_cast<uint64_t>(INT64_MAX)) {
+      return Error(Errc::too_large, "resize of '" + fd_->path + "' to " + hex(size) +
+                                        ": beyond the largest file size");
+    }
+    while (::ftruncate(fd_->fd, static_cast<off_t>(size)) != 0) {
+      if (errno == EINTR) continue;
+      return Error::from_errno(errno, "resize of '" + fd_->path + "' to " + hex(size));
+    }
+    return {};
+  }
+
+  Result<uint64_t> allocated_size() override {
+    struct stat st {};
+    if (::fstat(fd_->fd, &st) != 0) return Error::from_errno(errno, "stat of '" + fd_->path + "'");
+    return static_cast<uint64_t>(st.st_blocks) * 512;
+  }
+
+  Error read(IoKind, uint64_t offset, std::span<std::byte> buf) override {
+    return read_all(*fd_, offset, buf);
+  }
+  Error write(IoKind, uint64_t offset, std::span<const std::byte> buf) override {
+    return write_all(*fd_, offset, buf);
+  }
+  Error flush() override { return flush_fd(*fd_); }
+  Error discard(uint64_t offset, uint64_t length) override {
+    return discard_fd(*fd_, offset, length);
+  }
+  Error allocate(uint64_t offset, uint64_t length) override {
+    return allocate_fd(*fd_, offset, length);
+  }
+
+  void async_read(IoKind, uint64_t offset, std::span<std::byte> buf, Completion done) override {
+    if (buf.empty()) return post_done(std::move(done), {});
+    submit([offset, buf](const Fd& f) { return read_all(f, offset, buf); }, std::move(done));
+  }
+  void async_write(IoKind, uint64_t offset, std::span<const std::byte> buf,
+                   Completion done) override {
+    if (buf.empty()) return post_done(std::move(done), {});
+    submit([offset, buf](const Fd& f) { return write_all(f, offset, buf); }, std::move(done));
+  }
+  void async_flush(Completion done) override {
+    submit([](const Fd& f) { return flush_fd(f); }, std::move(done));
+  }
+
+ private:
+  // Runs `job` on the pool, then posts `done` with its result to the completion executor.
+  template <class Job>
+  void submit(Job job, Completion done) {
+    auto work = boost::asio::prefer(ex_, boost::asio::execution::outstanding_work.tracked);
+    boost::asio::post(pool_, [fd = fd_, job = std::move(job), done = std::move(done),
+                              work = std::move(work)]() mutable {
+      Error e = job(*fd);
+      boost::asio::post(work, [done = std::move(done), e = std::move(e)]() { done(e); });
+    });
+  }
+
+  void post_done(Completion done, Error e) {
+    boost::asio::post(ex_, [done = std::move(done), e = std::move(e)]() { done(e); });
+  }
+
+  std::shared_ptr<Fd> fd_;
+  boost::asio::any_io_executor ex_;
+  boost::asio::thread_pool& pool_;
+};
+
+int open_flags(unsigned mode) {
+  int flags = O_CLOEXEC;
+  bool rd = mode & file_read, wr = mode & file_write;
+  flags |= wr ? (rd ? O_RDWR : O_WRONLY) : O_RDONLY;
+  if (mode & file_create) {
+    flags |= O_CREAT;
+    if (mode & file_exclusive) flags |= O_EXCL;
+    if (mode & file_truncate) flags |= O_TRUNC;
+  }
+  return flags;
+}
+
+}  // namespace
+
+PosixIoProvider::PosixIoProvider(boost::asio::any_io_executor completions,
+                                 boost::asio::thread_pool& pool)
+    : ex_(std::move(completions)), pool_(pool) {}
+
+Result<std::unique_ptr<File>> PosixIoProvider::open(const std::string& path, unsigned mode) {
+  const std::string what = "open of '" + path + "'";
+  if ((mode & file_create) && !(mode & file_write)) {
+    return Error(Errc::invalid_argument, what + ": creating a file needs write mode");
+  }
+  int fd;
+  do {
+    fd = ::open(path.c_str(), open_flags(mode), 0644);
+  } while (fd < 0 && errno == EINTR);
+  if (fd < 0) return Error::from_errno(errno, what);
+  auto owned = std::make_shared<Fd>(fd, path);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return Error::from_errno(errno, what);
+  if (S_ISDIR(st.st_mode)) return Error::from_errno(EISDIR, what);
+  return std::unique_ptr<File>(std::make_unique<PosixFile>(std::move(owned), ex_, pool_));
+}
+
+Error PosixIoProvider::remove(const std::string& path) {
+  if (::unlink(path.c_str()) != 0) return Error::from_errno(errno, "remove of '" + path + "'");
+  return {};
+}
+
+void PosixIoProvider::post(std::function<void()> fn) { boost::asio::post(ex_, std::move(fn)); }
+
+bool PosixIoProvider::exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+}  // namespace vd

@@ -1,0 +1,110 @@
+// vdimg commit: writes what the top image holds into its backing file, then (unless -d)
+// empties the top so the chain reads the same through either.
+//
+// The top's own extents are found with block_status (level 0) and copied through a second
+// Disk opened read-write on the backing file; only the immediate backing file is supported.
+#include <iostream>
+
+#include "host/vdimg/vdimg.h"
+
+namespace vdimg {
+namespace {
+
+const char kUsage[] =
+    "usage: vdimg commit [-f FMT] [-b BASE] [-d] [-p] [-q] IMAGE\n"
+    "Copies the data of IMAGE into its backing file.\n"
+    "  -f FMT   format of IMAGE\n"
+    "  -b BASE  the backing file to commit into (only the immediate one is supported)\n"
+    "  -d       keep IMAGE's data (do not empty it)\n"
+    "  -q       quiet\n";
+
+constexpr uint64_t kChunk = 2ull << 20;
+
+vd::Result<vd::DiskExtent> status(vd::Runtime& rt, vd::Disk& d, uint64_t off, uint64_t len) {
+  vd::DiskExtent x;
+  vd::Error e = rt.wait([&](vd::Completion done) {
+    d.block_status(off, len, [&x, done](vd::Error err, vd::DiskExtent ext) {
+      x = ext;
+      done(err);
+    });
+  });
+  if (e) return e;
+  if (x.extent.length == 0 || x.extent.length > len)
+    return vd::Error(vd::Errc::internal, "block status at " + vd::hex(off) + " returned a bad length");
+  return x;
+}
+
+// Copies one extent the top holds into the base disk, in chunks.
+vd::Error copy_extent(vd::Runtime& rt, vd::Disk& top, vd::Disk& base, uint64_t off,
+                      const vd::DiskExtent& x, std::vector<std::byte>& buf) {
+  if (x.extent.kind == vd::Extent::Kind::zero)
+    return rt.wait([&](vd::Completion done) {
+      base.write_zeroes(off, x.extent.length, 0, std::move(done));
+    });
+  for (uint64_t pos = 0; pos < x.extent.length; pos += kChunk) {
+    uint64_t n = std::min(kChunk, x.extent.length - pos);
+    buf.resize(n);
+    if (auto e = rt.wait([&](vd::Completion done) { top.read(off + pos, buf, std::move(done)); }))
+      return e;
+    if (auto e = rt.wait([&](vd::Completion done) { base.write(off + pos, buf, 0, std::move(done)); }))
+      return e;
+  }
+  return {};
+}
+
+vd::Error commit(vd::Runtime& rt, vd::Disk& top, vd::Disk& base, bool empty_top) {
+  std::vector<std::byte> buf;
+  uint64_t end = std::min(top.size(), base.size());
+  for (uint64_t pos = 0; pos < end;) {
+    auto x = status(rt, top, pos, end - pos);
+    if (!x) return x.error();
+    if (x->level == 0 && x->extent.kind != vd::Extent::Kind::unallocated) {
+      if (auto e = copy_extent(rt, top, base, pos, *x, buf)) return e;
+    }
+    pos += x->extent.length;
+  }
+  if (auto e = rt.wait([&](vd::Completion done) { base.flush(std::move(done)); })) return e;
+  if (!empty_top) return {};
+  // Emptying is best effort, as qemu-img's: the data is already safe in the base.
+  vd::Image& img = top.image(0);
+  return rt.wait([&](vd::Completion done) { img.discard(0, img.size(), std::move(done)); });
+}
+
+}  // namespace
+
+int cmd_commit(const Argv& argv) {
+  auto args = parse_args(argv, {{'f', "format", true}, {'b', "base", true}, {'d', nullptr, false},
+                                {'p', nullptr, false}, {'q', "quiet", false}, {'t', "cache", true},
+                                {'r', "rate-limit", true}, {0, "object", true}});
+  if (!args) return fail(args.error());
+  if (args->help) return print_usage(kUsage);
+  if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
+  Context ctx;
+  OpenRequest req;
+  req.path = args->positional[0];
+  req.format = args->last("format");
+  req.flags = 0;
+  auto top = open_disk(ctx, req);
+  if (!top) return fail(top.error());
+  if ((*top)->depth() < 2) return fail(req.path + ": Image does not have a backing file");
+  vd::Image& parent = (*top)->image(1);
+  if (auto b = args->last("base"); b && *b != parent.path() &&
+                                   resolve_relative(req.path, *b) != parent.path())
+    return fail(req.path + ": only committing into the immediate backing file is supported");
+  OpenRequest base_req;
+  base_req.path = parent.path();
+  base_req.format = format_name(parent);
+  base_req.flags = 0;
+  auto base = open_disk(ctx, base_req);
+  if (!base) return fail(base.error());
+  vd::Error err = commit(ctx.rt, **top, **base, !args->has("d"));
+  vd::Error close_base = (*base)->close();
+  vd::Error close_top = (*top)->close();
+  if (err) return fail(err.wrap("commit of '" + req.path + "'"));
+  if (close_base) return fail(name_image(close_base, base_req.path));
+  if (close_top) return fail(name_image(close_top, req.path));
+  if (!args->has("quiet")) std::cout << "Image committed.\n";
+  return kExitOk;
+}
+
+}  // namespace vdimg

@@ -1,0 +1,67 @@
+// vdimg io: qemu-io's -c commands, run in order on one open disk (host/io_script.h).
+#include <iostream>
+
+#include "host/io_script.h"
+#include "host/vdimg/vdimg.h"
+
+namespace vdimg {
+namespace {
+
+const char kUsage[] =
+    "usage: vdimg io [-f FMT] [-r] [-q] [--passphrase-file FILE] -c CMD [-c CMD]... IMAGE\n"
+    "Runs qemu-io style commands in order on IMAGE (through its backing chain) and stops at\n"
+    "the first that fails. Commands:\n"
+    "  read [-P BYTE] [-q] [-v] OFF LEN   with -P, fail unless every byte equals BYTE\n"
+    "  write [-P BYTE] [-c] [-f] [-q] OFF LEN   default pattern 0xcd\n"
+    "  write -z [-u] [-q] OFF LEN         zeroes (-u: may deallocate)\n"
+    "  discard [-q] OFF LEN\n"
+    "  flush\n"
+    "OFF and LEN take k, M, G, T suffixes; BYTE is decimal or 0x hex.\n"
+    "  -f FMT                  format of IMAGE (also lifts the raw probe guard)\n"
+    "  -r, --read-only         open read-only\n"
+    "  -q                      no report lines\n"
+    "  --passphrase-file FILE  passphrase of an encrypted image\n";
+
+}  // namespace
+
+int cmd_io(const Argv& argv) {
+  auto args = parse_args(argv, {{'f', "format", true}, {'c', "cmd", true},
+                                {'r', "read-only", false}, {'q', "quiet", false},
+                                {0, "passphrase-file", true}, {'U', "force-share", false},
+                                {'t', "cache", true}, {'n', "nocache", false},
+                                {'i', "aio", true}});
+  if (!args) return fail(args.error());
+  if (args->help) return print_usage(kUsage);
+  if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
+  std::vector<vd::IoCommand> commands;
+  for (const auto& text : args->all("cmd")) {
+    auto cmd = vd::parse_io_command(text);
+    if (!cmd) return fail(cmd.error());
+    commands.push_back(std::move(*cmd));
+  }
+
+  Context ctx;
+  OpenRequest req;
+  req.path = args->positional[0];
+  req.format = args->last("format");
+  bool read_only = args->has("read-only");
+  if (read_only && vd::io_commands_write(commands))
+    return fail(req.path + ": cannot write with -r (read-only)");
+  req.flags = read_only ? vd::open_read_only : 0u;
+  if (auto file = args->last("passphrase-file")) {
+    auto pass = read_passphrase_file(*file);
+    if (!pass) return fail(pass.error());
+    req.passphrase = *pass;
+  }
+  auto disk = open_disk(ctx, req);
+  if (!disk) return fail(disk.error());
+
+  vd::Error err = vd::run_io_commands(ctx.rt, **disk, commands, std::cout, args->has("quiet"));
+  vd::Error close_err = (*disk)->close();
+  std::cout.flush();
+  if (err) return fail(name_image(err, req.path));
+  if (close_err) return fail(name_image(close_err, req.path));
+  return kExitOk;
+}
+
+}  // namespace vdimg

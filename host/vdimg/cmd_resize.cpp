@@ -1,0 +1,87 @@
+// vdimg resize: changes the virtual size of an image, absolutely or by +/- a delta.
+#include <cctype>
+#include <iostream>
+
+#include "host/sizes.h"
+#include "host/vdimg/vdimg.h"
+
+namespace vdimg {
+namespace {
+
+const char kUsage[] =
+    "usage: vdimg resize [-f FMT] [--shrink] [-q] IMAGE [+|-]SIZE\n"
+    "Sets the virtual size of IMAGE to SIZE, or grows/shrinks it by SIZE.\n"
+    "  -f FMT     format of IMAGE\n"
+    "  --shrink   allow making the image smaller (data past the new end is lost)\n"
+    "  -q         quiet\n";
+
+// A leading '-' followed by a digit is a size, not an option: take it out before the option
+// parser sees it (qemu-img does the same for "resize IMG -1G").
+std::optional<std::string> take_negative_size(Argv& argv) {
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string& w = argv[i];
+    if (w.size() > 1 && w[0] == '-' && (std::isdigit(static_cast<unsigned char>(w[1])) || w[1] == '.')) {
+      std::string size = w;
+      argv.erase(argv.begin() + static_cast<long>(i));
+      return size;
+    }
+  }
+  return std::nullopt;
+}
+
+vd::Result<uint64_t> new_size(const std::string& arg, uint64_t current) {
+  if (arg.empty()) return vd::Error(vd::Errc::invalid_argument, "Invalid image size specified");
+  char sign = arg[0] == '+' || arg[0] == '-' ? arg[0] : 0;
+  auto amount = vd::parse_size(sign ? arg.substr(1) : arg);
+  if (!amount) return vd::Error(vd::Errc::invalid_argument, "Invalid image size specified");
+  if (sign == '+') {
+    if (*amount > UINT64_MAX - current) return vd::Error(vd::Errc::too_large, "New image size too large");
+    return current + *amount;
+  }
+  if (sign == '-') {
+    if (*amount > current) return vd::Error(vd::Errc::invalid_argument, "New image size must be positive");
+    return current - *amount;
+  }
+  return *amount;
+}
+
+}  // namespace
+
+int cmd_resize(const Argv& argv_in) {
+  Argv argv = argv_in;
+  auto negative = take_negative_size(argv);
+  auto args = parse_args(argv, {{'f', "format", true}, {0, "shrink", false},
+                                {'q', "quiet", false}, {0, "preallocation", true},
+                                {0, "object", true}, {0, "image-opts", false},
+                                {'U', "force-share", false}});
+  if (!args) return fail(args.error());
+  if (args->help) return print_usage(kUsage);
+  if (negative) args->positional.push_back(*negative);
+  if (auto err = expect_positional(*args, 2, 2, "an image name and a size")) return fail(err);
+  Context ctx;
+  OpenRequest req;
+  req.path = args->positional[0];
+  req.format = args->last("format");
+  req.flags = 0;
+  req.no_backing = true;
+  auto disk = open_disk(ctx, req);
+  if (!disk) return fail(disk.error());
+  vd::Image& image = (*disk)->image(0);
+  auto size = new_size(args->positional[1], image.size());
+  if (!size) return fail(name_image(size.error(), req.path));
+  if (*size < image.size() && !args->has("shrink")) {
+    (*disk)->close();
+    std::cerr << "vdimg: warning: Shrinking an image will delete all data beyond the shrunken "
+                 "image's end. Before performing such an operation, make sure there is no "
+                 "important data there.\n";
+    return fail(req.path + ": Use the --shrink option to perform a shrink operation.");
+  }
+  vd::Error err = image.resize(*size);
+  vd::Error close_err = (*disk)->close();
+  if (err) return fail(err.wrap("Failed to resize '" + req.path + "'"));
+  if (close_err) return fail(name_image(close_err, req.path));
+  if (!args->has("quiet")) std::cout << "Image resized.\n";
+  return kExitOk;
+}
+
+}  // namespace vdimg

@@ -1,0 +1,77 @@
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "host/vdimg/vdimg.h"
+
+namespace vdimg {
+
+int fail(const std::string& message, int code) {
+  std::cout.flush();
+  std::cerr << "vdimg: " << message << std::endl;
+  return code;
+}
+
+int fail(const vd::Error& error, int code) { return fail(error.message(), code); }
+
+int print_usage(const char* usage) {
+  std::cout << usage;
+  return kExitOk;
+}
+
+vd::Result<std::string> read_passphrase_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return vd::Error(vd::Errc::not_found, "cannot read passphrase file '" + path + "'");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  if (!s.empty() && s.back() == '\r') s.pop_back();
+  return s;
+}
+
+vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req) {
+  vd::DiskOpenOptions o;
+  o.format = req.format;
+  o.flags = req.flags | (req.format ? vd::open_format_given : 0u);
+  o.passphrase = req.passphrase;
+  o.snapshot = req.snapshot;
+  o.no_backing = req.no_backing;
+  if (req.format && !ctx.registry.find(*req.format))
+    return vd::Error(vd::Errc::not_found, "Unknown file format '" + *req.format + "'");
+  auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
+  if (!disk) {
+    // Make sure the image name appears even if the lower layer's message lacks it.
+    std::string msg = disk.error().message();
+    if (msg.find(req.path) == std::string::npos)
+      return disk.error().wrap("Could not open '" + req.path + "'");
+    return disk.error();
+  }
+  return disk;
+}
+
+vd::Error name_image(const vd::Error& error, const std::string& path) {
+  if (!error || error.message().find(path) != std::string::npos) return error;
+  return error.wrap(path);
+}
+
+std::string format_name(const vd::Image& image) { return std::string(image.backend().name()); }
+
+vd::Error expect_positional(const Args& args, size_t min, size_t max, const char* what) {
+  if (args.positional.size() < min)
+    return vd::Error(vd::Errc::invalid_argument, std::string("Expecting ") + what + " (try --help)");
+  if (args.positional.size() > max)
+    return vd::Error(vd::Errc::invalid_argument,
+                     "Unexpected argument '" + args.positional[max] + "' (try --help)");
+  return {};
+}
+
+std::string resolve_relative(const std::string& child_path, const std::string& name) {
+  if (name.empty() || name[0] == '/') return name;
+  size_t slash = child_path.rfind('/');
+  if (slash == std::string::npos) return name;
+  return child_path.substr(0, slash + 1) + name;
+}
+
+}  // namespace vdimg

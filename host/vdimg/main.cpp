@@ -1,0 +1,68 @@
+// vdimg: qemu-img's commands over the vd backends. Dispatches to one function per
+// subcommand (cmd_*.cpp); each parses its own options and returns the process exit code.
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "host/vdimg/vdimg.h"
+
+namespace {
+
+struct Subcommand {
+  const char* name;
+  int (*run)(const vdimg::Argv&);
+  const char* synopsis;
+};
+
+const Subcommand kCommands[] = {
+    {"bench", vdimg::cmd_bench,
+     "bench [-c N] [-d DEPTH] [-f FMT] [-n] [-o OFFSET] [--pattern=BYTE] [-q] [-s SIZE] "
+     "[-S STEP] [-t CACHE] [-i AIO] [-w] [-U] IMAGE"},
+    {"check", vdimg::cmd_check, "check [-f FMT] [-r leaks|all] [--output=human|json] [-q] IMAGE"},
+    {"commit", vdimg::cmd_commit, "commit [-f FMT] [-b BASE] [-d] [-p] [-q] IMAGE"},
+    {"compare", vdimg::cmd_compare, "compare [-f FMT] [-F FMT] [-s] [-p] [-q] IMAGE1 IMAGE2"},
+    {"convert", vdimg::cmd_convert,
+     "convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-B BACKING [-F FMT]] [-l SNAPSHOT] "
+     "[--passphrase-file FILE] SRC DST"},
+    {"create", vdimg::cmd_create,
+     "create -f FMT [-o OPTS] [-b BACKING [-F BACKING_FMT]] [-u] [-q] IMAGE [SIZE]"},
+    {"info", vdimg::cmd_info,
+     "info [-f FMT] [--output=human|json] [--backing-chain] [-U] IMAGE"},
+    {"io", vdimg::cmd_io,
+     "io [-f FMT] [-r] [-q] [--passphrase-file FILE] -c CMD [-c CMD]... IMAGE"},
+    {"map", vdimg::cmd_map, "map [-f FMT] [--output=human|json] [-U] IMAGE"},
+    {"rebase", vdimg::cmd_rebase, "rebase [-f FMT] [-u] [-p] [-q] -b BACKING [-F FMT] IMAGE"},
+    {"resize", vdimg::cmd_resize, "resize [-f FMT] [--shrink] [-q] IMAGE [+|-]SIZE"},
+    {"snapshot", vdimg::cmd_snapshot, "snapshot [-l] [-q] IMAGE"},
+};
+
+int usage(std::ostream& out, int code) {
+  out << "usage: vdimg [--help | --version] COMMAND [command options]\n"
+         "vd disk image utility (qemu-img's commands over the vd backends)\n\n"
+         "Commands:\n";
+  for (const auto& c : kCommands) out << "  " << c.synopsis << "\n";
+  out << "\nSizes and offsets take the suffixes k, M, G, T, P, E (powers of 1024).\n"
+         "Run 'vdimg COMMAND --help' for a command's options.\n";
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    usage(std::cerr, 1);
+    return 1;
+  }
+  const std::string& first = args[0];
+  if (first == "--help" || first == "-h") return usage(std::cout, 0);
+  if (first == "--version" || first == "-V") {
+    std::cout << "vdimg version 0.1.0\n";
+    return 0;
+  }
+  for (const auto& c : kCommands) {
+    if (first == c.name) return c.run(vdimg::Argv(args.begin() + 1, args.end()));
+  }
+  return vdimg::fail("Command not found: " + first);
+}

@@ -1,0 +1,83 @@
+// What every vdimg subcommand shares: the runtime and registry, error reporting in
+// "vdimg: ..." form, opening disks the way the command line asks, and the subcommand table.
+#pragma once
+
+#include <iosfwd>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "host/vdimg/args.h"
+#include "vd/disk.h"
+#include "vd/error.h"
+#include "vd/registry.h"
+#include "vd/runtime.h"
+
+namespace vdimg {
+
+// Exit codes shared by the subcommands.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitError = 1;
+
+// The environment of one run: the runtime, the built-in registry and the -q flag.
+struct Context {
+  vd::Runtime rt;
+  vd::Registry registry = vd::Registry::builtin();
+  bool quiet = false;
+};
+
+// Prints "vdimg: MESSAGE" to stderr; returns `code` so callers can `return fail(...)`.
+int fail(const std::string& message, int code = kExitError);
+int fail(const vd::Error& error, int code = kExitError);
+
+// Prints the usage text of a subcommand to stdout (for --help) and returns 0.
+int print_usage(const char* usage);
+
+// Reads a passphrase file: its content with one trailing newline (and CR) removed.
+vd::Result<std::string> read_passphrase_file(const std::string& path);
+
+// Opens IMAGE as a Disk through its chain. `format` given by the user sets
+// open_format_given (lifting the raw probe guard).
+struct OpenRequest {
+  std::string path;
+  std::optional<std::string> format;
+  unsigned flags = vd::open_read_only;
+  std::optional<std::string> passphrase;
+  std::optional<std::string> snapshot;
+  bool no_backing = false;
+};
+vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req);
+
+// Prefixes the image name unless the message already names it.
+vd::Error name_image(const vd::Error& error, const std::string& path);
+
+// The format name of an open image ("qcow2").
+std::string format_name(const vd::Image& image);
+
+// Checks that exactly `count` positional arguments were given.
+vd::Error expect_positional(const Args& args, size_t min, size_t max, const char* what);
+
+// Resolves a parent name recorded in an image the way the chain does: absolute stays, a
+// relative one is relative to the folder of the child.
+std::string resolve_relative(const std::string& child_path, const std::string& name);
+
+// qemu-img's "Snapshot list:" table (info, snapshot -l).
+void print_snapshot_table(std::ostream& out, const std::vector<vd::SnapshotInfo>& snaps);
+
+// Subcommands: each takes the words after its name.
+using Argv = std::vector<std::string>;
+int cmd_info(const Argv& argv);
+int cmd_create(const Argv& argv);
+int cmd_convert(const Argv& argv);
+int cmd_compare(const Argv& argv);
+int cmd_map(const Argv& argv);
+int cmd_io(const Argv& argv);
+int cmd_check(const Argv& argv);
+int cmd_resize(const Argv& argv);
+int cmd_bench(const Argv& argv);
+int cmd_commit(const Argv& argv);
+int cmd_rebase(const Argv& argv);
+int cmd_snapshot(const Argv& argv);
+
+}  // namespace vdimg

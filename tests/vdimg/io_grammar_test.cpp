@@ -1,0 +1,104 @@
+// The `vdimg io` command grammar (qemu-io's subset).
+#include <gtest/gtest.h>
+
+#include "host/io_script.h"
+
+namespace {
+
+using Op = vd::IoCommand::Op;
+
+vd::IoCommand parsed(const char* s) {
+  auto r = vd::parse_io_command(s);
+  EXPECT_TRUE(r.ok()) << s << ": " << r.error().message();
+  return r.ok() ? *r : vd::IoCommand{};
+}
+
+TEST(IoGrammar, WriteDefaultsToPatternCd) {
+  auto c = parsed("write 0 4k");
+  EXPECT_EQ(c.op, Op::write);
+  EXPECT_EQ(c.offset, 0u);
+  EXPECT_EQ(c.length, 4096u);
+  EXPECT_EQ(c.pattern, 0xcd);
+}
+
+TEST(IoGrammar, WritePatternHexAndDecimal) {
+  EXPECT_EQ(parsed("write -P 0x11 1M 512").pattern, 0x11);
+  EXPECT_EQ(parsed("write -P 17 1M 512").pattern, 17);
+  EXPECT_EQ(parsed("write -P0xff 0 1").pattern, 0xff);
+  EXPECT_EQ(parsed("write 0 1 -P 3").pattern, 3);  // options after positionals, getopt style
+  EXPECT_EQ(parsed("write -P 1 1M 512").offset, 1u << 20);
+}
+
+TEST(IoGrammar, ReadWithPatternVerifies) {
+  auto c = parsed("read -P 0xab -q 100 3");
+  EXPECT_EQ(c.op, Op::read);
+  EXPECT_TRUE(c.verify);
+  EXPECT_TRUE(c.quiet);
+  EXPECT_EQ(c.pattern, 0xab);
+  EXPECT_FALSE(parsed("read 0 1").verify);
+}
+
+TEST(IoGrammar, WriteZeroesAndUnmap) {
+  auto c = parsed("write -z -u 4k 8k");
+  EXPECT_EQ(c.op, Op::write_zeroes);
+  EXPECT_EQ(c.flags, unsigned{vd::zero_may_unmap});
+  EXPECT_EQ(parsed("write -zu 0 1").op, Op::write_zeroes);
+  EXPECT_EQ(parsed("write -z 0 1").flags, 0u);
+}
+
+TEST(IoGrammar, DiscardAndFlush) {
+  auto d = parsed("discard 1000 3000");
+  EXPECT_EQ(d.op, Op::discard);
+  EXPECT_EQ(d.offset, 1000u);
+  EXPECT_EQ(d.length, 3000u);
+  EXPECT_EQ(parsed("flush").op, Op::flush);
+  EXPECT_EQ(parsed("  flush  ").op, Op::flush);
+}
+
+TEST(IoGrammar, RejectsBadNumbers) {
+  for (const char* bad : {"write 0 12q", "write x 1", "read -1 5", "discard 0 1.5",
+                          "write 18446744073709551615 2", "write 0 2G"})
+    EXPECT_FALSE(vd::parse_io_command(bad).ok()) << bad;
+}
+
+TEST(IoGrammar, RejectsMissingArguments) {
+  for (const char* bad : {"write", "write 0", "read 4k", "discard", "write -P", "flush 0"})
+    EXPECT_FALSE(vd::parse_io_command(bad).ok()) << bad;
+}
+
+TEST(IoGrammar, RejectsUnknownCommandAndOption) {
+  auto r = vd::parse_io_command("frobnicate 0 1");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("frobnicate"), std::string::npos);
+  EXPECT_FALSE(vd::parse_io_command("").ok());
+  EXPECT_FALSE(vd::parse_io_command("read -z 0 1").ok());
+  EXPECT_FALSE(vd::parse_io_command("discard -P 1 0 1").ok());
+}
+
+TEST(IoGrammar, RejectsBadPatterns) {
+  for (const char* bad : {"write -P 256 0 1", "write -P -1 0 1", "write -P 0xzz 0 1",
+                          "write -P abc 0 1", "read -P 1000 0 1"})
+    EXPECT_FALSE(vd::parse_io_command(bad).ok()) << bad;
+}
+
+TEST(IoGrammar, RejectsConflictingFlags) {
+  EXPECT_FALSE(vd::parse_io_command("write -z -P 1 0 1").ok());
+  EXPECT_FALSE(vd::parse_io_command("write -u 0 1").ok());
+}
+
+TEST(IoGrammar, PatternByteParsing) {
+  EXPECT_EQ(*vd::parse_pattern_byte("0"), 0);
+  EXPECT_EQ(*vd::parse_pattern_byte("255"), 255);
+  EXPECT_EQ(*vd::parse_pattern_byte("0xcd"), 0xcd);
+  EXPECT_EQ(*vd::parse_pattern_byte("010"), 8);  // octal, as strtol base 0
+  EXPECT_FALSE(vd::parse_pattern_byte("").ok());
+}
+
+TEST(IoGrammar, OnlyReadsDoNotNeedWriteAccess) {
+  std::vector<vd::IoCommand> reads{parsed("read 0 1"), parsed("flush")};
+  EXPECT_FALSE(vd::io_commands_write(reads));
+  reads.push_back(parsed("discard 0 1"));
+  EXPECT_TRUE(vd::io_commands_write(reads));
+}
+
+}  // namespace
