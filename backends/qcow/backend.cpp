@@ -13,10 +13,9 @@ class QcowBackendBase : public Backend {
                                       IoProvider& io) const override {
     return QcowImage::open(*this, path, opts, io);
   }
-  Result<std::unique_ptr<Image>> create(const std::string& path, const CreateOptions&,
-                                        IoProvider&) const override {
-    return Error(Errc::not_supported,
-                 "creating " + std::string(name()) + " images is not implemented yet ('" + path + "')");
+  Result<std::unique_ptr<Image>> create(const std::string& path, const CreateOptions& opts,
+                                        IoProvider& io) const override {
+    return create_image(*this, path, opts, io);
   }
 };
 
@@ -37,7 +36,16 @@ class Qcow2Backend final : public QcowBackendBase {
             {"compression_type", "Compression method for compressed clusters (zlib, zstd)"},
             {"extended_l2", "Extended L2 tables with subclusters (on/off)"},
             {"backing_file", "File name of a base image"},
-            {"backing_fmt", "Image format of the base image"}};
+            {"backing_fmt", "Image format of the base image"},
+            {"data_file", "File name of an external data file"},
+            {"data_file_raw", "The external data file must stay valid as a raw image (on/off)"},
+            {"encrypt.format", "Encrypt the image: luks, or aes (legacy)"},
+            {"encrypt.cipher-alg", "LUKS cipher algorithm (aes-128, aes-192, aes-256)"},
+            {"encrypt.cipher-mode", "LUKS cipher mode (xts, cbc, ecb, ctr)"},
+            {"encrypt.ivgen-alg", "LUKS IV generator (plain, plain64, essiv)"},
+            {"encrypt.ivgen-hash-alg", "LUKS ESSIV hash"},
+            {"encrypt.hash-alg", "LUKS PBKDF2 hash (sha256...)"},
+            {"encrypt.iter-time", "LUKS PBKDF2 time in milliseconds"}};
   }
   bool probe(File& f) const override { return probe_qcow2(f); }
 };
@@ -52,7 +60,8 @@ class QcowV1Backend final : public QcowBackendBase {
   std::vector<OptionHelp> create_options() const override {
     return {{"backing_file", "File name of a base image"},
             {"backing_fmt", "Image format of the base image"},
-            {"encryption", "Encrypt the image with legacy AES (on/off)"}};
+            {"encryption", "Encrypt the image with legacy AES (on/off)"},
+            {"encrypt.format", "Encrypt the image: aes"}};
   }
   bool probe(File& f) const override { return probe_qcow1(f); }
 };

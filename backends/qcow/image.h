@@ -126,6 +126,9 @@ class QcowImage final : public Image {
   void forget_packing() { zbytes_next_ = 0; }
   void grew_to(uint64_t end);
 
+  // create.cpp: allocates every L2 table and data cluster (preallocation=metadata|falloc|full).
+  Error preallocate(int mode);
+
   friend class FlushRequest;
 
  private:
@@ -193,5 +196,9 @@ class QcowImage final : public Image {
   std::shared_ptr<ParentReader> parent_;
   bool closed_ = false;
 };
+
+// Creates a QCOW image (format from `backend`: "qcow2" or "qcow") and opens it read-write.
+Result<std::unique_ptr<Image>> create_image(const Backend& backend, const std::string& path,
+                                            const CreateOptions& opts, IoProvider& io);
 
 }  // namespace vd::qcow
