@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds with AddressSanitizer + UndefinedBehaviorSanitizer and
-# warnings as errors, and runs every test (unit, chain, CLI, qemu interop) through ctest.
+# warnings as errors, and runs every test (unit, chain, CLI, qemu interop, faults) through
+# ctest; then builds the libFuzzer targets with clang and runs each for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh build-test -DCMAKE_BUILD_TYPE=Debug -DVD_SANITIZE=ON -DVD_WERROR=ON
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 600
+ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 900
+
+# Fuzzing: open/read and open/write over arbitrary image bytes (VD_FUZZ_SECONDS each).
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DVD_FUZZ=ON -DVD_TESTS=OFF -DVD_FUZZ_SECONDS="${VD_FUZZ_SECONDS:-60}" >/dev/null
+cmake --build build-fuzz -j"$(nproc)"
+ctest --test-dir build-fuzz -j"$(nproc)" --output-on-failure
