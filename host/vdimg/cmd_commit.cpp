@@ -1,5 +1,5 @@
-// vdimg commit: writes what the top image holds into its backing file, then (unless -d)
-// empties the top so the chain reads the same through either.
+// vdimg commit: writes what the top image holds into its backing file, so that the backing
+// file alone reads as the whole chain did. The top is left as it is (see commit()).
 //
 // The top's own extents are found with block_status (level 0) and copied through a second
 // Disk opened read-write on the backing file; only the immediate backing file is supported.
@@ -15,7 +15,7 @@ const char kUsage[] =
     "Copies the data of IMAGE into its backing file.\n"
     "  -f FMT   format of IMAGE\n"
     "  -b BASE  the backing file to commit into (only the immediate one is supported)\n"
-    "  -d       keep IMAGE's data (do not empty it)\n"
+    "  -d       keep IMAGE's data (always the case: IMAGE is never emptied)\n"
     "  -q       quiet\n";
 
 constexpr uint64_t kChunk = 2ull << 20;
@@ -52,7 +52,10 @@ vd::Error copy_extent(vd::Runtime& rt, vd::Disk& top, vd::Disk& base, uint64_t o
   return {};
 }
 
-vd::Error commit(vd::Runtime& rt, vd::Disk& top, vd::Disk& base, bool empty_top) {
+// The top keeps its data afterwards (as qemu-img commit -d): emptying it needs a way to
+// make clusters unallocated again, and Image::discard follows qemu's discard rules, which
+// on an image with a backing file may leave zero clusters that would hide the base.
+vd::Error commit(vd::Runtime& rt, vd::Disk& top, vd::Disk& base) {
   std::vector<std::byte> buf;
   uint64_t end = std::min(top.size(), base.size());
   for (uint64_t pos = 0; pos < end;) {
@@ -63,11 +66,7 @@ vd::Error commit(vd::Runtime& rt, vd::Disk& top, vd::Disk& base, bool empty_top)
     }
     pos += x->extent.length;
   }
-  if (auto e = rt.wait([&](vd::Completion done) { base.flush(std::move(done)); })) return e;
-  if (!empty_top) return {};
-  // Emptying is best effort, as qemu-img's: the data is already safe in the base.
-  vd::Image& img = top.image(0);
-  return rt.wait([&](vd::Completion done) { img.discard(0, img.size(), std::move(done)); });
+  return rt.wait([&](vd::Completion done) { base.flush(std::move(done)); });
 }
 
 }  // namespace
@@ -97,7 +96,7 @@ int cmd_commit(const Argv& argv) {
   base_req.flags = 0;
   auto base = open_disk(ctx, base_req);
   if (!base) return fail(base.error());
-  vd::Error err = commit(ctx.rt, **top, **base, !args->has("d"));
+  vd::Error err = commit(ctx.rt, **top, **base);
   vd::Error close_base = (*base)->close();
   vd::Error close_top = (*top)->close();
   if (err) return fail(err.wrap("commit of '" + req.path + "'"));

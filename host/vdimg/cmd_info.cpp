@@ -66,11 +66,48 @@ Json info_value(const vd::InfoValue& v) {
   return Json(std::get<std::string>(v));
 }
 
-std::string info_text(const vd::InfoValue& v) {
-  if (auto* b = std::get_if<bool>(&v)) return *b ? "true" : "false";
-  if (auto* i = std::get_if<int64_t>(&v)) return std::to_string(*i);
-  if (auto* u = std::get_if<uint64_t>(&v)) return std::to_string(*u);
-  return std::get<std::string>(v);
+bool is_index(const std::string& segment) {
+  return !segment.empty() && segment.size() < 6 &&
+         segment.find_first_not_of("0123456789") == std::string::npos;
+}
+
+// Format-specific fields as qemu-img nests them: a dotted key ("encrypt.format") is a path
+// of object members, and an all-digit segment ("encrypt.slots.0.active") an array index.
+Json specific_tree(const std::vector<vd::InfoField>& fields) {
+  Json root = Json::object();
+  for (const auto& f : fields) {
+    Json* node = &root;
+    size_t start = 0;
+    for (;;) {
+      size_t dot = f.key.find('.', start);
+      std::string seg = f.key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      node = is_index(seg) ? &node->element(std::stoul(seg)) : &node->member(seg);
+      if (dot == std::string::npos) break;
+      start = dot + 1;
+    }
+    *node = info_value(f.value);
+  }
+  return root;
+}
+
+// qemu-img's human dump of a nested value: "key: value", or "key:" and the members
+// indented by four more; array elements are named "[i]"; '-' in keys reads as ' '.
+void dump_human(std::ostream& out, const Json& node, int indent) {
+  auto line = [&](std::string key, const Json& value) {
+    for (char& c : key)
+      if (c == '-') c = ' ';
+    out << std::string(static_cast<size_t>(indent), ' ') << key << ":";
+    if (value.as_object() || value.as_array()) {
+      out << "\n";
+      dump_human(out, value, indent + 4);
+    } else {
+      out << " " << value.text() << "\n";
+    }
+  };
+  if (auto* o = node.as_object())
+    for (const auto& [k, v] : *o) line(k, v);
+  if (auto* a = node.as_array())
+    for (size_t i = 0; i < a->size(); ++i) line("[" + std::to_string(i) + "]", (*a)[i]);
 }
 
 Json snapshot_json(const vd::SnapshotInfo& s) {
@@ -100,11 +137,9 @@ Json info_json(const ImageInfo& info) {
   if (info.cluster_size) j.set("cluster-size", static_cast<uint64_t>(*info.cluster_size));
   j.set("format", info.format);
   j.set("actual-size", info.actual_size);
-  if (!info.specific.empty()) {
-    Json data = Json::object();
-    for (const auto& f : info.specific) data.set(f.key, info_value(f.value));
-    j.set("format-specific", Json(Json::Object{{"type", info.format}, {"data", std::move(data)}}));
-  }
+  if (!info.specific.empty())
+    j.set("format-specific",
+          Json(Json::Object{{"type", info.format}, {"data", specific_tree(info.specific)}}));
   if (info.backing) {
     j.set("full-backing-filename", *info.backing_full);
     j.set("backing-filename", *info.backing);
@@ -131,12 +166,7 @@ void print_human(std::ostream& out, const ImageInfo& info) {
   if (!info.snapshots.empty()) print_snapshot_table(out, info.snapshots);
   if (!info.specific.empty()) {
     out << "Format specific information:\n";
-    for (const auto& f : info.specific) {
-      std::string key = f.key;
-      for (char& c : key)
-        if (c == '-') c = ' ';
-      out << "    " << key << ": " << info_text(f.value) << "\n";
-    }
+    dump_human(out, specific_tree(info.specific), 4);
   }
 }
 

@@ -1,10 +1,12 @@
 // vdimg map: where each range of the disk comes from, in qemu-img map's layouts (human:
 // data extents with their host offsets; JSON: every extent with depth and flags).
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
 
+#include "host/sizes.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
@@ -14,7 +16,8 @@ const char kUsage[] =
     "usage: vdimg map [-f FMT] [--output=human|json] [-U] IMAGE\n"
     "Prints the allocation map of IMAGE through its backing chain.\n"
     "  -f FMT        format of IMAGE\n"
-    "  --output FMT  human (default) or json\n";
+    "  --output FMT  human (default) or json\n"
+    "  --start-offset OFF, --max-length LEN   map only that range\n";
 
 struct MapEntry {
   uint64_t start = 0, length = 0;
@@ -52,18 +55,19 @@ MapEntry entry_of(vd::Disk& disk, uint64_t start, const vd::DiskExtent& x) {
   return e;
 }
 
-vd::Result<std::vector<MapEntry>> build_map(vd::Runtime& rt, vd::Disk& disk) {
+vd::Result<std::vector<MapEntry>> build_map(vd::Runtime& rt, vd::Disk& disk, uint64_t start,
+                                            uint64_t end) {
   std::vector<MapEntry> map;
-  for (uint64_t pos = 0; pos < disk.size();) {
+  for (uint64_t pos = start; pos < end;) {
     vd::DiskExtent x;
     vd::Error err = rt.wait([&](vd::Completion done) {
-      disk.block_status(pos, disk.size() - pos, [&x, done](vd::Error e, vd::DiskExtent ext) {
+      disk.block_status(pos, end - pos, [&x, done](vd::Error e, vd::DiskExtent ext) {
         x = ext;
         done(e);
       });
     });
     if (err) return err;
-    if (x.extent.length == 0 || x.extent.length > disk.size() - pos)
+    if (x.extent.length == 0 || x.extent.length > end - pos)
       return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos) + " returned a bad length");
     MapEntry e = entry_of(disk, pos, x);
     if (!map.empty() && mergeable(map.back(), e)) map.back().length += e.length;
@@ -102,6 +106,22 @@ void print_json(const std::vector<MapEntry>& map) {
   std::cout << out.str();
 }
 
+// --start-offset and --max-length, clamped to the disk as qemu-img does.
+vd::Result<std::pair<uint64_t, uint64_t>> map_range(const Args& args, uint64_t size) {
+  uint64_t start = 0, end = size;
+  if (auto v = args.last("start-offset")) {
+    auto n = vd::parse_size(*v);
+    if (!n) return n.error();
+    start = std::min(*n, size);
+  }
+  if (auto v = args.last("max-length")) {
+    auto n = vd::parse_size(*v);
+    if (!n) return n.error();
+    end = start + std::min(*n, size - start);
+  }
+  return std::pair{start, end};
+}
+
 }  // namespace
 
 int cmd_map(const Argv& argv) {
@@ -120,7 +140,9 @@ int cmd_map(const Argv& argv) {
   req.flags = vd::open_read_only | vd::open_info_only;
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
-  auto map = build_map(ctx.rt, **disk);
+  auto range = map_range(*args, (*disk)->size());
+  if (!range) return fail(range.error());
+  auto map = build_map(ctx.rt, **disk, range->first, range->second);
   (*disk)->close();
   if (!map) return fail(name_image(map.error(), req.path));
   if (output == "json") print_json(*map);

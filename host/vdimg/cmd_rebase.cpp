@@ -119,6 +119,9 @@ int cmd_rebase(const Argv& argv) {
     if (fresh) fresh->close();
   }
   if (!err) err = (*top)->image(0).set_parent(name, fmt);
+  // A backend that cannot record it must not let rebase report success.
+  if (!err && (*top)->image(0).parent_filename() != name)
+    err = vd::Error(vd::Errc::not_supported, "the image format did not record the new backing file");
   vd::Error close_err = (*top)->close();
   if (err) return fail(err.wrap("Could not rebase '" + req.path + "'"));
   if (close_err) return fail(name_image(close_err, req.path));

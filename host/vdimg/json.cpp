@@ -16,6 +16,22 @@ Json& Json::push(Json value) {
   return *this;
 }
 
+Json& Json::member(const std::string& key) {
+  if (!std::holds_alternative<Object>(v_)) v_ = Object{};
+  auto& o = std::get<Object>(v_);
+  for (auto& [k, v] : o)
+    if (k == key) return v;
+  o.emplace_back(key, Json());
+  return o.back().second;
+}
+
+Json& Json::element(size_t i) {
+  if (!std::holds_alternative<Array>(v_)) v_ = Array{};
+  auto& a = std::get<Array>(v_);
+  if (a.size() <= i) a.resize(i + 1);
+  return a[i];
+}
+
 std::string json_quote(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
@@ -55,6 +71,11 @@ std::string scalar(const std::variant<std::nullptr_t, bool, int64_t, uint64_t, d
 }
 
 }  // namespace
+
+std::string Json::text() const {
+  if (auto* str = std::get_if<std::string>(&v_)) return *str;
+  return scalar(v_);
+}
 
 std::string Json::pretty(int indent) const {
   std::string pad(static_cast<size_t>(indent), ' '), inner(static_cast<size_t>(indent + 4), ' ');

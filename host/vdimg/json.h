@@ -36,6 +36,16 @@ class Json {
   Json& set(std::string key, Json value);
   Json& push(Json value);
 
+  // The member `key` of an object (added as null if missing; a null becomes an object), and
+  // element `i` of an array (grown with nulls; a null becomes an array).
+  Json& member(const std::string& key);
+  Json& element(size_t i);
+
+  const Object* as_object() const { return std::get_if<Object>(&v_); }
+  const Array* as_array() const { return std::get_if<Array>(&v_); }
+  // A scalar as qemu-img's human output shows it: strings bare, true/false, numbers.
+  std::string text() const;
+
   // qemu-img's multi-line layout, without a trailing newline.
   std::string pretty(int indent = 0) const;
   // One line: {"a": 1, "b": true}.
