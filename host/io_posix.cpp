@@ -185,6 +185,22 @@ class PosixFile final : public File {
     return static_cast<uint64_t>(st.st_blocks) * 512;
   }
 
+  Result<FileExtent> extent_at(uint64_t offset) override {
+    struct stat st {};
+    if (::fstat(fd_->fd, &st) != 0) return Error::from_errno(errno, "stat of '" + fd_->path + "'");
+    const auto size = static_cast<uint64_t>(st.st_size);
+    if (offset >= size) return FileExtent{true, 0};
+    const off_t data = ::lseek(fd_->fd, static_cast<off_t>(offset), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) return FileExtent{false, size - offset};  // a hole up to the end
+      return FileExtent{true, size - offset};  // no SEEK_DATA here: all data
+    }
+    if (static_cast<uint64_t>(data) > offset) return FileExtent{false, static_cast<uint64_t>(data) - offset};
+    const off_t hole = ::lseek(fd_->fd, static_cast<off_t>(offset), SEEK_HOLE);
+    const uint64_t end = hole < 0 ? size : std::min<uint64_t>(static_cast<uint64_t>(hole), size);
+    return FileExtent{true, end - offset};
+  }
+
   Error read(IoKind, uint64_t offset, std::span<std::byte> buf) override {
     return read_all(*fd_, offset, buf);
   }

@@ -1,4 +1,5 @@
 // QcowImage: properties, descriptive information, and the calls of the write side.
+#include "backends/qcow/check.h"
 #include "backends/qcow/flush_request.h"
 #include "backends/qcow/image.h"
 
@@ -22,10 +23,6 @@ Error QcowImage::set_lchs(const Geometry& g) {
   if (g.heads > 255 || g.sectors > 63) return Error(Errc::invalid_argument, "invalid logical geometry");
   lchs_ = g;
   return {};
-}
-
-Error QcowImage::set_parent(const std::optional<std::string>&, const std::optional<std::string>&) {
-  return refuse_write("changing the backing file");
 }
 
 // Growing: the new size is recorded, and a larger L1 table is allocated and written when the
@@ -60,9 +57,7 @@ Error QcowImage::resize(uint64_t new_size) {
   return FlushRequest::run_sync(*this);
 }
 
-Result<CheckReport> QcowImage::check(RepairMode) {
-  return Error(Errc::not_supported, "'" + path_ + "': checking QCOW images is not implemented yet");
-}
+Result<CheckReport> QcowImage::check(RepairMode repair) { return check_image(*this, repair); }
 
 std::vector<InfoField> QcowImage::format_info() const {
   std::vector<InfoField> f;

@@ -169,6 +169,14 @@ void RawImage::block_status(uint64_t offset, uint64_t length, ExtentHandler done
   Error e = check_open("block_status");
   if (!e) e = check_range("block_status", offset, length);
   Extent ext{length, Extent::Kind::data, offset, false, false};
+  if (!e && length) {
+    // Holes of a sparse file read as zeros: report them so map and convert skip them.
+    auto fx = file_->extent_at(offset);
+    if (fx && fx->length) {
+      ext.length = std::min(length, fx->length);
+      if (!fx->data) ext.kind = Extent::Kind::zero;  // still at its place in the file
+    }
+  }
   post([done = std::move(done), ext](Error err) { done(err, err ? Extent{} : ext); }, e);
 }
 

@@ -35,6 +35,12 @@ enum FileMode : unsigned {
   file_truncate = 1u << 4,   // with file_create: truncate an existing file
 };
 
+// A run of data or of a hole in a file (where the storage knows holes).
+struct FileExtent {
+  bool data = true;
+  uint64_t length = 0;
+};
+
 class File {
  public:
   virtual ~File() = default;
@@ -44,6 +50,13 @@ class File {
   virtual Error set_size(uint64_t size) = 0;
   // Bytes the file really occupies on its storage (holes excluded), for `info`'s disk size.
   virtual Result<uint64_t> allocated_size() { return size(); }
+  // Whether `offset` (< size) starts data or a hole, and how far that goes (SEEK_DATA /
+  // SEEK_HOLE). Storage that does not know holes answers data up to the end.
+  virtual Result<FileExtent> extent_at(uint64_t offset) {
+    auto s = size();
+    if (!s) return s.error();
+    return FileExtent{true, *s > offset ? *s - offset : 0};
+  }
 
   // Synchronous I/O. Reads past the end of the file fill the buffer with zeros.
   virtual Error read(IoKind kind, uint64_t offset, std::span<std::byte> buf) = 0;

@@ -195,19 +195,31 @@ TEST_F(RawTest, UnalignedDiscardZeroesExactlyTheRangeLikeQemuIo) {
   expect_qemu_reads("read -P 0xaa 11000 1037576");
 }
 
-TEST_F(RawTest, BlockStatusReportsTheWholeRangeAsDataInPlace) {
-  auto img = create(kMiB);
-  vd::Extent ext;
-  Error e = rt_.wait([&](vd::Completion d) {
-    img->block_status(4096, 500000, [&ext, d](Error err, vd::Extent x) {
-      ext = x;
-      d(err);
+TEST_F(RawTest, BlockStatusReportsHolesAsZeroAndDataInPlace) {
+  auto img = create(kMiB);  // sparse: one hole
+  auto status = [&](uint64_t off, uint64_t len) {
+    vd::Extent ext;
+    Error e = rt_.wait([&](vd::Completion d) {
+      img->block_status(off, len, [&ext, d](Error err, vd::Extent x) {
+        ext = x;
+        d(err);
+      });
     });
-  });
-  ASSERT_FALSE(e) << e.message();
-  EXPECT_EQ(ext.length, 500000u);
-  EXPECT_EQ(ext.kind, vd::Extent::Kind::data);
-  EXPECT_EQ(ext.host_offset, std::optional<uint64_t>(4096));
+    EXPECT_FALSE(e) << e.message();
+    return ext;
+  };
+  vd::Extent hole = status(4096, 500000);
+  EXPECT_EQ(hole.kind, vd::Extent::Kind::zero);
+  EXPECT_EQ(hole.length, 500000u);
+  EXPECT_EQ(hole.host_offset, std::optional<uint64_t>(4096));  // still at its place, as qemu-img map says
+
+  std::vector<std::byte> data(65536, std::byte{7});
+  ASSERT_FALSE(vd::sync_image_write(rt_, *img, 0, data));
+  vd::Extent written = status(0, kMiB);
+  EXPECT_EQ(written.kind, vd::Extent::Kind::data);
+  EXPECT_GE(written.length, 65536u);
+  EXPECT_LT(written.length, kMiB);  // the hole after it is a separate extent
+  EXPECT_EQ(written.host_offset, std::optional<uint64_t>(0));
 }
 
 TEST_F(RawTest, ResizeGrowsAndShrinksTheFile) {

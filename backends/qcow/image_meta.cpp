@@ -1,0 +1,36 @@
+// Metadata changes outside the data path: the backing file reference (rebase).
+#include "backends/qcow/flush_request.h"
+#include "backends/qcow/header.h"
+#include "backends/qcow/image.h"
+
+namespace vd::qcow {
+
+// Rewrites the header with the new backing file name and format. Everything written before
+// is flushed first, so the header is the only thing that changes; the new header is
+// encoded (and checked to fit in the first cluster) before anything is written.
+Error QcowImage::set_parent(const std::optional<std::string>& filename,
+                            const std::optional<std::string>& format) {
+  if (Error e = refuse_write("changing the backing file")) return e;
+  if (writes_active_ || flushing_)
+    return Error(Errc::busy, "'" + path_ + "': changing the backing file while requests are in flight");
+  if (filename && filename->size() > kMaxBackingNameLength)
+    return Error(Errc::invalid_argument, "'" + path_ + "': Backing file name too long");
+  Header next = hdr_;
+  next.backing_file = filename;
+  next.backing_format = filename ? format : std::nullopt;
+  if (refs_) {
+    next.refcount_table_offset = refs_->table_offset();
+    next.refcount_table_clusters = refs_->table_clusters();
+  }
+  auto bytes = encode_header(next);
+  if (!bytes) return bytes.error().wrap("'" + path_ + "': the new backing file name does not fit");
+  // QCOW v1 keeps its L1 table right after the header and name: the name must not grow into it.
+  if (hdr_.version == 1 && bytes->size() > hdr_.l1_table_offset)
+    return Error(Errc::not_supported, "'" + path_ + "': the new backing file name does not fit before the L1 table");
+  if (Error e = FlushRequest::run_sync(*this)) return e;
+  hdr_ = std::move(next);
+  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.wrap("'" + path_ + "': writing the header");
+  return file_->flush();
+}
+
+}  // namespace vd::qcow
