@@ -49,10 +49,12 @@ void FlushRequest::write_refblocks() {
 
 void FlushRequest::write_reftable() {
   Refcounts* refs = img_.refs_.get();
-  if (!refs->table_dirty()) return write_l2();
+  // A moved table whose header update failed last time is still pending: finish it.
+  if (!refs->table_dirty() && !refs->move_pending()) return write_l2();
   bool moved = false;
-  if (Error e = refs->write_table(moved)) return finish(e);
-  if (!moved) return sync(&FlushRequest::write_l2);
+  if (refs->table_dirty())
+    if (Error e = refs->write_table(moved)) return finish(e);
+  if (!refs->move_pending()) return sync(&FlushRequest::write_l2);
   // The header may point at the new table only once the table is durable.
   sync(&FlushRequest::commit_reftable);
 }

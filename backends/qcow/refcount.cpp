@@ -57,21 +57,39 @@ void Refcounts::write_entry(Block& b, uint64_t i, uint64_t v) const {
 Result<Refcounts::Block*> Refcounts::block_for(uint64_t cluster, bool create) {
   const uint64_t b = cluster / entries_per_block();
   if (auto it = blocks_.find(b); it != blocks_.end()) return it->second.get();
+  if (create && b >= table_.size()) {
+    if (Error e = grow_table(b + 1)) return e;
+    // Growing allocated the new table, which may have created this very block.
+    if (auto it = blocks_.find(b); it != blocks_.end()) return it->second.get();
+  }
   if (b >= table_.size() || table_[b] == 0) {
     if (!create) return static_cast<Block*>(nullptr);
-    if (b >= table_.size())
-      if (Error e = grow_table(b + 1)) return e;
-    // Place the new block inside the range it describes, so it counts itself.
+    // Place the new block in the first free cluster of the range it describes (so it
+    // usually counts itself), but never inside the run being allocated and never on a
+    // cluster another new block is taking.
+    uint64_t at = b * entries_per_block();
+    for (;;) {
+      if ((at >= avoid_lo_ && at < avoid_hi_) || placing_.count(at)) {
+        ++at;
+        continue;
+      }
+      auto f = cluster_free(at);
+      if (!f) return f.error();
+      if (*f) break;
+      ++at;
+    }
     auto blk = std::make_unique<Block>(cluster_size());
-    // No block means no cluster of its range is in use: the first one is free.
-    const uint64_t at = b * entries_per_block();
-    write_entry(*blk, at - b * entries_per_block(), 1);
     Block* raw = blk.get();
     blocks_.emplace(b, std::move(blk));
     table_[b] = at << cfg_.cluster_bits;
     table_dirty_ = true;
     dirty_blocks_.insert(b);
-    alloc_end_ = std::max(alloc_end_, (at + 1) << cfg_.cluster_bits);
+    // Its own refcount: in itself, or in the block of the range it landed in (which may be
+    // created here in turn).
+    placing_.insert(at);
+    Error e = set_cluster(at, 1);
+    placing_.erase(at);
+    if (e) return e;
     return raw;
   }
   const uint64_t off = table_[b] & kReftableOffsetMask;
@@ -113,10 +131,15 @@ Result<bool> Refcounts::cluster_free(uint64_t cluster) {
 
 Result<uint64_t> Refcounts::get(uint64_t offset) { return get_cluster(offset >> cfg_.cluster_bits); }
 
+// All or nothing: every refcount is read and checked before any is changed, so a failed
+// update (a block that cannot be read, an overflow) can simply be retried.
 Error Refcounts::update(uint64_t offset, uint64_t length, int64_t delta) {
+  if (!length) return {};
   const uint64_t first = offset >> cfg_.cluster_bits;
   const uint64_t last = (offset + length - 1) >> cfg_.cluster_bits;
-  for (uint64_t c = first; length && c <= last; ++c) {
+  std::vector<uint64_t> values;
+  values.reserve(last - first + 1);
+  for (uint64_t c = first; c <= last; ++c) {
     auto v = get_cluster(c);
     if (!v) return v.error();
     if (delta < 0 && *v < static_cast<uint64_t>(-delta))
@@ -125,13 +148,22 @@ Error Refcounts::update(uint64_t offset, uint64_t length, int64_t delta) {
     if (delta > 0 && max_refcount() - *v < static_cast<uint64_t>(delta))
       return Error(Errc::too_large, "'" + path_ + "': refcount of cluster " +
                                         hex(c << cfg_.cluster_bits) + " would overflow");
-    if (Error e = set_cluster(c, *v + delta)) return e;
-    if (*v + delta == 0) free_hint_ = std::min(free_hint_, c);
+    values.push_back(*v + delta);
+  }
+  for (uint64_t c = first; c <= last; ++c) {
+    if (Error e = set_cluster(c, values[c - first])) return e;
+    if (values[c - first] == 0) free_hint_ = std::min(free_hint_, c);
   }
   return {};
 }
 
 Result<uint64_t> Refcounts::allocate(uint64_t count) {
+  // Nested allocations (a refcount table growing) keep the outer run's reservation.
+  struct Avoid {
+    Refcounts& r;
+    uint64_t lo, hi;
+    ~Avoid() { r.avoid_lo_ = lo, r.avoid_hi_ = hi; }
+  } restore{*this, avoid_lo_, avoid_hi_};
   uint64_t start = free_hint_;
   for (;;) {
     // Find `count` free clusters in a row.
@@ -139,18 +171,23 @@ Result<uint64_t> Refcounts::allocate(uint64_t count) {
     for (uint64_t c = start; run < count; ++c) {
       auto f = cluster_free(c);
       if (!f) return f.error();
-      if (*f) {
+      if (*f && !placing_.count(c)) {
         ++run;
       } else {
         run = 0;
         start = c + 1;
       }
     }
-    // Creating the blocks that describe them may take some of them: check again.
-    for (uint64_t c = start; c < start + count; ++c) {
+    // Create the blocks that describe them, outside the run.
+    avoid_lo_ = start;
+    avoid_hi_ = start + count;
+    for (uint64_t c = start; c < start + count; c += entries_per_block() - c % entries_per_block()) {
       auto blk = block_for(c, true);
       if (!blk) return blk.error();
     }
+    avoid_lo_ = restore.lo;
+    avoid_hi_ = restore.hi;
+    // A nested allocation (the refcount table growing) may have taken part of the run.
     bool still_free = true;
     for (uint64_t c = start; c < start + count && still_free; ++c) {
       auto f = cluster_free(c);
@@ -227,10 +264,12 @@ void Refcounts::table_committed() {
 }
 
 Error Refcounts::apply_releases() {
-  auto pending = std::move(releases_);
-  releases_.clear();
-  for (auto [off, len] : pending)
+  // Each release is dropped only once applied: a failure leaves the rest for the next flush.
+  while (!releases_.empty()) {
+    auto [off, len] = releases_.back();
     if (Error e = update(off, len, -1)) return e;
+    releases_.pop_back();
+  }
   return {};
 }
 

@@ -60,7 +60,9 @@ class Refcounts {
   uint64_t allocated_end() const { return alloc_end_; }
 
   // ---- Write-back, used by the flush in this order ----
-  bool dirty() const { return !dirty_blocks_.empty() || table_dirty_; }
+  // Something to write: blocks, the table, or a moved table the header does not point at yet.
+  bool dirty() const { return !dirty_blocks_.empty() || table_dirty_ || old_table_offset_ != 0; }
+  bool move_pending() const { return old_table_offset_ != 0; }
   // Writes changed and new refcount blocks (step 1), then, after a flush, the refcount table
   // if it changed (step 2). `table_moved`: the header must be rewritten to point at it.
   Error write_blocks();
@@ -75,6 +77,10 @@ class Refcounts {
   // For check: iterate every cluster's refcount (reading every block).
   Result<std::vector<uint64_t>> all_refcounts(uint64_t clusters);
   uint64_t table_offset() const { return cfg_.table_offset; }
+  // Where refcount block `index` lives (0: none), for tests and check.
+  uint64_t block_offset(uint64_t index) const {
+    return index < table_.size() ? table_[index] & 0xfffffffffffffe00ull : 0;
+  }
   uint32_t table_clusters() const { return cfg_.table_clusters; }
 
  private:
@@ -101,6 +107,8 @@ class Refcounts {
   uint64_t file_end_ = 0;    // file size at load: refcount blocks must lie inside it
   uint64_t alloc_end_ = 0;   // end of the highest cluster with a refcount (bytes)
   uint64_t free_hint_ = 0;   // first cluster index that may be free
+  uint64_t avoid_lo_ = 0, avoid_hi_ = 0;  // the run being allocated: no new block goes there
+  std::set<uint64_t> placing_;             // clusters taken by new blocks not yet counted
 };
 
 }  // namespace vd::qcow

@@ -1,0 +1,130 @@
+// Shared machinery of the fault tests: fixtures made by qemu-img, a "rig" (an io_context, a
+// MockIoProvider holding the image files in memory, and a Disk over them) driven without a
+// vd::Runtime, and the recovery checks every fault test ends with.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/io_context.hpp>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "support/mock_io.h"
+#include "support/support.h"
+#include "vd/backend.h"
+#include "vd/disk.h"
+
+// Marks a test that exposes a known backend bug: skipped (the suite stays green) unless
+// VD_RUN_KNOWN_BUGS=1 is set, which is how the fix is verified. Each use has a BUG: comment.
+#define VD_KNOWN_BUG(why)                                                     \
+  do {                                                                        \
+    if (!::vdtest::faults::run_known_bugs()) GTEST_SKIP() << "BUG: " << why;  \
+  } while (0)
+
+namespace vdtest::faults {
+
+bool run_known_bugs();
+
+using Bytes = std::vector<std::byte>;
+using Files = std::map<std::string, Bytes>;  // file name -> content
+
+// Runs `script` with /bin/sh in a fresh TempDir (qemu-img/qemu-io commands on relative
+// names) and returns the named files' bytes.
+Files make_files(const std::string& script, const std::vector<std::string>& names);
+
+struct CheckOutcome {
+  int exit_code = -1;  // qemu-img check: 0 clean, 3 leaks only, 2 corrupt, 1 error
+  std::string output;
+  bool clean() const { return exit_code == 0; }
+  bool clean_or_leaks() const { return exit_code == 0 || exit_code == 3; }
+};
+// Writes the files to a TempDir and runs `qemu-img check` on `image`.
+CheckOutcome qemu_check(const Files& files, const std::string& image);
+
+struct OpenSpec {
+  std::string top = "top.qcow2";
+  std::optional<std::string> base;  // read-only parent; ".raw" opens as raw, else qcow2
+  uint64_t cache_bytes = 32ull << 20;
+};
+
+// Opens `spec` (top read-write, base read-only) on `io` and assembles the chain.
+vd::Result<std::unique_ptr<vd::Disk>> open_chain(vd::IoProvider& io, const OpenSpec& spec);
+// Starts an operation and runs `ctx` until it has nothing left; fails the test unless the
+// completion ran exactly once. Returns its error.
+vd::Error run_on(boost::asio::io_context& ctx, const std::function<void(vd::Completion)>& start);
+// The whole disk, read with `run_on`.
+Bytes read_disk(boost::asio::io_context& ctx, vd::Disk& disk);
+
+// One machine: an executor, the mock storage and a disk over it. Members are declared so that
+// the disk goes before the provider and the provider before the executor.
+class Rig {
+ public:
+  explicit Rig(const Files& files);
+  ~Rig();
+
+  // Opens the chain; faults and holds armed before this apply to the open too.
+  vd::Error open(const OpenSpec& spec = {});
+  vd::Disk& disk() { return *disk_; }
+  vd::Image& top() { return disk_->image(0); }
+
+  // Starts an operation and runs the executor until it has nothing left. Fails the test
+  // unless the completion ran exactly once. Returns its error.
+  vd::Error run(const std::function<void(vd::Completion)>& start);
+  vd::Error write(uint64_t offset, const Bytes& data);
+  vd::Error write_zeroes(uint64_t offset, uint64_t length);
+  vd::Error discard(uint64_t offset, uint64_t length);
+  vd::Error flush();
+  // The whole disk through the chain (test failure and empty result on error).
+  Bytes read_all();
+
+  // With held completions: runs posted work and fires held requests (random order) until
+  // `done()` holds. False if everything stalled before that (a hang).
+  bool drive(const std::function<bool()>& done, uint32_t seed);
+
+  Files snapshot();                     // current bytes of every file
+  uint64_t file_size(const std::string& name);
+  void drop_without_close();            // forget the disk without flushing (a crash)
+
+  boost::asio::io_context ctx;
+  MockIoProvider io;
+
+ private:
+  std::vector<std::string> names_;
+  std::unique_ptr<vd::Disk> disk_;
+};
+
+// What a recovery must show after a fault: the files open again, read `old_content` or
+// `new_content` in every `grain`-sized piece (new_content may be null: old only), and
+// `qemu-img check` (and vd's check, once it exists) finds no corruption, and no leak unless
+// `allow_leaks`.
+struct Expect {
+  const Bytes* old_content = nullptr;
+  const Bytes* new_content = nullptr;
+  uint64_t grain = 512;
+  bool allow_leaks = false;
+};
+void expect_recovers(const Files& files, const OpenSpec& spec, const Expect& x);
+
+// Per piece of `grain` bytes: true if `got` equals one of the candidates there.
+::testing::AssertionResult old_or_new(const Bytes& got, const Bytes& old_content, const Bytes* new_content,
+                                      uint64_t grain);
+
+// Checks vd's own check on an open image when the backend implements it.
+void expect_vd_check(vd::Image& img, bool allow_leaks);
+
+Bytes fill(size_t n, uint8_t value);
+// `base` with [offset, offset + data.size()) replaced.
+Bytes overlay(Bytes base, uint64_t offset, const Bytes& data);
+
+// The calls a provider saw, one a line (for failure messages).
+std::string calls_text(const MockIoProvider& io);
+
+// True if `e` carries an injected fault (so it is the fault's error, not another).
+bool is_injected(const vd::Error& e);
+
+}  // namespace vdtest::faults
