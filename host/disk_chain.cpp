@@ -132,7 +132,11 @@ void status_chain(ChainState& chain, size_t level, uint64_t offset, uint64_t len
                                             " bytes for " + hex(n)),
                   {});
     }
-    if (x.kind != Extent::Kind::unallocated) {
+    // Held here, or held by nobody below (no parent, or a parent shorter than this offset):
+    // the answer is this level's, as qemu-img map reports it (depth of the last image
+    // covering the offset).
+    const bool below = level + 1 < chain.depth() && offset < chain.images[level + 1]->size();
+    if (x.kind != Extent::Kind::unallocated || !below) {
       return done({}, DiskExtent{x, static_cast<int>(level)});
     }
     status_chain(chain, level + 1, offset, x.length, done);

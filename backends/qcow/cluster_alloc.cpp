@@ -1,5 +1,6 @@
 #include "backends/qcow/cluster_alloc.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "backends/qcow/image.h"
@@ -52,9 +53,13 @@ void ClusterAllocRequest::fill() {
   bounce_.resize(count_ * cs);
   fills_pending_ = 1;  // held until every read is issued
   auto self = shared_from_this();
+  // The last cluster of an image whose size is not cluster aligned lies partly past the end:
+  // read only what the guest has and leave the rest zero, as QEMU writes it.
   auto read_cluster = [&](uint64_t g) {
+    const uint64_t n = std::min<uint64_t>(cs, img_.size() - std::min(img_.size(), g));
+    if (n == 0) return;
     ++fills_pending_;
-    img_.read_through(g, std::span(bounce_).subspan(g - guest_, cs), [self](Error e) { self->handle_fill(e); });
+    img_.read_through(g, std::span(bounce_).subspan(g - guest_, n), [self](Error e) { self->handle_fill(e); });
   };
   if (data_offset_ > guest_) read_cluster(guest_);
   const uint64_t last = end - cs;

@@ -28,6 +28,7 @@
 #include "backends/qcow/crypto.h"
 #include "backends/qcow/format.h"
 #include "backends/qcow/l2_cache.h"
+#include "backends/qcow/luks.h"
 #include "backends/qcow/mapping.h"
 #include "backends/qcow/refcount.h"
 #include "vd/backend.h"
@@ -70,6 +71,7 @@ class QcowImage final : public Image {
 
   std::vector<InfoField> format_info() const override;
   bool encrypted() const override { return hdr_.crypt_method != kCryptNone; }
+  bool dirty() const override { return hdr_.incompatible_features & kIncompatDirty; }
   std::vector<SnapshotInfo> snapshots() const override;
   Result<CheckReport> check(RepairMode repair) override;
   Error close(bool remove) override;
@@ -130,6 +132,7 @@ class QcowImage final : public Image {
   Error preallocate(int mode);
 
   friend class FlushRequest;
+  friend class Checker;  // check.h: reads the metadata, and reloads it after a repair
 
  private:
   QcowImage(const Backend& backend, std::string path, unsigned flags, IoProvider& io);
@@ -152,6 +155,7 @@ class QcowImage final : public Image {
   Error decrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf) const;
 
   Error refuse_write(const char* op) const;
+  void add_luks_info(std::vector<InfoField>& f) const;
 
   const Backend& backend_;
   std::string path_;
@@ -169,6 +173,7 @@ class QcowImage final : public Image {
   std::vector<Snapshot> snapshots_;
   HostLimits limits_;
   std::unique_ptr<SectorCipher> cipher_;
+  std::optional<LuksInfo> luks_;  // the LUKS header, for info (also on info-only opens)
 
   L2Cache cache_;
   std::unordered_map<uint64_t, std::vector<L2Handler>> l2_loads_;  // in flight, by offset

@@ -2,6 +2,7 @@
 // before it is used, and nothing is sized from an unchecked field.
 #include <filesystem>
 
+#include "backends/qcow/check.h"
 #include "backends/qcow/header.h"
 #include "backends/qcow/image.h"
 #include "backends/qcow/luks.h"
@@ -73,10 +74,16 @@ Error QcowImage::open_for_writing() {
     v1_end_ = (file_end_ + cs - 1) & ~(cs - 1);
     return {};
   }
-  if ((hdr_.incompatible_features & kIncompatDirty) && !(flags_ & open_no_repair))
-    return Error(Errc::not_supported,
-                 "'" + path_ + "' was not closed cleanly (dirty bit set, lazy refcounts): open it "
-                 "read-only, or repair it with 'vdimg check -r all'");
+  // Lazy refcounts after a crash: the refcounts on disk may be stale. Like QEMU, a read-write
+  // open rebuilds them (the check clears the dirty bit once the image is consistent).
+  if ((hdr_.incompatible_features & kIncompatDirty) && !(flags_ & open_no_repair)) {
+    auto report = check_image(*this, RepairMode::all);
+    if (!report) return report.error().wrap("'" + path_ + "': Could not repair dirty image");
+    if (report->check_errors || report->corruptions)
+      return Error(Errc::corrupt, "'" + path_ + "': Could not repair dirty image (" +
+                                      std::to_string(report->corruptions) + " corruptions, " +
+                                      std::to_string(report->check_errors) + " check errors remain)");
+  }
   refs_ = std::make_unique<Refcounts>(
       *file_, path_,
       Refcounts::Config{hdr_.cluster_bits, hdr_.refcount_order, hdr_.refcount_table_offset,
@@ -106,6 +113,12 @@ Error QcowImage::open_data_file() {
 
 Error QcowImage::open_encryption(const OpenOptions& opts) {
   if (hdr_.crypt_method == kCryptNone) return {};
+  if (hdr_.crypt_method == kCryptLuks && hdr_.crypto_header_length >= kLuksHeaderSize) {
+    // Described by info even when it is not unlocked; a bad header fails the unlock below.
+    std::vector<std::byte> raw(kLuksHeaderSize);
+    if (!file_->read(IoKind::meta, hdr_.crypto_header_offset, raw))
+      if (auto info = luks_parse(raw, path_)) luks_ = std::move(*info);
+  }
   if (flags_ & open_info_only) return {};
   if (!opts.passphrase)
     return Error(Errc::wrong_passphrase,
@@ -149,7 +162,9 @@ Error QcowImage::select_snapshot(const std::string& name) {
     return Error(Errc::not_found, "'" + path_ + "': no snapshot with id or name '" + name + "'");
   if (Error e = validate_snapshot(*found, hdr_, static_cast<size_t>(found - snapshots_.data()), file_end_, path_))
     return e;
-  if (found->disk_size) size_ = *found->disk_size;
+  // The virtual size stays the image's current one, as qemu-img 7.2 reads a snapshot
+  // (convert -l): loading a snapshot's L1 does not change the disk's length, and what its
+  // smaller L1 does not map reads as unallocated. snapshots() reports its own disk size.
   return load_l1(found->l1_table_offset, found->l1_size, "snapshot L1 table");
 }
 

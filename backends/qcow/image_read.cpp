@@ -117,12 +117,21 @@ void QcowImage::block_status(uint64_t offset, uint64_t length, ExtentHandler don
         case Run::Kind::data:
           x.kind = Extent::Kind::data;
           x.host_offset = run.host_offset;
+          // Preallocated clusters never written are holes in the file: they read as zeros
+          // (qemu-img map says zero and data). Split the run where that changes.
+          if (!cipher_ && hdr_.crypt_method == kCryptNone && !data_file_) {
+            if (auto fx = data_->extent_at(run.host_offset); fx && fx->length) {
+              x.length = std::min(x.length, fx->length);
+              x.zero_data = !fx->data;
+            }
+          }
           break;
         case Run::Kind::compressed:
           x.kind = Extent::Kind::data;
           x.compressed = true;
           break;
       }
+      if (run.host_reserved) x.host_offset = run.host_offset;
     }
     io_.post([done, e, x] { done(e, x); });
   });

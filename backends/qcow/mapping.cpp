@@ -22,6 +22,7 @@ struct Unit {
   uint64_t host;        // data: host offset of the unit; compressed: run start
   uint64_t csize = 0;   // compressed bytes
   bool copied = true;   // data: refcount is exactly 1 (QCOW v1 has no sharing)
+  bool reserved = false;  // zero/unallocated: the unit keeps host space at `host`
 };
 
 Error corrupt(const std::string& path, const std::string& what, uint64_t l2_offset, uint64_t index) {
@@ -57,7 +58,13 @@ Result<Unit> decode_v2(const Layout& l, const L2Table& t, uint64_t idx, uint32_t
   if (e & kOflagCompressed) return decode_compressed_v2(l, e);
   const uint64_t host = e & kL2OffsetMask;
   if (!l.extended_l2) {
-    if (e & kOflagZero) return Unit{Run::Kind::zero, 0};
+    if (e & kOflagZero) {
+      // A preallocated zero cluster keeps its host space; an unaligned one is left to the
+      // write path to refuse (it reads as zeros either way).
+      if (has_host_cluster(l, e) && !(host & (l.cluster_size() - 1)))
+        return Unit{Run::Kind::zero, host, 0, true, true};
+      return Unit{Run::Kind::zero, 0};
+    }
     if (!has_host_cluster(l, e)) return Unit{Run::Kind::unallocated, 0};
     if (host & (l.cluster_size() - 1))
       return corrupt(path, "Cluster allocation offset " + hex(host) + " unaligned", l2_offset, idx);
@@ -72,10 +79,11 @@ Result<Unit> decode_v2(const Layout& l, const L2Table& t, uint64_t idx, uint32_t
   if (alloc & zero) return corrupt(path, "Invalid cluster entry found", l2_offset, idx);
   if (host & (l.cluster_size() - 1))
     return corrupt(path, "Cluster allocation offset " + hex(host) + " unaligned", l2_offset, idx);
-  if ((zero >> sub) & 1) return Unit{Run::Kind::zero, 0};
-  if ((alloc >> sub) & 1)
-    return Unit{Run::Kind::data, host + (uint64_t{sub} << l.sub_bits()), 0, (e & kOflagCopied) != 0};
-  return Unit{Run::Kind::unallocated, 0};
+  if ((zero >> sub) & 1)
+    return Unit{Run::Kind::zero, host + (uint64_t{sub} << l.sub_bits()), 0, true, true};
+  const uint64_t sub_host = host + (uint64_t{sub} << l.sub_bits());
+  if ((alloc >> sub) & 1) return Unit{Run::Kind::data, sub_host, 0, (e & kOflagCopied) != 0};
+  return Unit{Run::Kind::unallocated, sub_host, 0, true, true};
 }
 
 Error check_host(const Unit& u, uint64_t unit_bytes, const HostLimits& lim, uint64_t l2_offset,
@@ -128,11 +136,14 @@ Result<Run> decode_run(const Layout& l, const L2Table& t, uint64_t l2_offset, ui
         run.length = std::min(end, cstart + l.cluster_size()) - guest;
         return run;
       }
-      run.host_offset = u->kind == Run::Kind::data ? u->host + in_unit : 0;
+      const bool hosted = u->kind == Run::Kind::data || u->reserved;
+      run.host_offset = hosted ? u->host + in_unit : 0;
       run.copied = u->copied;
+      run.host_reserved = u->reserved;
     } else {
-      if (u->kind != run.kind || u->copied != run.copied) break;
-      if (u->kind == Run::Kind::data && u->host + in_unit != run.host_offset + (pos - guest)) break;
+      if (u->kind != run.kind || u->copied != run.copied || u->reserved != run.host_reserved) break;
+      const bool hosted = u->kind == Run::Kind::data || u->reserved;
+      if (hosted && u->host + in_unit != run.host_offset + (pos - guest)) break;
     }
     const uint64_t step = std::min(end, unit_start + unit_bytes) - pos;
     pos += step;

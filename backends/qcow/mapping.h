@@ -43,6 +43,9 @@ struct Run {
   uint64_t compressed_bytes = 0;  // compressed: bytes of the stored run
   uint64_t cluster_start = 0;     // compressed: guest offset of the cluster
   bool copied = false;            // data: every cluster has refcount 1 (writable in place)
+  // zero/unallocated: the clusters keep their host space at host_offset (preallocated zero
+  // clusters; zero or unallocated subclusters of an allocated cluster). qemu-img map shows it.
+  bool host_reserved = false;
 };
 
 // Where host offsets may point, to reject entries that leave the file or hit metadata.

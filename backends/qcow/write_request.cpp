@@ -72,9 +72,25 @@ void WriteRequest::write_in_place_encrypted(const Run& run) {
                                        [self, n](Error e) { self->advance(e, n); });
   };
   if (head == 0 && n % 512 == 0) return write();
-  img_.read_through(guest0, bounce_, [self, write, n](Error e) {
-    if (e) return self->advance(e, n);
-    write();
+  // Read-modify-write of a partial sector: a concurrent writer to another part of the same
+  // sector would be lost between our read and our write. Hold the clusters busy meanwhile
+  // (writers check busy clusters before they start: handle_lookup).
+  const uint32_t cb = img_.layout().cluster_bits;
+  const uint64_t first = pos_ >> cb, count = ((pos_ + n - 1) >> cb) - first + 1;
+  img_.mark_busy(first, count);
+  auto release = [self, first, count](Error e, uint64_t len) {
+    self->img_.clear_busy(first, count);
+    self->advance(e, len);
+  };
+  auto finish_write = [self, n, head, guest0, host0, release] {
+    std::memcpy(self->bounce_.data() + head, self->rest_.data(), n);
+    if (Error e = self->img_.encrypt(guest0, host0, self->bounce_)) return release(e, n);
+    self->img_.data_file().async_write(IoKind::data, host0, self->bounce_,
+                                       [release, n](Error e) { release(e, n); });
+  };
+  img_.read_through(guest0, bounce_, [finish_write, release, n](Error e) {
+    if (e) return release(e, n);
+    finish_write();
   });
 }
 

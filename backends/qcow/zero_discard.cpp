@@ -29,11 +29,16 @@ void ZeroRequest::run() {
   const uint64_t cs = img_.layout().cluster_size();
   const bool real_zeros = mode_ == Mode::zero && (h.version == 1 || (h.version == 2 && h.backing_file));
   if (real_zeros) return write_zero_bytes(offset_, length_, [self = shared_from_this()](Error e) { self->finish(e); });
+  // Without the zero flag a discarded cluster would expose the backing file's stale data:
+  // QEMU refuses discard on v2 images with a backing file, and so do we (it is advisory).
+  if (mode_ == Mode::discard && h.version < 3 && h.backing_file) return finish({});
 
   const uint64_t end = offset_ + length_;
   uint64_t a = (offset_ + cs - 1) & ~(cs - 1);
   uint64_t b = end & ~(cs - 1);
-  if (end == img_.size() && (offset_ & (cs - 1)) == 0) b = std::max(b, end);  // unaligned last cluster
+  // The partial last cluster of an unaligned image counts as whole when the range covers
+  // all of it (QEMU's block layer hands that tail to the driver on its own).
+  if (end == img_.size() && b >= offset_) b = end;
   if (a >= b) {  // inside one cluster
     if (mode_ == Mode::discard) return finish({});
     return write_zero_bytes(offset_, length_, [self = shared_from_this()](Error e) { self->finish(e); });
@@ -102,6 +107,10 @@ void ZeroRequest::apply(uint64_t l2_offset) {
   const bool backing = img_.header().backing_file.has_value();
   const uint64_t chunk_end = std::min(end_, (pos_ | (l.l2_coverage() - 1)) + 1);
   const uint64_t all_zero = 0xffffffffull << 32;
+  // An external data file maps guest offsets 1:1. QEMU keeps a raw one (data_file_raw) reading
+  // as the guest does, and passes discards down to it: so do we.
+  const bool punch_data_file = img_.header().data_file &&
+                               (mode_ == Mode::discard || (img_.header().autoclear_features & kAutoclearDataFileRaw));
   L2Table& t = img_.l2_for_update(l2_offset);
   for (uint64_t g = pos_; g < chunk_end; g += l.cluster_size()) {
     const uint64_t i = l.l2_index(g) * l.words_per_entry();
@@ -121,9 +130,18 @@ void ZeroRequest::apply(uint64_t l2_offset) {
     t[i] = e;
     if (l.extended_l2) t[i + 1] = bitmap;
     if (allocated) img_.release_entry(old, old_bitmap);
+    if (allocated && punch_data_file)
+      if (Error pe = punch(g, std::min(l.cluster_size(), img_.size() - g))) return finish(pe);
   }
   pos_ = chunk_end;
   next_chunk();
+}
+
+Error ZeroRequest::punch(uint64_t offset, uint64_t length) {
+  if (Error e = img_.data_file().discard(offset, length))
+    return e.wrap("'" + img_.path() + "': deallocating " + std::to_string(length) + " bytes of the data file at " +
+                  hex(offset));
+  return {};
 }
 
 void ZeroRequest::finish(Error e) {

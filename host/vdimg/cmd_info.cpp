@@ -30,6 +30,7 @@ struct ImageInfo {
   std::optional<uint32_t> cluster_size;
   std::optional<std::string> backing, backing_full, backing_format;
   bool encrypted = false;
+  bool dirty = false;
   std::vector<vd::SnapshotInfo> snapshots;
   std::vector<vd::InfoField> specific;
 };
@@ -54,6 +55,7 @@ ImageInfo describe(vd::Image& image) {
   if (info.backing) info.backing_full = resolve_relative(image.path(), *info.backing);
   info.backing_format = image.parent_format();
   info.encrypted = image.encrypted();
+  info.dirty = image.dirty();
   info.snapshots = image.snapshots();
   info.specific = image.format_info();
   return info;
@@ -145,7 +147,7 @@ Json info_json(const ImageInfo& info) {
     j.set("backing-filename", *info.backing);
   }
   if (info.encrypted) j.set("encrypted", true);
-  j.set("dirty-flag", false);
+  j.set("dirty-flag", info.dirty);
   return j;
 }
 

@@ -47,7 +47,7 @@ MapEntry entry_of(vd::Disk& disk, uint64_t start, const vd::DiskExtent& x) {
   }
   e.depth = x.level;
   e.present = true;
-  e.zero = x.extent.kind == vd::Extent::Kind::zero;
+  e.zero = x.extent.kind == vd::Extent::Kind::zero || x.extent.zero_data;
   e.data = x.extent.kind == vd::Extent::Kind::data;
   if (x.extent.kind == vd::Extent::Kind::unallocated) e.present = false, e.zero = true;
   if (!x.extent.compressed) e.offset = x.extent.host_offset;

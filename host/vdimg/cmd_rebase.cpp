@@ -72,7 +72,8 @@ vd::Error safe_rebase(vd::Runtime& rt, vd::Disk& top, vd::Disk* fresh) {
     if (e) return e;
     if (x.extent.length == 0 || x.extent.length > len)
       return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos) + " returned a bad length");
-    if (x.level != 0)
+    // Anything the top does not hold itself reads from below: it may change with the base.
+    if (x.level != 0 || x.extent.kind == vd::Extent::Kind::unallocated)
       if (auto err = fix_range(rt, top, fresh, pos, x.extent.length)) return err;
     pos += x.extent.length;
   }

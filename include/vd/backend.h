@@ -106,6 +106,7 @@ struct Extent {
   std::optional<uint64_t> host_offset;  // where the data lives in the image file, if plain
   bool compressed = false;
   bool encrypted = false;
+  bool zero_data = false;  // data in place that reads as zeros (a hole in the file below)
 };
 using ExtentHandler = std::function<void(Error, Extent)>;
 
@@ -204,6 +205,9 @@ class Image {
   // Descriptive information for `vdimg info`: format-specific fields in qemu-img's terms.
   virtual std::vector<InfoField> format_info() const = 0;
   virtual bool encrypted() const = 0;
+  // The image was not closed cleanly and its metadata may need a repair (QCOW2 lazy
+  // refcounts); `info` shows it as the dirty flag.
+  virtual bool dirty() const { return false; }
   virtual std::vector<SnapshotInfo> snapshots() const = 0;
 
   // Consistency check and repair (formats without metadata answer not_supported).
