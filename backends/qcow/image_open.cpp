@@ -32,14 +32,19 @@ Error QcowImage::load(const OpenOptions& opts) {
   file_ = std::move(*f);
   data_ = file_.get();
 
-  auto h = read_header(*file_, path_);
+  // check -r opens with open_no_repair: QEMU's repair mode accepts a missing refcount table
+  // and a corrupt image, which the check then rebuilds and clears.
+  const bool repairing = (flags_ & open_no_repair) && !ro;
+  ReadHeaderOptions rh;
+  rh.for_repair = repairing;
+  auto h = read_header(*file_, path_, rh);
   if (!h) return h.error();
   hdr_ = std::move(*h);
   if (hdr_.version == 1 && backend_.name() != "qcow")
     return Error(Errc::wrong_format, "'" + path_ + "' is a QCOW version 1 image: open it as 'qcow'");
   if (hdr_.version != 1 && backend_.name() != "qcow2")
     return Error(Errc::wrong_format, "'" + path_ + "' is a QCOW2 image: open it as 'qcow2'");
-  if ((hdr_.incompatible_features & kIncompatCorrupt) && !ro)
+  if ((hdr_.incompatible_features & kIncompatCorrupt) && !ro && !repairing)
     return Error(Errc::corrupt, "'" + path_ + "': Image is corrupt; cannot be opened read/write");
   layout_ = Layout::from(hdr_);
   size_ = hdr_.size;
@@ -47,7 +52,7 @@ Error QcowImage::load(const OpenOptions& opts) {
   auto fs = file_->size();
   if (!fs) return fs.error();
   file_end_ = *fs;
-  if (Error e = validate_layout(hdr_, file_end_, path_)) return e;
+  if (Error e = validate_layout(hdr_, file_end_, path_, repairing)) return e;
   if (Error e = open_data_file()) return e;
   if (Error e = open_encryption(opts)) return e;
 
