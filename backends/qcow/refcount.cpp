@@ -164,6 +164,13 @@ Result<uint64_t> Refcounts::allocate(uint64_t count) {
     uint64_t lo, hi;
     ~Avoid() { r.avoid_lo_ = lo, r.avoid_hi_ = hi; }
   } restore{*this, avoid_lo_, avoid_hi_};
+  // Move the hint past the used clusters once, so each allocation does not rescan them.
+  for (;;) {
+    auto f = cluster_free(free_hint_);
+    if (!f) return f.error();
+    if (*f && !placing_.count(free_hint_)) break;
+    ++free_hint_;
+  }
   uint64_t start = free_hint_;
   for (;;) {
     // Find `count` free clusters in a row.

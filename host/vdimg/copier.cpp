@@ -1,16 +1,20 @@
 #include "host/vdimg/copier.h"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <vector>
 
 namespace vdimg {
 namespace {
 
+// The first 16 bytes are zero and every byte equals the one 16 before it: all zero. memcmp
+// is vectorised; a byte loop is not.
 bool all_zero(const std::byte* p, size_t n) {
-  for (size_t i = 0; i < n; ++i)
+  const size_t head = std::min<size_t>(n, 16);
+  for (size_t i = 0; i < head; ++i)
     if (p[i] != std::byte{0}) return false;
-  return true;
+  return n <= 16 || std::memcmp(p, p + 16, n - 16) == 0;
 }
 
 // The shared state of one copy. Workers hold a shared_ptr, so it lives until the last ends.

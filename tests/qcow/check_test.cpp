@@ -165,7 +165,9 @@ class QcowCheck : public ::testing::Test {
     EXPECT_EQ(run({"qemu-img", "compare", "-q", copy, image}).exit_code, 0);
     auto again = vd_check(image, RepairMode::none);
     EXPECT_TRUE(again.ok());
-    if (again) EXPECT_EQ(exit_code(*again), 0) << all_messages(*again);
+    if (again) {
+      EXPECT_EQ(exit_code(*again), 0) << all_messages(*again);
+    }
     return v ? *v : CheckReport{};
   }
 

@@ -47,8 +47,10 @@ TEST_P(ConvertToQcow2, ReadsBackIdenticalAndChecksClean) {
   EXPECT_EQ(chk.exit_code, 0) << chk.out << chk.err;
   const bool compressed = std::find(argv.begin(), argv.end(), "-c") != argv.end();
   // qemu-img check reports the share of compressed clusters ("... 0.00% compressed clusters").
-  if (compressed) EXPECT_EQ(chk.out.find(" 0.00% compressed"), std::string::npos) << chk.out;
-  if (compressed) EXPECT_NE(chk.out.find("% compressed clusters"), std::string::npos) << chk.out;
+  if (compressed) {
+    EXPECT_EQ(chk.out.find(" 0.00% compressed"), std::string::npos) << chk.out;
+    EXPECT_NE(chk.out.find("% compressed clusters"), std::string::npos) << chk.out;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Options, ConvertToQcow2,

@@ -24,7 +24,9 @@ class IoRun : public ::testing::Test {
     disk_ = std::move(*d);
   }
   void TearDown() override {
-    if (disk_) EXPECT_FALSE(disk_->close());
+    if (disk_) {
+      EXPECT_FALSE(disk_->close());
+    }
   }
   std::vector<vd::IoCommand> commands(std::initializer_list<const char*> texts) {
     std::vector<vd::IoCommand> out;
