@@ -156,6 +156,7 @@ class QcowImage final : public Image {
 
   Error refuse_write(const char* op) const;
   void add_luks_info(std::vector<InfoField>& f) const;
+  bool looks_preallocated();
 
   const Backend& backend_;
   std::string path_;
@@ -197,6 +198,7 @@ class QcowImage final : public Image {
   // L1 entries whose L2 table is being copied from a snapshot's: later writers wait.
   std::unordered_map<uint64_t, std::vector<std::function<void()>>> l1_busy_;
 
+  bool prealloc_known_ = false, prealloc_ = false;  // looks_preallocated(), computed once
   Geometry pchs_, lchs_;
   std::shared_ptr<ParentReader> parent_;
   bool closed_ = false;

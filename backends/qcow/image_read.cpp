@@ -99,6 +99,22 @@ void QcowImage::read_compressed(const Run& run, uint64_t guest, std::span<std::b
   });
 }
 
+// QEMU consults the file's holes only for images that look metadata-preallocated: the file
+// occupies clearly less space than its length (allocated clusters are mostly holes).
+bool QcowImage::looks_preallocated() {
+  if (!prealloc_known_) {
+    prealloc_known_ = true;
+    auto len = file_->size();
+    auto used = file_->allocated_size();
+    const uint64_t cs = layout_.cluster_size();
+    if (len && used) {
+      const uint64_t real = *used / cs, total = *len / cs;
+      prealloc_ = total > std::max(real * 10 / 9, real + 2);
+    }
+  }
+  return prealloc_;
+}
+
 void QcowImage::block_status(uint64_t offset, uint64_t length, ExtentHandler done) {
   if (offset > size_ || length > size_ - offset) {
     io_.post([done, e = Error(Errc::out_of_range, "block status beyond the end of '" + path_ + "'")] {
@@ -119,7 +135,7 @@ void QcowImage::block_status(uint64_t offset, uint64_t length, ExtentHandler don
           x.host_offset = run.host_offset;
           // Preallocated clusters never written are holes in the file: they read as zeros
           // (qemu-img map says zero and data). Split the run where that changes.
-          if (!cipher_ && hdr_.crypt_method == kCryptNone && !data_file_) {
+          if (!cipher_ && hdr_.crypt_method == kCryptNone && !data_file_ && looks_preallocated()) {
             if (auto fx = data_->extent_at(run.host_offset); fx && fx->length) {
               x.length = std::min(x.length, fx->length);
               x.zero_data = !fx->data;

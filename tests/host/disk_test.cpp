@@ -259,13 +259,13 @@ TEST_F(DiskTest, BlockStatusReportsTheLevelHoldingEachRange) {
   EXPECT_EQ(x.extent.length, 100u);
   x = status(3 * kCluster, kCluster);
   EXPECT_EQ(x.level, 1);  // mid hides base
-  x = status(4 * kCluster, 60 * 1024);  // runs past the end: clipped
-  EXPECT_EQ(x.level, -1);
-  EXPECT_EQ(x.extent.kind, vd::Extent::Kind::zero);
+  x = status(4 * kCluster, 60 * 1024);  // runs past the end: clipped; nobody holds it
+  EXPECT_EQ(x.level, 2);                // the deepest image covering it answers (qemu-img map's depth)
+  EXPECT_EQ(x.extent.kind, vd::Extent::Kind::unallocated);
   EXPECT_EQ(x.extent.length, 48u * 1024);
 }
 
-TEST_F(DiskTest, BlockStatusPastShorterParentIsZeroAtNoLevel) {
+TEST_F(DiskTest, BlockStatusPastShorterParentIsUnallocatedInTheTop) {
   make(mem, "/s/base.fake", 8 * 1024);
   fill(mem, "/s/base.fake", 0, pattern(8 * 1024, 3));
   make(mem, "/s/top.fake", 32 * 1024, "base.fake");
@@ -278,8 +278,8 @@ TEST_F(DiskTest, BlockStatusPastShorterParentIsZeroAtNoLevel) {
       done(std::move(e));
     });
   }));
-  EXPECT_EQ(x.level, -1);
-  EXPECT_EQ(x.extent.kind, vd::Extent::Kind::zero);
+  EXPECT_EQ(x.level, 0);  // the parent does not reach this far: the top answers
+  EXPECT_EQ(x.extent.kind, vd::Extent::Kind::unallocated);
   EXPECT_EQ(x.extent.length, 24u * 1024);
 }
 

@@ -66,7 +66,7 @@ inline bool qemu_create_encrypted(const std::string& fmt, const std::string& opt
                                   const std::string& iter_opt, const std::string& path,
                                   const std::string& size) {
   std::string last;
-  for (const char* t : {"10", "10", "10", "10", "50", "50"}) {
+  for (const char* t : {"10", "10", "10", "10", "50", "50", "50", "100", "100", "100", "200", "200"}) {
     std::string o = opts + "," + iter_opt + "=" + t;
     auto r = run({"qemu-img", "create", "-q", "-f", fmt, "--object", secret_object("abc"), "-o", o,
                   path, size});
