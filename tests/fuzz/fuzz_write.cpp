@@ -25,7 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   h.put("/img", {data, size - tail});
   auto disk = h.open("/img", nullptr, true);
   if (!disk) return 0;
-  std::vector<std::byte> buf(65535, std::byte{0x5a});
+  std::vector<std::byte> buf(65536, std::byte{0x5a});  // op.len + 1 <= 65536
   for (const Op& op : ops_from(data + size - tail, tail)) {
     const uint64_t dsize = disk->size();
     if (dsize == 0) break;
