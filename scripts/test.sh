@@ -5,13 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh build-test -DCMAKE_BUILD_TYPE=Debug -DVD_SANITIZE=ON -DVD_WERROR=ON
-# Scratch images in memory when possible: deleting files on a disk mounted with `discard`
-# can stall for minutes.
-if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
-  TMPDIR=$(mktemp -d /dev/shm/vd-test.XXXXXX)
+# Scratch images in memory when /dev/shm has room (deleting files on a disk mounted with
+# `discard` can stall for minutes); otherwise in the build tree, which is on the disk we just
+# built on. Containers often give /dev/shm only 64 MiB, and /tmp may be a small tmpfs too.
+if [ -z "${TMPDIR:-}" ]; then
+  shm_free_kib=0
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    shm_free_kib=$(df -Pk /dev/shm | awk 'NR==2 {print $4}')
+  fi
+  if [ "${shm_free_kib:-0}" -ge $((4 * 1024 * 1024)) ]; then
+    TMPDIR=$(mktemp -d /dev/shm/vd-test.XXXXXX)
+  else
+    mkdir -p build-test/scratch
+    TMPDIR=$(mktemp -d "$PWD/build-test/scratch/vd-test.XXXXXX")
+  fi
   export TMPDIR
   trap 'rm -rf "$TMPDIR"' EXIT
 fi
+echo "Scratch folder for test images: $TMPDIR"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 900

@@ -103,6 +103,14 @@ class QcowImage final : public Image {
   void wait_cluster(uint64_t guest_cluster, std::function<void()> retry);
   void mark_busy(uint64_t first_cluster, uint64_t count);
   void clear_busy(uint64_t first_cluster, uint64_t count);
+  // In-place writes in flight, by guest cluster. An allocation that rewrites a cluster
+  // (extended L2: a write into an unallocated subcluster of an allocated cluster copies the
+  // cluster elsewhere) marks it busy, so no new in-place write starts, then waits for those
+  // in flight to land before it reads the old cluster: otherwise their data would be lost
+  // with it.
+  void begin_in_place(uint64_t first_cluster, uint64_t count);
+  void end_in_place(uint64_t first_cluster, uint64_t count);
+  void after_in_place(uint64_t first_cluster, uint64_t count, std::function<void()> go);
 
   // The L2 table at `l2_offset` (already loaded), made writable and marked dirty.
   L2Table& l2_for_update(uint64_t l2_offset);
@@ -189,6 +197,8 @@ class QcowImage final : public Image {
   std::set<uint64_t> l1_dirty_;
   bool header_dirty_ = false;
   std::unordered_map<uint64_t, std::vector<std::function<void()>>> busy_;
+  std::unordered_map<uint64_t, unsigned> in_place_;                                  // in flight
+  std::unordered_map<uint64_t, std::vector<std::function<void()>>> in_place_waiters_;
   unsigned writes_active_ = 0;
   bool flushing_ = false;
   std::deque<std::function<void()>> gated_;   // writes waiting for a flush to finish

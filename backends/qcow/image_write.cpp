@@ -123,6 +123,35 @@ void QcowImage::clear_busy(uint64_t first, uint64_t count) {
   for (auto& w : wake) io_.post(std::move(w));
 }
 
+void QcowImage::begin_in_place(uint64_t first, uint64_t count) {
+  for (uint64_t c = first; c < first + count; ++c) ++in_place_[c];
+}
+
+void QcowImage::end_in_place(uint64_t first, uint64_t count) {
+  std::vector<std::function<void()>> wake;
+  for (uint64_t c = first; c < first + count; ++c) {
+    auto it = in_place_.find(c);
+    if (it == in_place_.end() || --it->second) continue;
+    in_place_.erase(it);
+    auto node = in_place_waiters_.extract(c);
+    if (node.empty()) continue;
+    for (auto& w : node.mapped()) wake.push_back(std::move(w));
+  }
+  for (auto& w : wake) io_.post(std::move(w));
+}
+
+void QcowImage::after_in_place(uint64_t first, uint64_t count, std::function<void()> go) {
+  for (uint64_t c = first; c < first + count; ++c) {
+    if (!in_place_.count(c)) continue;
+    // Wait for this one, then look at the rest again (the busy mark keeps new ones out).
+    in_place_waiters_[c].push_back([this, first, count, go = std::move(go)]() mutable {
+      after_in_place(first, count, std::move(go));
+    });
+    return;
+  }
+  go();
+}
+
 // ---- Tables -----------------------------------------------------------------------------
 
 L2Table& QcowImage::l2_for_update(uint64_t l2_offset) {

@@ -48,49 +48,48 @@ void WriteRequest::handle_lookup(Error e, const Run& run) {
 }
 
 void WriteRequest::write_in_place(const Run& run) {
-  if (img_.cipher()) return write_in_place_encrypted(run);
-  const uint64_t n = run.length;
-  img_.data_file().async_write(IoKind::data, run.host_offset, rest_.first(n),
-                               [self = shared_from_this(), n, host = run.host_offset](Error e) {
-                                 self->advance(e ? e.wrap("'" + self->img_.path() + "': writing data at " + hex(host)) : e, n);
+  const uint32_t cb = img_.layout().cluster_bits;
+  const uint64_t first = pos_ >> cb, count = ((pos_ + run.length - 1) >> cb) - first + 1;
+  img_.begin_in_place(first, count);
+  auto landed = [self = shared_from_this(), first, count, n = run.length](Error e) {
+    self->img_.end_in_place(first, count);
+    self->advance(e, n);
+  };
+  if (img_.cipher()) return write_in_place_encrypted(run, std::move(landed));
+  img_.data_file().async_write(IoKind::data, run.host_offset, rest_.first(run.length),
+                               [this, landed, host = run.host_offset](Error e) {
+                                 landed(e ? e.wrap("'" + img_.path() + "': writing data at " + hex(host)) : e);
                                });
 }
 
 // Encrypted data changes in whole 512-byte sectors: read and decrypt the partial ones, merge,
 // encrypt, write.
-void WriteRequest::write_in_place_encrypted(const Run& run) {
+void WriteRequest::write_in_place_encrypted(const Run& run, std::function<void(Error)> landed) {
   const uint64_t n = run.length;
   const uint64_t head = run.host_offset % 512;
   const uint64_t len = (head + n + 511) / 512 * 512;
   const uint64_t guest0 = pos_ - head, host0 = run.host_offset - head;
   bounce_.assign(len, std::byte{0});
   auto self = shared_from_this();
-  auto write = [self, n, head, guest0, host0] {
+  auto write = [self, n, head, guest0, host0](std::function<void(Error)> then) {
     std::memcpy(self->bounce_.data() + head, self->rest_.data(), n);
-    if (Error e = self->img_.encrypt(guest0, host0, self->bounce_)) return self->advance(e, n);
-    self->img_.data_file().async_write(IoKind::data, host0, self->bounce_,
-                                       [self, n](Error e) { self->advance(e, n); });
+    if (Error e = self->img_.encrypt(guest0, host0, self->bounce_)) return then(e);
+    self->img_.data_file().async_write(IoKind::data, host0, self->bounce_, std::move(then));
   };
-  if (head == 0 && n % 512 == 0) return write();
+  if (head == 0 && n % 512 == 0) return write(std::move(landed));
   // Read-modify-write of a partial sector: a concurrent writer to another part of the same
   // sector would be lost between our read and our write. Hold the clusters busy meanwhile
   // (writers check busy clusters before they start: handle_lookup).
   const uint32_t cb = img_.layout().cluster_bits;
   const uint64_t first = pos_ >> cb, count = ((pos_ + n - 1) >> cb) - first + 1;
   img_.mark_busy(first, count);
-  auto release = [self, first, count](Error e, uint64_t len) {
+  auto release = [self, first, count, landed](Error e) {
     self->img_.clear_busy(first, count);
-    self->advance(e, len);
+    landed(e);
   };
-  auto finish_write = [self, n, head, guest0, host0, release] {
-    std::memcpy(self->bounce_.data() + head, self->rest_.data(), n);
-    if (Error e = self->img_.encrypt(guest0, host0, self->bounce_)) return release(e, n);
-    self->img_.data_file().async_write(IoKind::data, host0, self->bounce_,
-                                       [release, n](Error e) { release(e, n); });
-  };
-  img_.read_through(guest0, bounce_, [finish_write, release, n](Error e) {
-    if (e) return release(e, n);
-    finish_write();
+  img_.read_through(guest0, bounce_, [write, release](Error e) {
+    if (e) return release(e);
+    write(release);
   });
 }
 
@@ -104,8 +103,10 @@ void WriteRequest::allocate(const Run& run) {
   // for this request is what falls inside the allocated clusters.
   const uint64_t n = std::min<uint64_t>(rest_.size(), first + count * cs - pos_);
   img_.mark_busy(first / cs, count);
-  ClusterAllocRequest::start(img_, first, count, pos_, rest_.first(n),
-                             [self = shared_from_this(), n](Error e) { self->advance(e, n); });
+  img_.after_in_place(first / cs, count, [self = shared_from_this(), first, count, n] {
+    ClusterAllocRequest::start(self->img_, first, count, self->pos_, self->rest_.first(n),
+                               [self, n](Error e) { self->advance(e, n); });
+  });
 }
 
 bool WriteRequest::try_compressed(const Run& run) {

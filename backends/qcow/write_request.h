@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -29,7 +30,7 @@ class WriteRequest : public std::enable_shared_from_this<WriteRequest> {
   void next();
   void handle_lookup(Error e, const Run& run);
   void write_in_place(const Run& run);
-  void write_in_place_encrypted(const Run& run);
+  void write_in_place_encrypted(const Run& run, std::function<void(Error)> landed);
   void allocate(const Run& run);
   bool try_compressed(const Run& run);
   void advance(Error e, uint64_t n);

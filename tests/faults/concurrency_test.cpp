@@ -76,6 +76,28 @@ TEST(Concurrency, OverlappingWritesOverBackingFileMatchTheSerialModel) {
   for (uint32_t seed = 50; seed <= 54 && !HasFailure(); ++seed) concurrent_writes(f, spec, pieces_for(seed), seed);
 }
 
+// Extended L2: a write into an unallocated subcluster of an allocated cluster rewrites the
+// whole cluster elsewhere, filling it from the old one. An in-place write to an allocated
+// subcluster still in flight must land before that fill reads, or its data goes with the
+// old cluster.
+TEST(Concurrency, InPlaceSubclusterWritesSurviveTheirClusterBeingRewritten) {
+  VD_REQUIRE_QEMU();
+  const Files f = make_files(
+      "qemu-img create -q -f qcow2 -o cluster_size=64k,extended_l2=on top.qcow2 1M && "
+      "qemu-io -c 'write -P 0x11 64k 4k' -c 'write -P 0x22 256k 2k' top.qcow2",
+      {"top.qcow2"});
+  for (uint32_t seed = 1; seed <= 12 && !HasFailure(); ++seed) {
+    std::vector<Piece> p;
+    p.push_back({65536 + 100, pattern(1500, seed)});             // allocated subcluster: in place
+    p.push_back({65536 + 2048 + 7, pattern(900, seed + 1)});     // the other allocated one
+    p.push_back({65536 + 10240, pattern(1024, seed + 2)});       // unallocated: rewrites cluster
+    p.push_back({262144 + 10, pattern(300, seed + 3)});          // in place, second cluster
+    p.push_back({262144 + 40000, pattern(5000, seed + 4)});      // rewrites the second cluster
+    p.push_back({262144 + 1000, pattern(700, seed + 5)});        // in place again
+    concurrent_writes(f, {}, p, seed);
+  }
+}
+
 // Writes and a flush in flight together (the flush drains the writes in flight and gates
 // the later ones), then a flush after they all completed: the result is the serial model.
 TEST(Concurrency, FlushAmongWritesInFlightPersistsTheModel) {

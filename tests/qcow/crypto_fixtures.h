@@ -59,21 +59,14 @@ inline std::string secret_object(const std::string& pass) {
   return "secret,id=sec0,data=" + pass;
 }
 
-// Runs qemu-img create with the given encryption -o options; retries (longer iter-time last)
-// when qemu-img's PBKDF2 calibration fails: it times its first round with the thread's CPU
-// time in ms, which can read 0 for a fast hash ("Unable to get accurate CPU usage").
+// Runs qemu-img create with the given encryption -o options (vdtest::qemu_img_create_luks:
+// retried while qemu-img's PBKDF2 calibration fails). `iter_opt` is kept for the callers.
 inline bool qemu_create_encrypted(const std::string& fmt, const std::string& opts,
-                                  const std::string& iter_opt, const std::string& path,
+                                  const std::string& /*iter_opt*/, const std::string& path,
                                   const std::string& size) {
-  std::string last;
-  for (const char* t : {"10", "10", "10", "10", "50", "50", "50", "100", "100", "100", "200", "200"}) {
-    std::string o = opts + "," + iter_opt + "=" + t;
-    auto r = run({"qemu-img", "create", "-q", "-f", fmt, "--object", secret_object("abc"), "-o", o,
-                  path, size});
-    if (r.exit_code == 0) return true;
-    last = r.err;
-  }
-  ADD_FAILURE() << "qemu-img create " << fmt << " -o " << opts << " failed: " << last;
+  auto r = qemu_img_create_luks(fmt, opts, path, size);
+  if (r.exit_code == 0) return true;
+  ADD_FAILURE() << "qemu-img create " << fmt << " -o " << opts << " failed: " << r.err;
   return false;
 }
 

@@ -88,12 +88,9 @@ ImageRecipe subclusters(const std::string& name, bool backing, const std::string
   return {name, "qcow2", "top.qcow2", s};
 }
 
-// qemu-img's LUKS set-up times its key derivation and fails now and then on a busy
-// machine ("Unable to get accurate CPU usage"): retried.
 std::string create_luks(const std::string& image) {
-  return "for i in 1 2 3 4 5 6 7 8 9 10; do qemu-img create -q -f qcow2 " + kSecret +
-         " -o encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 " + image +
-         " 4M 2>/dev/null && break; done && test -f " + image;
+  return qemu_img_create_luks_sh("qcow2", "encrypt.format=luks,encrypt.key-secret=sec0", image, "4M",
+                                 kFixturePassphrase);
 }
 
 ImageRecipe encrypted(const std::string& name, const std::string& fmt, bool luks) {

@@ -39,6 +39,18 @@ std::string data_dir();        // tests/data
 std::string plugin_path();     // the test plugin shared object
 bool have_qemu();              // qemu-img and qemu-io are on PATH
 
+// `qemu-img create` of a LUKS image (fmt "luks", or "qcow2" with encrypt.format=luks in
+// `opts`) with secret `sec0` = `passphrase`. qemu-img times PBKDF2 with the thread's CPU
+// clock in whole milliseconds and gives up ("Unable to get accurate CPU usage") when its
+// first round takes under 1 ms: now and then here, most of the time on a faster machine.
+// So it is retried, and when `opts` names no hash, the later tries use SHA-512 (slower per
+// round, and still an image made by qemu-img). Returns the last result.
+CmdResult qemu_img_create_luks(const std::string& fmt, const std::string& opts, const std::string& path,
+                               const std::string& size, const std::string& passphrase = "abc");
+// The same as a shell fragment for recipes: succeeds when `path` was made.
+std::string qemu_img_create_luks_sh(const std::string& fmt, const std::string& opts, const std::string& path,
+                                    const std::string& size, const std::string& passphrase = "abc");
+
 std::vector<std::byte> read_file(const std::string& path);
 void write_file(const std::string& path, const std::vector<std::byte>& bytes);
 uint64_t file_size(const std::string& path);

@@ -174,8 +174,8 @@ TEST(VdimgQcow2, EncryptedImageWithPassphraseFile) {
   REQUIRE_QCOW2();
   TempDir dir;
   std::string img = dir.file("e.qcow2"), pw = dir.file("pw"), bad = dir.file("bad");
-  vdtest::sh("qemu-img create -q -f qcow2 --object secret,id=s0,data=abc "
-             "-o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=100 " + img + " 1M");
+  auto made = vdtest::qemu_img_create_luks("qcow2", "encrypt.format=luks,encrypt.key-secret=sec0", img, "1M");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
   vdtest::sh("qemu-io --object secret,id=s0,data=abc --image-opts -c 'write -P 9 0 64k' "
              "driver=qcow2,file.filename=" + img + ",encrypt.key-secret=s0 >/dev/null");
   vdtest::sh("printf 'abc\\n' > " + pw + " && printf 'abd\\n' > " + bad);
