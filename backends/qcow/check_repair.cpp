@@ -128,6 +128,7 @@ Error Checker::reload_image() {
         Refcounts::Config{hdr_.cluster_bits, hdr_.refcount_order, hdr_.refcount_table_offset,
                           hdr_.refcount_table_clusters});
     if (Error e = m.refs_->load(m.file_end_)) return e;
+    m.guard_refcounts();
   }
   m.compute_limits();
   return {};

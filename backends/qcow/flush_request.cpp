@@ -38,7 +38,19 @@ void FlushRequest::sync(void (FlushRequest::*next)()) {
   img_.file_->async_flush(after_main);
 }
 
-void FlushRequest::sync_data() { sync(&FlushRequest::write_refblocks); }
+void FlushRequest::sync_data() { sync(&FlushRequest::mark_dirty); }
+
+// Lazy refcounts (v3 compatible bit 0): as QEMU does, the dirty bit is on disk before the
+// first metadata write after the image was clean, and is cleared only by a clean close. A
+// crash in between leaves an image that readers repair (refcounts rebuilt) before use.
+void FlushRequest::mark_dirty() {
+  const bool lazy = img_.hdr_.compatible_features & kCompatLazyRefcounts;
+  if (!lazy || img_.dirty() || !img_.metadata_pending()) return write_refblocks();
+  img_.hdr_.incompatible_features |= kIncompatDirty;
+  img_.marked_dirty_ = true;
+  if (Error e = img_.write_metadata_header()) return finish(e);
+  sync(&FlushRequest::write_refblocks);
+}
 
 void FlushRequest::write_refblocks() {
   Refcounts* refs = img_.refs_.get();
@@ -76,6 +88,11 @@ void FlushRequest::write_l2() {
     auto& raw = encoded_[i];
     raw.resize(t.size() * 8);
     for (size_t k = 0; k < t.size(); ++k) store_be64(raw.data() + k * 8, t[k]);
+    // Its offset came from the L1 table: a corrupt entry may point at other metadata.
+    if (Error e = img_.check_overlap(tables_[i].first, raw.size(), MetaKind::active_l2)) {
+      handle_write_l2(e);
+      continue;
+    }
     if (blocking_) handle_write_l2(img_.file_->write(IoKind::meta, tables_[i].first, raw));
     else img_.file_->async_write(IoKind::meta, tables_[i].first, raw, [self](Error e) { self->handle_write_l2(e); });
   }
@@ -106,7 +123,9 @@ void FlushRequest::write_l1() {
     const uint64_t n = std::min<uint64_t>(64, l1.size() - first);
     sector.assign(n * 8, std::byte{0});
     for (uint64_t k = 0; k < n; ++k) store_be64(sector.data() + k * 8, l1[first + k]);
-    if (Error e = img_.file_->write(IoKind::meta, img_.hdr_.l1_table_offset + first * 8, sector))
+    const uint64_t at = img_.hdr_.l1_table_offset + first * 8;
+    if (Error e = img_.check_overlap(at, sector.size(), MetaKind::active_l1)) return finish(e);
+    if (Error e = img_.file_->write(IoKind::meta, at, sector))
       return finish(e.wrap("'" + img_.path() + "': writing the L1 table"));
   }
   img_.l1_dirty_.clear();

@@ -6,6 +6,8 @@
 //     |
 //   sync_data ------ data of new clusters durable                 (invariant 1: data first)
 //     |
+//   mark_dirty ----- lazy refcounts only: the header's dirty bit, before any metadata
+//     |
 //   write_refblocks  raised refcounts and new refcount blocks       (invariant 2: refcount
 //     |                                                              before the reference)
 //   write_reftable - a new/grown refcount table, then the header pointing at it
@@ -47,6 +49,7 @@ class FlushRequest : public std::enable_shared_from_this<FlushRequest> {
   FlushRequest(QcowImage& img, bool blocking) : img_(img), blocking_(blocking) {}
   void sync(void (FlushRequest::*next)());
   void sync_data();
+  void mark_dirty();
   void write_refblocks();
   void write_reftable();
   void commit_reftable();

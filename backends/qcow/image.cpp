@@ -47,6 +47,7 @@ Error QcowImage::resize(uint64_t new_size) {
     l1_.resize(needed, 0);
     for (uint64_t i = 0; i < needed; ++i) l1_dirty_.insert(i);
     hdr_.l1_table_offset = *at;
+    metadata_moved();
     hdr_.l1_size = static_cast<uint32_t>(needed);
     if (Error e = file_->set_size(std::max<uint64_t>(file_end_, *at + clusters * cs))) return e;
   }
@@ -132,6 +133,13 @@ Error QcowImage::close(bool remove) {
   closed_ = true;
   Error first;
   if (!(flags_ & open_read_only)) first = FlushRequest::run_sync(*this);
+  if (!first && marked_dirty_) {
+    // Everything is on disk and consistent: the image is clean again.
+    hdr_.incompatible_features &= ~kIncompatDirty;
+    first = write_metadata_header();
+    if (!first) first = file_->flush();
+    marked_dirty_ = false;
+  }
   cache_.clear();
   data_file_.reset();
   file_.reset();

@@ -30,6 +30,7 @@
 #include "backends/qcow/l2_cache.h"
 #include "backends/qcow/luks.h"
 #include "backends/qcow/mapping.h"
+#include "backends/qcow/overlap.h"
 #include "backends/qcow/refcount.h"
 #include "vd/backend.h"
 
@@ -130,7 +131,15 @@ class QcowImage final : public Image {
   void end_write();
   void flush_finished(Error e);
   Error write_metadata_header();
+  // image_overlap.cpp: refuse an allocation, or a write of data or of a table, that would
+  // land on other metadata (overlap.h), marking the image corrupt as QEMU does. `self` is
+  // the kind of the table being written at `host` (it may overlap itself).
   Error check_allocation(uint64_t host, uint64_t length);
+  Error check_overlap(uint64_t host, uint64_t length, std::optional<MetaKind> self = std::nullopt);
+  // The tables moved or grew: the overlap map is rebuilt before the next check.
+  void metadata_moved() { overlap_stale_ = true; }
+  // Installs the overlap check on the refcount write-back (after refs_ is (re)made).
+  void guard_refcounts();
   // Compressed data goes to byte-granular space shared by several compressed clusters.
   Result<uint64_t> allocate_bytes(uint64_t length);
   void forget_packing() { zbytes_next_ = 0; }
@@ -138,6 +147,12 @@ class QcowImage final : public Image {
 
   // create.cpp: allocates every L2 table and data cluster (preallocation=metadata|falloc|full).
   Error preallocate(int mode);
+
+  // Something the flush would write: tables, refcounts or header fields.
+  bool metadata_pending() const {
+    return header_dirty_ || !dirty_l2_.empty() || !l1_dirty_.empty() ||
+           (refs_ && (refs_->dirty() || refs_->has_releases()));
+  }
 
   friend class FlushRequest;
   friend class Checker;  // check.h: reads the metadata, and reloads it after a repair
@@ -165,6 +180,8 @@ class QcowImage final : public Image {
   Error refuse_write(const char* op) const;
   void add_luks_info(std::vector<InfoField>& f) const;
   bool looks_preallocated();
+  const OverlapMap& overlap_map();
+  Error mark_corrupt(const std::string& why);
 
   const Backend& backend_;
   std::string path_;
@@ -196,6 +213,7 @@ class QcowImage final : public Image {
   std::map<uint64_t, std::shared_ptr<L2Table>> dirty_l2_;  // by offset; pinned until flushed
   std::set<uint64_t> l1_dirty_;
   bool header_dirty_ = false;
+  bool marked_dirty_ = false;  // this open set the dirty bit (lazy refcounts): clear on close
   std::unordered_map<uint64_t, std::vector<std::function<void()>>> busy_;
   std::unordered_map<uint64_t, unsigned> in_place_;                                  // in flight
   std::unordered_map<uint64_t, std::vector<std::function<void()>>> in_place_waiters_;
@@ -208,6 +226,9 @@ class QcowImage final : public Image {
   // L1 entries whose L2 table is being copied from a snapshot's: later writers wait.
   std::unordered_map<uint64_t, std::vector<std::function<void()>>> l1_busy_;
 
+  OverlapMap overlap_;
+  bool overlap_stale_ = true;
+  uint64_t overlap_refs_epoch_ = 0;
   bool prealloc_known_ = false, prealloc_ = false;  // looks_preallocated(), computed once
   Geometry pchs_, lchs_;
   std::shared_ptr<ParentReader> parent_;

@@ -94,6 +94,7 @@ Error QcowImage::open_for_writing() {
       Refcounts::Config{hdr_.cluster_bits, hdr_.refcount_order, hdr_.refcount_table_offset,
                         hdr_.refcount_table_clusters});
   if (Error e = refs_->load(file_end_)) return e;
+  guard_refcounts();
   const uint64_t keep = hdr_.autoclear_features & kAutoclearDataFileRaw;
   if (keep != hdr_.autoclear_features) {
     hdr_.autoclear_features = keep;
@@ -151,6 +152,7 @@ Error QcowImage::load_l1(uint64_t offset, uint32_t entries, const char* what) {
   std::vector<std::byte> raw(uint64_t{entries} * 8);
   if (Error e = file_->read(IoKind::meta, offset, raw))
     return e.wrap("'" + path_ + "': reading the " + what);
+  metadata_moved();
   l1_.resize(entries);
   for (uint32_t i = 0; i < entries; ++i) l1_[i] = load_be64(raw.data() + uint64_t{i} * 8);
   return {};

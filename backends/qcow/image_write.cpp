@@ -237,6 +237,7 @@ void QcowImage::prepare_l2(uint64_t l1_index, std::function<void(Error, uint64_t
     cache_.insert(*at, t);
     // Crash safety: the flush writes this table before the L1 entry pointing at it.
     l1_[l1_index] = hdr_.version == 1 ? *at : (*at | kOflagCopied);
+    metadata_moved();
     mark_l1_dirty(l1_index);
     // A table shared with a snapshot loses the reference the active L1 held.
     if (old && refs_) refs_->release_later(old, cs);
@@ -326,27 +327,6 @@ Error QcowImage::write_metadata_header() {
   if (!bytes) return bytes.error().wrap("'" + path_ + "': encoding the header");
   if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.wrap("'" + path_ + "': writing the header");
   header_dirty_ = false;
-  return {};
-}
-
-// Refuses an allocation that lands on known metadata: the refcounts must be wrong, and
-// writing there would destroy the image. Marks the image corrupt, as QEMU does.
-Error QcowImage::check_allocation(uint64_t host, uint64_t length) {
-  const uint64_t cs = layout_.cluster_size();
-  struct R { uint64_t off, len; const char* what; };
-  const R meta[] = {
-      {0, cs, "qcow2_header"},
-      {hdr_.l1_table_offset, uint64_t{hdr_.l1_size} * 8, "active L1 table"},
-      {refs_ ? refs_->table_offset() : 0, refs_ ? uint64_t{refs_->table_clusters()} * cs : 0, "refcount table"},
-      {hdr_.snapshots_offset, hdr_.nb_snapshots ? cs : 0, "snapshot table"},
-  };
-  for (const auto& m : meta) {
-    if (!m.len || !(host < m.off + m.len && m.off < host + length)) continue;
-    hdr_.incompatible_features |= kIncompatCorrupt;
-    (void)write_metadata_header();
-    return Error(Errc::corrupt, "'" + path_ + "': Marking image as corrupt: Preventing invalid allocation at offset " +
-                                    hex(host) + " (overlaps with " + m.what + ")");
-  }
   return {};
 }
 

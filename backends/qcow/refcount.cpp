@@ -83,6 +83,7 @@ Result<Refcounts::Block*> Refcounts::block_for(uint64_t cluster, bool create) {
     blocks_.emplace(b, std::move(blk));
     table_[b] = at << cfg_.cluster_bits;
     table_dirty_ = true;
+    ++layout_epoch_;
     dirty_blocks_.insert(b);
     // Its own refcount: in itself, or in the block of the range it landed in (which may be
     // created here in turn).
@@ -239,12 +240,15 @@ Error Refcounts::grow_table(uint64_t needed_entries) {
   cfg_.table_offset = *at;
   cfg_.table_clusters = clusters;
   table_dirty_ = true;
+  ++layout_epoch_;
   return {};
 }
 
 Error Refcounts::write_blocks() {
   for (uint64_t b : dirty_blocks_) {
     const uint64_t off = table_[b] & kReftableOffsetMask;
+    if (guard_)
+      if (Error e = guard_(off, cluster_size(), false)) return e;
     if (Error e = file_.write(IoKind::meta, off, *blocks_.at(b)))
       return e.wrap("'" + path_ + "': writing refcount block at " + hex(off));
   }
@@ -257,6 +261,8 @@ Error Refcounts::write_table(bool& table_moved) {
   if (!table_dirty_) return {};
   std::vector<std::byte> raw(uint64_t{cfg_.table_clusters} << cfg_.cluster_bits);
   for (size_t i = 0; i < table_.size() && i * 8 < raw.size(); ++i) store_be64(raw.data() + i * 8, table_[i]);
+  if (guard_)
+    if (Error e = guard_(cfg_.table_offset, raw.size(), true)) return e;
   if (Error e = file_.write(IoKind::meta, cfg_.table_offset, raw))
     return e.wrap("'" + path_ + "': writing the refcount table at " + hex(cfg_.table_offset));
   table_dirty_ = false;

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -82,6 +83,11 @@ class Refcounts {
     return index < table_.size() ? table_[index] & 0xfffffffffffffe00ull : 0;
   }
   uint32_t table_clusters() const { return cfg_.table_clusters; }
+  // Bumped whenever a refcount block is placed or the table moves (the overlap map follows).
+  uint64_t layout_epoch() const { return layout_epoch_; }
+  // Checks each block and table write before it is made (the image's overlap check).
+  using WriteGuard = std::function<Error(uint64_t offset, uint64_t length, bool table)>;
+  void set_write_guard(WriteGuard guard) { guard_ = std::move(guard); }
 
  private:
   using Block = std::vector<std::byte>;
@@ -109,6 +115,8 @@ class Refcounts {
   uint64_t free_hint_ = 0;   // first cluster index that may be free
   uint64_t avoid_lo_ = 0, avoid_hi_ = 0;  // the run being allocated: no new block goes there
   std::set<uint64_t> placing_;             // clusters taken by new blocks not yet counted
+  uint64_t layout_epoch_ = 0;
+  WriteGuard guard_;
 };
 
 }  // namespace vd::qcow

@@ -55,6 +55,9 @@ void WriteRequest::write_in_place(const Run& run) {
     self->img_.end_in_place(first, count);
     self->advance(e, n);
   };
+  // The L2 entry came from the image: a corrupt one may point at metadata.
+  if (!img_.header().data_file)
+    if (Error e = img_.check_overlap(run.host_offset, run.length)) return landed(e);
   if (img_.cipher()) return write_in_place_encrypted(run, std::move(landed));
   img_.data_file().async_write(IoKind::data, run.host_offset, rest_.first(run.length),
                                [this, landed, host = run.host_offset](Error e) {

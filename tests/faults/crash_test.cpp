@@ -149,3 +149,39 @@ TEST(Crash, PowerLossOnTinyClustersWithGrowingRefcountsKeepsFlushedData) {
 
 }  // namespace
 }  // namespace vdtest::faults
+
+namespace vdtest::faults {
+namespace {
+
+uint64_t incompatible_bits(const Files& f) {
+  const Bytes& h = f.at("top.qcow2");
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v = v << 8 | static_cast<uint8_t>(h.at(72 + i));
+  return v;
+}
+
+// Lazy refcounts: the dirty bit reaches the disk with the first flush that writes metadata,
+// stays set while the image is open (a crash there leaves an image that is repaired on open)
+// and is cleared by a clean close, which leaves the image clean for qemu-img check.
+TEST(LazyRefcounts, DirtyBitSetByTheFirstMetadataFlushAndClearedOnClose) {
+  VD_REQUIRE_QEMU();
+  const Files f = make_files("qemu-img create -q -f qcow2 -o lazy_refcounts=on,cluster_size=4k top.qcow2 4M",
+                             {"top.qcow2"});
+  Rig rig(f);
+  ASSERT_FALSE(rig.open());
+  EXPECT_EQ(incompatible_bits(rig.snapshot()) & 1, 0u) << "dirty before any write";
+  const Bytes data = pattern(20000, 5);
+  ASSERT_FALSE(rig.write(12345, data));
+  ASSERT_FALSE(rig.flush());
+  const Files crashed = rig.snapshot();
+  EXPECT_EQ(incompatible_bits(crashed) & 1, 1u) << "no dirty bit after a metadata flush";
+  Bytes model = overlay(fill(4 << 20, 0), 12345, data);
+  expect_recovers(crashed, {}, {&model, nullptr, 512, true});
+  ASSERT_FALSE(rig.top().close(false));
+  const Files closed = rig.snapshot();
+  EXPECT_EQ(incompatible_bits(closed) & 1, 0u) << "still dirty after a clean close";
+  EXPECT_TRUE(qemu_check(closed, "top.qcow2").clean()) << qemu_check(closed, "top.qcow2").output;
+}
+
+}  // namespace
+}  // namespace vdtest::faults

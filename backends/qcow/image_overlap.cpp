@@ -1,0 +1,65 @@
+// The overlap check (overlap.h): every write the backend makes into the image file is
+// checked against the metadata map first.
+#include "backends/qcow/header.h"
+#include "backends/qcow/image.h"
+#include "backends/qcow/snapshot_table.h"
+
+namespace vd::qcow {
+
+const OverlapMap& QcowImage::overlap_map() {
+  if (!overlap_stale_ && (!refs_ || refs_->layout_epoch() == overlap_refs_epoch_)) return overlap_;
+  const uint64_t cs = layout_.cluster_size();
+  overlap_.clear();
+  overlap_.add(0, hdr_.version == 1 ? 48 : cs, MetaKind::header);  // v1: the fixed header only
+  overlap_.add(hdr_.l1_table_offset, uint64_t{l1_.size()} * 8, MetaKind::active_l1);
+  for (uint64_t e : l1_)
+    if (uint64_t off = layout_.l2_offset(e)) overlap_.add(off, layout_.l2_table_bytes(), MetaKind::active_l2);
+  if (refs_) {
+    overlap_.add(refs_->table_offset(), uint64_t{refs_->table_clusters()} * cs, MetaKind::refcount_table);
+    const uint64_t blocks = uint64_t{refs_->table_clusters()} * cs / 8;
+    for (uint64_t i = 0; i < blocks; ++i)
+      if (uint64_t off = refs_->block_offset(i)) overlap_.add(off, cs, MetaKind::refcount_block);
+    overlap_refs_epoch_ = refs_->layout_epoch();
+  }
+  if (hdr_.nb_snapshots) {
+    overlap_.add(hdr_.snapshots_offset, std::max<uint64_t>(snapshot_table_size(snapshots_), 1), MetaKind::snapshot_table);
+    for (const auto& s : snapshots_) overlap_.add(s.l1_table_offset, uint64_t{s.l1_size} * 8, MetaKind::inactive_l1);
+  }
+  overlap_.seal();
+  overlap_stale_ = false;
+  return overlap_;
+}
+
+void QcowImage::guard_refcounts() {
+  metadata_moved();
+  if (!refs_) return;
+  refs_->set_write_guard([this](uint64_t off, uint64_t len, bool table) {
+    return check_overlap(off, len, table ? MetaKind::refcount_table : MetaKind::refcount_block);
+  });
+}
+
+Error QcowImage::mark_corrupt(const std::string& why) {
+  if (hdr_.version >= 3 || hdr_.version == 2) {
+    hdr_.incompatible_features |= kIncompatCorrupt;
+    (void)write_metadata_header();
+  }
+  return Error(Errc::corrupt, "'" + path_ + "': Marking image as corrupt: " + why);
+}
+
+// An allocation that lands on known metadata: the refcounts must be wrong, and writing
+// there would destroy the image.
+Error QcowImage::check_allocation(uint64_t host, uint64_t length) {
+  if (auto hit = overlap_map().find(host, length))
+    return mark_corrupt("Preventing invalid allocation at offset " + hex(host) + " (overlaps with " +
+                        meta_kind_name(*hit) + ")");
+  return {};
+}
+
+Error QcowImage::check_overlap(uint64_t host, uint64_t length, std::optional<MetaKind> self) {
+  if (auto hit = overlap_map().find(host, length, self))
+    return mark_corrupt("Preventing invalid write on metadata at offset " + hex(host) + " (overlaps with " +
+                        meta_kind_name(*hit) + ")");
+  return {};
+}
+
+}  // namespace vd::qcow
