@@ -18,7 +18,7 @@ void QcowImage::lookup(uint64_t guest, uint64_t max_len, RunHandler done) {
   }
   get_l2(l1i, l2_off, [this, guest, max_len, l2_off, done = std::move(done)](Error e, L2Ptr t) {
     if (e) return done(e, {});
-    auto run = decode_run(layout_, *t, l2_off, guest, max_len, limits_, path_);
+    auto run = decode_run(layout_, *t, l2_off, guest, max_len, path_);
     if (!run) return done(run.error(), {});
     done({}, *run);
   });

@@ -180,14 +180,7 @@ void QcowImage::compute_limits() {
   if (data_file_) {
     auto ds = data_file_->size();
     limits_.data_end = ds ? *ds : 0;
-    return;  // data clusters live in another file: no metadata to collide with
   }
-  const uint64_t cs = layout_.cluster_size();
-  limits_.meta[0] = {0, cs, "image header"};
-  limits_.meta[1] = {hdr_.l1_table_offset, uint64_t{hdr_.l1_size} * 8, "active L1 table"};
-  if (hdr_.version >= 2)
-    limits_.meta[2] = {hdr_.refcount_table_offset, uint64_t{hdr_.refcount_table_clusters} * cs,
-                       "refcount table"};
 }
 
 }  // namespace vd::qcow

@@ -86,27 +86,10 @@ Result<Unit> decode_v2(const Layout& l, const L2Table& t, uint64_t idx, uint32_t
   return Unit{Run::Kind::unallocated, sub_host, 0, true, true};
 }
 
-Error check_host(const Unit& u, uint64_t unit_bytes, const HostLimits& lim, uint64_t l2_offset,
-                 uint64_t idx, const std::string& path) {
-  if (u.kind != Run::Kind::data && u.kind != Run::Kind::compressed) return {};
-  const char* what = u.kind == Run::Kind::data ? "Data cluster" : "Compressed cluster";
-  if (u.host >= lim.data_end)
-    return corrupt(path, std::string(what) + " at " + hex(u.host) + " lies beyond the end of the file (" +
-                             hex(lim.data_end) + ")", l2_offset, idx);
-  const uint64_t len = u.kind == Run::Kind::data ? unit_bytes : u.csize;
-  for (const auto& m : lim.meta) {
-    if (!m.what || !m.length) continue;
-    if (u.host < m.offset + m.length && m.offset < u.host + len)
-      return corrupt(path, std::string(what) + " at " + hex(u.host) + " overlaps the " + m.what,
-                     l2_offset, idx);
-  }
-  return {};
-}
-
 }  // namespace
 
 Result<Run> decode_run(const Layout& l, const L2Table& t, uint64_t l2_offset, uint64_t guest,
-                       uint64_t max_len, const HostLimits& limits, const std::string& path) {
+                       uint64_t max_len, const std::string& path) {
   const uint64_t unit_bytes = 1ull << l.sub_bits();
   const uint64_t table_end = (guest | (l.l2_coverage() - 1)) + 1;
   const uint64_t end = std::min(guest + max_len, table_end);
@@ -119,10 +102,6 @@ Result<Run> decode_run(const Layout& l, const L2Table& t, uint64_t l2_offset, ui
     if (!u) {
       if (pos == guest) return u.error();
       break;  // report the good prefix; the bad unit fails on the next call
-    }
-    if (Error e = check_host(*u, unit_bytes, limits, l2_offset, idx, path)) {
-      if (pos == guest) return e;
-      break;
     }
     const uint64_t unit_start = pos & ~(unit_bytes - 1);
     const uint64_t in_unit = pos - unit_start;

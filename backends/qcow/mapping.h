@@ -48,21 +48,17 @@ struct Run {
   bool host_reserved = false;
 };
 
-// Where host offsets may point, to reject entries that leave the file or hit metadata.
+// The size of the file holding data clusters (it grows with allocations).
 struct HostLimits {
-  uint64_t data_end = 0;  // size of the file holding data clusters
-  // Metadata ranges data clusters must not overlap (header cluster, L1, refcount table).
-  struct Range {
-    uint64_t offset, length;
-    const char* what;
-  };
-  Range meta[3] = {};
+  uint64_t data_end = 0;
 };
 
 // Decodes the run starting at `guest` (inside the table `t`, stored at `l2_offset`), at most
 // `max_len` bytes long and never crossing the table's end. Corrupt entries give Errc::corrupt
-// naming the image, the L2 offset and index.
+// naming the image, the L2 offset and index. Where a data cluster lies is not judged here:
+// like QEMU, reads return what is there (zeros past the end of the file, even metadata), and
+// writes are checked against the metadata before they are made (overlap.h).
 Result<Run> decode_run(const Layout& layout, const L2Table& t, uint64_t l2_offset, uint64_t guest,
-                       uint64_t max_len, const HostLimits& limits, const std::string& path);
+                       uint64_t max_len, const std::string& path);
 
 }  // namespace vd::qcow

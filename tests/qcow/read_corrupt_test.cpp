@@ -96,38 +96,40 @@ TEST(ReadCorrupt, UnalignedDataClusterOffsetFailsNamingL2OffsetAndIndex) {
   r.expect_reads(4 << 20, 8192, 2);
 }
 
-TEST(ReadCorrupt, DataClusterBeyondEndOfFileFailsNamingIt) {
+// Where a data cluster lies is not judged on reads, as in QEMU: past the end of the file
+// reads zeros, and a cluster on metadata reads the metadata (writes there are refused:
+// tests/vdimg/overlap_cli_test.cpp).
+TEST(ReadCorrupt, DataClusterBeyondEndOfFileReadsZerosAsQemuDoes) {
   VD_REQUIRE_QEMU();
   Plain img;
-  const uint64_t bad = 1ull << 40;
-  vdtest::poke_be64(img.path, img.l2_first, kCopied | bad);
+  vdtest::poke_be64(img.path, img.l2_first, kCopied | (1ull << 40));
   Reader r(img.path);
-  vd::Error e = r.expect_error(0, 4096);
-  EXPECT_TRUE(e.is(vd::Errc::corrupt)) << e.message();
-  expect_names(e, {img.path, vd::hex(bad)});
+  r.expect_reads(0, 4096, 0);
   r.expect_reads(4096, 4096, 1);
 }
 
-TEST(ReadCorrupt, DataClusterOnTheL1TableFailsNamingIt) {
+TEST(ReadCorrupt, DataClusterOnTheL1TableReadsTheTableAsQemuDoes) {
   VD_REQUIRE_QEMU();
   Plain img;
   vdtest::poke_be64(img.path, img.l2_first, kCopied | img.l1);
+  const auto file = vdtest::read_file(img.path);
   Reader r(img.path);
-  vd::Error e = r.expect_error(0, 4096);
-  EXPECT_TRUE(e.is(vd::Errc::corrupt)) << e.message();
-  expect_names(e, {img.path, vd::hex(img.l1), "L1"});
+  std::vector<std::byte> got(4096);
+  ASSERT_FALSE(r.read(0, got));
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), file.begin() + static_cast<std::ptrdiff_t>(img.l1)));
   r.expect_reads(4 << 20, 8192, 2);
 }
 
-TEST(ReadCorrupt, DataClusterOnTheRefcountTableFailsNamingIt) {
+TEST(ReadCorrupt, DataClusterOnTheRefcountTableReadsTheTableAsQemuDoes) {
   VD_REQUIRE_QEMU();
   Plain img;
   const uint64_t reftable = vdtest::peek_be64(img.path, 48);
   vdtest::poke_be64(img.path, img.l2_first + 8, kCopied | reftable);
+  const auto file = vdtest::read_file(img.path);
   Reader r(img.path);
-  vd::Error e = r.expect_error(4096, 4096);
-  EXPECT_TRUE(e.is(vd::Errc::corrupt)) << e.message();
-  expect_names(e, {img.path, vd::hex(reftable), "refcount"});
+  std::vector<std::byte> got(4096);
+  ASSERT_FALSE(r.read(4096, got));
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), file.begin() + static_cast<std::ptrdiff_t>(reftable)));
   r.expect_reads(0, 4096, 1);
 }
 
