@@ -44,7 +44,8 @@ bool have_qemu();              // qemu-img and qemu-io are on PATH
 // clock in whole milliseconds and gives up ("Unable to get accurate CPU usage") when its
 // first round takes under 1 ms: now and then here, most of the time on a faster machine.
 // So it is retried, and when `opts` names no hash, the later tries use SHA-512 (slower per
-// round, and still an image made by qemu-img). Returns the last result.
+// round, and still an image made by qemu-img); the last try runs qemu-img under valgrind's
+// no-op tool (slower still). Returns the last result.
 CmdResult qemu_img_create_luks(const std::string& fmt, const std::string& opts, const std::string& path,
                                const std::string& size, const std::string& passphrase = "abc");
 // The same as a shell fragment for recipes: succeeds when `path` was made.
