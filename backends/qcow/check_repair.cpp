@@ -110,7 +110,7 @@ Error Checker::mark_clean() {
 }
 
 // The open image drops what it cached from the old metadata: header fields, L1 table, L2
-// tables, refcounts and the limits derived from the file size.
+// tables and refcounts.
 Error Checker::reload_image() {
   QcowImage& m = img_;
   m.hdr_.refcount_table_offset = hdr_.refcount_table_offset;
@@ -130,7 +130,6 @@ Error Checker::reload_image() {
     if (Error e = m.refs_->load(m.file_end_)) return e;
     m.guard_refcounts();
   }
-  m.compute_limits();
   return {};
 }
 

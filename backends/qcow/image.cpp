@@ -54,7 +54,6 @@ Error QcowImage::resize(uint64_t new_size) {
   hdr_.size = new_size;
   size_ = new_size;
   header_dirty_ = true;
-  compute_limits();
   return FlushRequest::run_sync(*this);
 }
 

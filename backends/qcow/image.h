@@ -167,7 +167,6 @@ class QcowImage final : public Image {
   Error open_for_writing();
   Error load_l1(uint64_t offset, uint32_t entries, const char* what);
   Error select_snapshot(const std::string& name);
-  void compute_limits();
 
   // image_lookup.cpp
   void finish_l2_load(uint64_t l2_offset, Error e, L2Ptr table);
@@ -197,7 +196,6 @@ class QcowImage final : public Image {
   uint64_t file_end_ = 0;  // size of the image file when last looked at
   std::vector<uint64_t> l1_;
   std::vector<Snapshot> snapshots_;
-  HostLimits limits_;
   std::unique_ptr<SectorCipher> cipher_;
   std::optional<LuksInfo> luks_;  // the LUKS header, for info (also on info-only opens)
 

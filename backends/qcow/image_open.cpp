@@ -66,7 +66,6 @@ Error QcowImage::load(const OpenOptions& opts) {
   } else if (Error e = load_l1(hdr_.l1_table_offset, hdr_.l1_size, "active L1 table")) {
     return e;
   }
-  compute_limits();
   return open_for_writing();
 }
 
@@ -173,14 +172,6 @@ Error QcowImage::select_snapshot(const std::string& name) {
   // (convert -l): loading a snapshot's L1 does not change the disk's length, and what its
   // smaller L1 does not map reads as unallocated. snapshots() reports its own disk size.
   return load_l1(found->l1_table_offset, found->l1_size, "snapshot L1 table");
-}
-
-void QcowImage::compute_limits() {
-  limits_.data_end = file_end_;
-  if (data_file_) {
-    auto ds = data_file_->size();
-    limits_.data_end = ds ? *ds : 0;
-  }
 }
 
 }  // namespace vd::qcow

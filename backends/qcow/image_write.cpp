@@ -186,7 +186,6 @@ Result<uint64_t> QcowImage::allocate_clusters(uint64_t count) {
 // The file is as long as what has been allocated in it, written or not yet.
 void QcowImage::grew_to(uint64_t end) {
   file_end_ = std::max(file_end_, end);
-  if (!data_file_) limits_.data_end = std::max(limits_.data_end, end);
 }
 
 void QcowImage::rollback_clusters(uint64_t host, uint64_t count) {

@@ -48,11 +48,6 @@ struct Run {
   bool host_reserved = false;
 };
 
-// The size of the file holding data clusters (it grows with allocations).
-struct HostLimits {
-  uint64_t data_end = 0;
-};
-
 // Decodes the run starting at `guest` (inside the table `t`, stored at `l2_offset`), at most
 // `max_len` bytes long and never crossing the table's end. Corrupt entries give Errc::corrupt
 // naming the image, the L2 offset and index. Where a data cluster lies is not judged here:

@@ -60,9 +60,8 @@ inline std::string secret_object(const std::string& pass) {
 }
 
 // Runs qemu-img create with the given encryption -o options (vdtest::qemu_img_create_luks:
-// retried while qemu-img's PBKDF2 calibration fails). `iter_opt` is kept for the callers.
-inline bool qemu_create_encrypted(const std::string& fmt, const std::string& opts,
-                                  const std::string& /*iter_opt*/, const std::string& path,
+// retried while qemu-img's PBKDF2 calibration fails).
+inline bool qemu_create_encrypted(const std::string& fmt, const std::string& opts, const std::string& path,
                                   const std::string& size) {
   auto r = qemu_img_create_luks(fmt, opts, path, size);
   if (r.exit_code == 0) return true;

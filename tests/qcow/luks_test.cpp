@@ -22,7 +22,7 @@ std::string luks_opts(const std::string& path) {
 std::vector<std::byte> qemu_luks(const vdtest::TempDir& dir, const std::string& opts) {
   std::string img = dir.file("v.luks");
   std::string o = "key-secret=sec0" + (opts.empty() ? "" : "," + opts);
-  if (!qemu_create_encrypted("luks", o, "iter-time", img, "1M")) return {};
+  if (!qemu_create_encrypted("luks", o, img, "1M")) return {};
   EXPECT_TRUE(qemu_io(luks_opts(img), "write -P 0x5a " + std::to_string(kDataOff) + " " +
                                           std::to_string(kDataLen)));
   return vdtest::read_file(img);
@@ -67,8 +67,7 @@ TEST(Luks, Qcow2DataUsesHostOffsetSectorsForIv) {
   VD_REQUIRE_QEMU();
   vdtest::TempDir dir;
   std::string img = dir.file("e.qcow2");
-  ASSERT_TRUE(qemu_create_encrypted("qcow2", "encrypt.format=luks,encrypt.key-secret=sec0",
-                                    "encrypt.iter-time", img, "4M"));
+  ASSERT_TRUE(qemu_create_encrypted("qcow2", "encrypt.format=luks,encrypt.key-secret=sec0", img, "4M"));
   ASSERT_TRUE(qemu_io("driver=qcow2,encrypt.key-secret=sec0,file.filename=" + img,
                       "write -P 0x5a " + std::to_string(kDataOff) + " 64k"));
   VecFile f(vdtest::read_file(img), img);
@@ -103,8 +102,7 @@ TEST(Luks, UnknownCipherIsNotSupported) {
   VD_REQUIRE_QEMU();
   vdtest::TempDir dir;
   std::string img = dir.file("t.luks");
-  ASSERT_TRUE(qemu_create_encrypted("luks", "key-secret=sec0,cipher-alg=twofish-128", "iter-time",
-                                    img, "1M"));
+  ASSERT_TRUE(qemu_create_encrypted("luks", "key-secret=sec0,cipher-alg=twofish-128", img, "1M"));
   VecFile f(vdtest::read_file(img));
   auto info = luks_parse(f.data(), "t.luks");
   ASSERT_TRUE(info.ok()) << info.error().message();

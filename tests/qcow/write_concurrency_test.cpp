@@ -64,8 +64,8 @@ class ConcurrentWrites : public ::testing::TestWithParam<Kind> {
     if (luks) {
       passphrase_ = "abc";
       ASSERT_TRUE(vdtest::crypto::qemu_create_encrypted(
-          "qcow2", "encrypt.format=luks,encrypt.key-secret=sec0,cluster_size=" + std::to_string(cs),
-          "encrypt.iter-time", path_, std::to_string(size_)));
+          "qcow2", "encrypt.format=luks,encrypt.key-secret=sec0,cluster_size=" + std::to_string(cs), path_,
+          std::to_string(size_)));
       image_opts_ = "driver=qcow2,file.filename=" + path_ + ",encrypt.key-secret=sec0";
       return;
     }

@@ -199,7 +199,7 @@ TEST_P(EncryptedWorkload, EncryptedImageMatchesQemu) {
   const std::string fmt = format;
   const std::string opts = "encrypt.format=" + fmt + ",encrypt.key-secret=sec0,cluster_size=4096";
   if (fmt == "luks") {
-    ASSERT_TRUE(vdtest::crypto::qemu_create_encrypted("qcow2", opts, "encrypt.iter-time", q.path, "4M"));
+    ASSERT_TRUE(vdtest::crypto::qemu_create_encrypted("qcow2", opts, q.path, "4M"));
   } else {
     vdtest::sh("qemu-img create -q -f qcow2 --object secret,id=sec0,data=" + std::string(kPass) + " -o " + opts +
                " " + q.path + " 4M");
