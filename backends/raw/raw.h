@@ -93,6 +93,7 @@ class RawImage final : public Image {
                      std::shared_ptr<std::byte[]> sector, Completion done);
   void write_data(uint64_t offset, std::span<const std::byte> buf, unsigned flags,
                   Completion done);
+  Result<FileExtent> file_extent(uint64_t offset);
 
   const Backend& backend_;
   std::string path_;
@@ -103,6 +104,11 @@ class RawImage final : public Image {
   Geometry pchs_;
   Geometry lchs_;
   Sector0Queue sector0_;
+  // The last file extent found in a read-only image: [start, end) is data, or a hole. Its
+  // file does not change under a read-only open, and each SEEK_HOLE walks the page cache up
+  // to the next hole, so a caller asking chunk by chunk would pay that walk every time.
+  struct CachedExtent { uint64_t start = 0, end = 0; bool data = true; };
+  std::optional<CachedExtent> extent_cache_;
 };
 
 }  // namespace vd::raw

@@ -171,13 +171,24 @@ void RawImage::block_status(uint64_t offset, uint64_t length, ExtentHandler done
   Extent ext{length, Extent::Kind::data, offset, false, false};
   if (!e && length) {
     // Holes of a sparse file read as zeros: report them so map and convert skip them.
-    auto fx = file_->extent_at(offset);
+    auto fx = file_extent(offset);
     if (fx && fx->length) {
       ext.length = std::min(length, fx->length);
       if (!fx->data) ext.kind = Extent::Kind::zero;  // still at its place in the file
     }
   }
   post([done = std::move(done), ext](Error err) { done(err, err ? Extent{} : ext); }, e);
+}
+
+// Answers from the cached extent when it covers `offset`; caches only read-only images,
+// whose holes nothing of ours can fill or punch.
+Result<FileExtent> RawImage::file_extent(uint64_t offset) {
+  const auto& c = extent_cache_;
+  if (c && offset >= c->start && offset < c->end) return FileExtent{c->data, c->end - offset};
+  auto fx = file_->extent_at(offset);
+  if (fx && fx->length && (flags_ & open_read_only))
+    extent_cache_ = CachedExtent{offset, offset + fx->length, fx->data};
+  return fx;
 }
 
 // ---- Properties ----------------------------------------------------------------------------
@@ -224,6 +235,7 @@ Error RawImage::resize(uint64_t new_size) {
   if (Error e = check_writable("resize")) return e;
   if (Error e = file_->set_size(new_size)) return e;
   size_ = new_size;
+  extent_cache_.reset();
   return {};
 }
 

@@ -11,7 +11,7 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-B BACKING [-F FMT]]\n"
+    "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-W] [-B BACKING [-F FMT]]\n"
     "                     [-l SNAPSHOT] [--passphrase-file FILE] SRC DST\n"
     "Copies SRC (through its backing chain) into a new image DST.\n"
     "  -f FMT                  format of SRC (probed when absent)\n"
@@ -20,6 +20,7 @@ const char kUsage[] =
     "  -c                      compress DST's clusters (formats that can)\n"
     "  -p                      show progress\n"
     "  -n                      DST exists: do not create it\n"
+    "  -W                      allow out-of-order writes to DST (default: guest order)\n"
     "  -B BACKING, -F FMT      give DST a backing file (its format)\n"
     "  -l SNAPSHOT             copy an internal snapshot of SRC (name, or snapshot.name=X,\n"
     "                          snapshot.id=X)\n"
@@ -134,6 +135,7 @@ int cmd_convert(const Argv& argv) {
   copy.granule = std::max<uint64_t>(4096, (*dst)->image(0).cluster_size());
   copy.write_flags = args->has("c") ? vd::write_compressed : 0u;
   copy.target_is_zero = !args->has("n") && (*dst)->depth() == 1;
+  copy.in_order = !args->has("W");
   bool progress = args->has("p") && !args->has("quiet");
   if (progress) copy.progress = Progress{};
   if (progress) Progress{}(0, (*src)->size());
