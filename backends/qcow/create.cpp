@@ -183,8 +183,10 @@ Error QcowImage::preallocate(int mode) {
 }
 
 Result<std::unique_ptr<Image>> create_image(const Backend& backend, const std::string& path,
-                                            const CreateOptions& opts, IoProvider& io) {
+                                            const CreateOptions& given, IoProvider& io) {
   const bool v1 = backend.name() == "qcow";
+  CreateOptions opts = given;
+  opts.size = round_up_to_sector(given.size);
   auto spec = parse_create_options(opts, v1, path);
   if (!spec) return spec.error();
   if (Error e = v1 ? create_qcow1(path, *spec, opts, io) : create_qcow2(path, *spec, opts, io)) return e;

@@ -31,6 +31,8 @@ Error QcowImage::resize(uint64_t new_size) {
   if (Error e = refuse_write("resize")) return e;
   if (hdr_.version == 1)
     return Error(Errc::not_supported, "'" + path_ + "': QCOW version 1 images cannot be resized");
+  if (new_size % kSectorBytes)
+    return Error(Errc::invalid_argument, "'" + path_ + "': The new size must be a multiple of 512");
   if (new_size < size_)
     return Error(Errc::not_supported, "'" + path_ + "': shrinking QCOW2 images is not supported");
   if (writes_active_ || flushing_)

@@ -47,7 +47,7 @@ Error QcowImage::load(const OpenOptions& opts) {
   if ((hdr_.incompatible_features & kIncompatCorrupt) && !ro && !repairing)
     return Error(Errc::corrupt, "'" + path_ + "': Image is corrupt; cannot be opened read/write");
   layout_ = Layout::from(hdr_);
-  size_ = hdr_.size;
+  size_ = hdr_.size & ~(kSectorBytes - 1);  // QEMU sees whole sectors only
 
   auto fs = file_->size();
   if (!fs) return fs.error();

@@ -80,7 +80,8 @@ class RawBackend final : public Backend {
     auto size = (*file)->size();
     if (!size) return size.error();
     return std::unique_ptr<Image>(
-        std::make_unique<RawImage>(*this, path, std::move(*file), io, opts.flags, *size));
+        std::make_unique<RawImage>(*this, path, std::move(*file), io, opts.flags,
+                                   round_up_to_sector(*size)));
   }
 
   Result<std::unique_ptr<Image>> create(const std::string& path, const CreateOptions& opts,
@@ -91,7 +92,7 @@ class RawBackend final : public Backend {
     // Like qemu-img create, an existing file is overwritten.
     auto file = io.open(path, file_read | file_write | file_create | file_truncate);
     if (!file) return file.error();
-    if (Error e = fill(**file, *mode, opts.size)) return e.wrap("create of '" + path + "'");
+    if (Error e = fill(**file, *mode, round_up_to_sector(opts.size))) return e.wrap("create of '" + path + "'");
     file->reset();
     OpenOptions o;
     o.flags = open_format_given;  // created as raw: no guessing involved

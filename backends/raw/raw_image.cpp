@@ -175,6 +175,8 @@ void RawImage::block_status(uint64_t offset, uint64_t length, ExtentHandler done
     if (fx && fx->length) {
       ext.length = std::min(length, fx->length);
       if (!fx->data) ext.kind = Extent::Kind::zero;  // still at its place in the file
+    } else if (fx) {
+      ext.kind = Extent::Kind::zero;  // the partial last sector, past the end of the file
     }
   }
   post([done = std::move(done), ext](Error err) { done(err, err ? Extent{} : ext); }, e);
@@ -234,7 +236,7 @@ Error RawImage::set_parent(const std::optional<std::string>& filename,
 Error RawImage::resize(uint64_t new_size) {
   if (Error e = check_writable("resize")) return e;
   if (Error e = file_->set_size(new_size)) return e;
-  size_ = new_size;
+  size_ = round_up_to_sector(new_size);  // as at open: the partial last sector reads zeros past the end
   extent_cache_.reset();
   return {};
 }

@@ -58,8 +58,14 @@ struct OpenOptions {
   uint64_t cache_bytes = 32ull << 20;     // metadata cache budget (QCOW L2 tables)
 };
 
+// Disks are whole 512-byte sectors, as in QEMU: a size given to create is rounded up.
+constexpr uint64_t kSectorBytes = 512;
+constexpr uint64_t round_up_to_sector(uint64_t n) {
+  return n > UINT64_MAX - (kSectorBytes - 1) ? n & ~(kSectorBytes - 1) : (n + kSectorBytes - 1) & ~(kSectorBytes - 1);
+}
+
 struct CreateOptions {
-  uint64_t size = 0;
+  uint64_t size = 0;  // bytes; backends round it up to whole sectors (round_up_to_sector)
   std::map<std::string, std::string> options;  // qemu-img's -o key=value pairs
   std::optional<std::string> backing_file;
   std::optional<std::string> backing_format;
