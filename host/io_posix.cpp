@@ -291,6 +291,15 @@ Error PosixIoProvider::remove(const std::string& path) {
 
 void PosixIoProvider::post(std::function<void()> fn) { boost::asio::post(ex_, std::move(fn)); }
 
+void PosixIoProvider::offload(std::function<void()> work, std::function<void()> then) {
+  // Tracked, so the executor's run() does not return while the job is on the pool.
+  auto track = boost::asio::prefer(ex_, boost::asio::execution::outstanding_work.tracked);
+  boost::asio::post(pool_, [work = std::move(work), then = std::move(then), track = std::move(track)]() mutable {
+    work();
+    boost::asio::post(track, std::move(then));
+  });
+}
+
 bool PosixIoProvider::exists(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0;

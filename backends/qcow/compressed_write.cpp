@@ -11,40 +11,51 @@ namespace vd::qcow {
 void CompressedWriteRequest::start(QcowImage& img, uint64_t guest, std::span<const std::byte> data,
                                    Completion done) {
   std::shared_ptr<CompressedWriteRequest> r(new CompressedWriteRequest(img, guest, data, std::move(done)));
-  r->alloc_l2();
+  r->compress();
 }
 
 CompressedWriteRequest::CompressedWriteRequest(QcowImage& img, uint64_t guest,
                                                std::span<const std::byte> data, Completion done)
     : img_(img), guest_(guest), data_(data), done_(std::move(done)) {}
 
+void CompressedWriteRequest::compress() {
+  const Layout& l = img_.layout();
+  const uint64_t cs = l.cluster_size();
+  const Codec codec = l.version >= 3 && img_.header().compression_type == kCompressionZstd ? Codec::zstd : Codec::zlib;
+  const size_t capacity = compress_capacity(l.version, cs);
+  // Runs on the pool: touches only this request's buffers, never the image.
+  auto work = [self = shared_from_this(), codec, capacity, cs] {
+    std::vector<std::byte> whole;
+    std::span<const std::byte> in = self->data_;
+    if (in.size() < cs) {  // last cluster of an unaligned image: zero-padded, as QEMU does
+      whole.assign(cs, std::byte{0});
+      std::memcpy(whole.data(), in.data(), in.size());
+      in = whole;
+    }
+    auto packed = compress_cluster(codec, in, capacity);
+    if (packed) self->packed_ = std::move(*packed);
+    else self->compress_error_ = packed.error();
+  };
+  img_.io().offload(std::move(work), [self = shared_from_this()] {
+    if (self->compress_error_) return self->finish(self->compress_error_);
+    if (self->packed_.empty()) {
+      // Incompressible: store it as a normal cluster (the busy mark passes on with it).
+      auto done = std::move(self->done_);
+      return ClusterAllocRequest::start(self->img_, self->guest_, 1, self->guest_, self->data_, std::move(done));
+    }
+    self->alloc_l2();
+  });
+}
+
 void CompressedWriteRequest::alloc_l2() {
   l1_index_ = img_.layout().l1_index(guest_);
   img_.prepare_l2(l1_index_, [self = shared_from_this()](Error e, uint64_t) {
     if (e) return self->finish(e);
-    self->compress();
+    self->place();
   });
 }
 
-void CompressedWriteRequest::compress() {
-  const Layout& l = img_.layout();
-  const uint64_t cs = l.cluster_size();
-  std::vector<std::byte> whole;
-  std::span<const std::byte> in = data_;
-  if (data_.size() < cs) {  // last cluster of an unaligned image: zero-padded, as QEMU does
-    whole.assign(cs, std::byte{0});
-    std::memcpy(whole.data(), data_.data(), data_.size());
-    in = whole;
-  }
-  const Codec codec = l.version >= 3 && img_.header().compression_type == kCompressionZstd ? Codec::zstd : Codec::zlib;
-  auto packed = compress_cluster(codec, in, compress_capacity(l.version, cs));
-  if (!packed) return finish(packed.error());
-  if (packed->empty()) {
-    // Incompressible: store it as a normal cluster (the busy mark passes on with it).
-    auto done = std::move(done_);
-    return ClusterAllocRequest::start(img_, guest_, 1, guest_, data_, std::move(done));
-  }
-  packed_ = std::move(*packed);
+void CompressedWriteRequest::place() {
   auto at = img_.allocate_bytes(packed_.size());
   if (!at) return finish(at.error());
   host_ = *at;
@@ -81,8 +92,8 @@ void CompressedWriteRequest::link_l2() {
 }
 
 void CompressedWriteRequest::rollback(Error e) {
-  // Never referenced: drop its reference now, and stop packing into that cluster.
-  if (Refcounts* r = img_.refcounts()) (void)r->update(host_, 1, -1);
+  // Never referenced: drop its references now, and stop packing into that cluster.
+  if (Refcounts* r = img_.refcounts()) (void)r->update(host_, packed_.size(), -1);
   img_.forget_packing();
   finish(e);
 }

@@ -1,15 +1,18 @@
 // CompressedWriteRequest: stores one whole guest cluster compressed (convert -c).
 //
-//   alloc_l2 -> compress --(does not shrink)--> ClusterAllocRequest (stored as is)
-//                  |
-//                  v
-//              alloc_bytes -> write_data -> link_l2 -> finish
+//   compress (on the I/O pool) --(does not shrink)--> ClusterAllocRequest (stored as is)
+//       |
+//       v
+//   alloc_l2 -> alloc_bytes -> write_data -> link_l2 -> finish
 //                                  | error
 //                                  v
-//                              rollback (drop the reference to the packed cluster) -> finish
+//                              rollback (drop the references to the packed clusters) -> finish
 //
-// Compressed runs are packed at byte granularity; each holds one reference to the host
-// cluster it lies in, so a cluster shared by several runs is freed only with the last one.
+// Compression runs off the image's executor (IoProvider::offload), so several clusters of a
+// convert compress at once; everything that touches the image runs back on the executor.
+// Compressed runs are packed at byte granularity and may continue into the next cluster when
+// it is free, as QEMU packs them; each run holds one reference to every host cluster it
+// touches, so a cluster shared by several runs is freed only with the last one.
 #pragma once
 
 #include <cstdint>
@@ -31,8 +34,9 @@ class CompressedWriteRequest : public std::enable_shared_from_this<CompressedWri
 
  private:
   CompressedWriteRequest(QcowImage& img, uint64_t guest, std::span<const std::byte> data, Completion done);
-  void alloc_l2();
   void compress();
+  void alloc_l2();
+  void place();
   void write_data();
   void handle_write_data(Error e);
   void link_l2();
@@ -46,6 +50,7 @@ class CompressedWriteRequest : public std::enable_shared_from_this<CompressedWri
   uint64_t l1_index_ = 0;
   uint64_t host_ = 0;
   std::vector<std::byte> packed_;
+  Error compress_error_;  // set on the pool, read back on the executor
 };
 
 }  // namespace vd::qcow

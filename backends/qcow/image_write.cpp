@@ -261,15 +261,34 @@ Result<uint64_t> QcowImage::allocate_bytes(uint64_t length) {
     grew_to(v1_end_);
     return at;
   }
-  // Pack into the current partial cluster when it has room; every compressed run holds one
-  // reference to the cluster it lies in (runs never cross a cluster boundary here).
-  if (zbytes_next_ && (zbytes_next_ & (cs - 1)) && cs - (zbytes_next_ & (cs - 1)) >= length) {
-    const uint64_t at = zbytes_next_;
-    if (Error e = refs_->update(at, 1, +1)) return e;
-    zbytes_next_ += length;
-    return at;
+  // Continue after the previous run, as QEMU packs: in the rest of its cluster, and on into
+  // the next cluster when that is the one the allocator hands out now. A run holds one
+  // reference to every cluster it touches. A cluster at the refcount maximum (refcount_bits=1)
+  // or freed since (its runs were all overwritten) is not packed into again.
+  if (const uint64_t used = zbytes_next_ & (cs - 1); zbytes_next_ && used) {
+    const uint64_t at = zbytes_next_, room = cs - used;
+    auto refs = refs_->get(at);
+    if (!refs) return refs.error();
+    if (*refs && *refs < refs_->max_refcount()) {
+      uint64_t fresh = 0;
+      if (length > room) {
+        auto next = allocate_clusters((length - room + cs - 1) / cs);
+        if (!next) return next;
+        fresh = *next;
+      }
+      if (!fresh || fresh == at + room) {
+        if (Error e = refs_->update(at, 1, +1)) return e;
+        zbytes_next_ = at + length;
+        return at;
+      }
+      if (length <= cs) {  // not contiguous: the run starts in the cluster just allocated
+        zbytes_next_ = fresh + length;
+        return fresh;
+      }
+      rollback_clusters(fresh, (length - room + cs - 1) / cs);
+    }
   }
-  auto at = allocate_clusters(1);
+  auto at = allocate_clusters((length + cs - 1) / cs);
   if (!at) return at;
   zbytes_next_ = *at + length;
   return at;

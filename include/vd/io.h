@@ -90,6 +90,13 @@ class IoProvider {
   // it to complete a request that needed no I/O without running the completion inline.
   // (The default runs inline; every real provider overrides it.)
   virtual void post(std::function<void()> fn) { fn(); }
+  // Runs `work`, CPU-heavy and touching only what it owns (compressing a cluster), where it
+  // does not hold up the executor, then `then` on the executor. Real providers use their
+  // thread pool; the default runs `work` inline and posts `then`.
+  virtual void offload(std::function<void()> work, std::function<void()> then) {
+    work();
+    post(std::move(then));
+  }
 };
 
 }  // namespace vd

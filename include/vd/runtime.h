@@ -27,6 +27,7 @@ class PosixIoProvider : public IoProvider {
   Error remove(const std::string& path) override;
   bool exists(const std::string& path) override;
   void post(std::function<void()> fn) override;
+  void offload(std::function<void()> work, std::function<void()> then) override;
 
  private:
   boost::asio::any_io_executor ex_;

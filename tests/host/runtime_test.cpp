@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 
 #include <boost/asio/post.hpp>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "backends/builtin.h"
 #include "support/support.h"
@@ -149,6 +151,33 @@ TEST(SyncImageTest, WritePassesTheWholeBuffer) {
   ASSERT_FALSE(vd::sync_image_write(rt, img, 77, data));
   EXPECT_EQ(img.written, data);
   EXPECT_EQ(img.written_at, 77u);
+}
+
+}  // namespace
+
+namespace {
+
+// offload runs the work on the pool, not on the thread running the executor, then the
+// continuation back on that thread; wait keeps running while the work is on the pool.
+TEST(RuntimeTest, OffloadRunsWorkOnThePoolAndThenOnTheExecutor) {
+  vd::Runtime rt(2);
+  const auto executor_thread = std::this_thread::get_id();
+  std::thread::id work_thread, then_thread;
+  Error e = rt.wait([&](vd::Completion done) {
+    rt.files().offload(
+        [&] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          work_thread = std::this_thread::get_id();
+        },
+        [&, done] {
+          then_thread = std::this_thread::get_id();
+          done({});
+        });
+  });
+  EXPECT_FALSE(e) << e.message();
+  EXPECT_NE(work_thread, std::thread::id{});
+  EXPECT_NE(work_thread, executor_thread);
+  EXPECT_EQ(then_thread, executor_thread);
 }
 
 }  // namespace
