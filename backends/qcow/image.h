@@ -138,6 +138,8 @@ class QcowImage final : public Image {
   Error check_overlap(uint64_t host, uint64_t length, std::optional<MetaKind> self = std::nullopt);
   // The tables moved or grew: the overlap map is rebuilt before the next check.
   void metadata_moved() { overlap_stale_ = true; }
+  // The active L2 table of an L1 entry moved from `old` (0: none) to `now`.
+  void l2_moved(uint64_t old, uint64_t now);
   // Installs the overlap check on the refcount write-back (after refs_ is (re)made).
   void guard_refcounts();
   // Compressed data goes to byte-granular space shared by several compressed clusters.

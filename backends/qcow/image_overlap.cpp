@@ -7,19 +7,25 @@
 namespace vd::qcow {
 
 const OverlapMap& QcowImage::overlap_map() {
-  if (!overlap_stale_ && (!refs_ || refs_->layout_epoch() == overlap_refs_epoch_)) return overlap_;
   const uint64_t cs = layout_.cluster_size();
+  if (refs_ && refs_->table_epoch() != overlap_refs_epoch_) overlap_stale_ = true;
+  if (!overlap_stale_) {
+    if (refs_)
+      for (uint64_t off : refs_->take_new_blocks()) overlap_.add_table(off, cs, MetaKind::refcount_block);
+    return overlap_;
+  }
   overlap_.clear();
   overlap_.add(0, hdr_.version == 1 ? 48 : cs, MetaKind::header);  // v1: the fixed header only
   overlap_.add(hdr_.l1_table_offset, uint64_t{l1_.size()} * 8, MetaKind::active_l1);
   for (uint64_t e : l1_)
-    if (uint64_t off = layout_.l2_offset(e)) overlap_.add(off, layout_.l2_table_bytes(), MetaKind::active_l2);
+    if (uint64_t off = layout_.l2_offset(e)) overlap_.add_table(off, layout_.l2_table_bytes(), MetaKind::active_l2);
   if (refs_) {
     overlap_.add(refs_->table_offset(), uint64_t{refs_->table_clusters()} * cs, MetaKind::refcount_table);
     const uint64_t blocks = uint64_t{refs_->table_clusters()} * cs / 8;
     for (uint64_t i = 0; i < blocks; ++i)
-      if (uint64_t off = refs_->block_offset(i)) overlap_.add(off, cs, MetaKind::refcount_block);
-    overlap_refs_epoch_ = refs_->layout_epoch();
+      if (uint64_t off = refs_->block_offset(i)) overlap_.add_table(off, cs, MetaKind::refcount_block);
+    overlap_refs_epoch_ = refs_->table_epoch();
+    (void)refs_->take_new_blocks();  // already in the table
   }
   if (hdr_.nb_snapshots) {
     overlap_.add(hdr_.snapshots_offset, std::max<uint64_t>(snapshot_table_size(snapshots_), 1), MetaKind::snapshot_table);
@@ -28,6 +34,12 @@ const OverlapMap& QcowImage::overlap_map() {
   overlap_.seal();
   overlap_stale_ = false;
   return overlap_;
+}
+
+void QcowImage::l2_moved(uint64_t old, uint64_t now) {
+  if (overlap_stale_) return;  // the next rebuild reads the L1 table
+  if (old) overlap_.remove_table(old, MetaKind::active_l2);
+  overlap_.add_table(now, layout_.l2_table_bytes(), MetaKind::active_l2);
 }
 
 void QcowImage::guard_refcounts() {

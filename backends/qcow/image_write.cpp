@@ -236,7 +236,7 @@ void QcowImage::prepare_l2(uint64_t l1_index, std::function<void(Error, uint64_t
     cache_.insert(*at, t);
     // Crash safety: the flush writes this table before the L1 entry pointing at it.
     l1_[l1_index] = hdr_.version == 1 ? *at : (*at | kOflagCopied);
-    metadata_moved();
+    l2_moved(old, *at);
     mark_l1_dirty(l1_index);
     // A table shared with a snapshot loses the reference the active L1 held.
     if (old && refs_) refs_->release_later(old, cs);

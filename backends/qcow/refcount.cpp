@@ -83,7 +83,7 @@ Result<Refcounts::Block*> Refcounts::block_for(uint64_t cluster, bool create) {
     blocks_.emplace(b, std::move(blk));
     table_[b] = at << cfg_.cluster_bits;
     table_dirty_ = true;
-    ++layout_epoch_;
+    new_blocks_.push_back(at << cfg_.cluster_bits);
     dirty_blocks_.insert(b);
     // Its own refcount: in itself, or in the block of the range it landed in (which may be
     // created here in turn).
@@ -240,7 +240,7 @@ Error Refcounts::grow_table(uint64_t needed_entries) {
   cfg_.table_offset = *at;
   cfg_.table_clusters = clusters;
   table_dirty_ = true;
-  ++layout_epoch_;
+  ++table_epoch_;
   return {};
 }
 

@@ -18,6 +18,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "vd/error.h"
@@ -83,8 +84,10 @@ class Refcounts {
     return index < table_.size() ? table_[index] & 0xfffffffffffffe00ull : 0;
   }
   uint32_t table_clusters() const { return cfg_.table_clusters; }
-  // Bumped whenever a refcount block is placed or the table moves (the overlap map follows).
-  uint64_t layout_epoch() const { return layout_epoch_; }
+  // Bumped whenever the table moves; the overlap map is then rebuilt from the table.
+  uint64_t table_epoch() const { return table_epoch_; }
+  // The blocks placed since the last call (offsets), for the overlap map to add singly.
+  std::vector<uint64_t> take_new_blocks() { return std::exchange(new_blocks_, {}); }
   // Checks each block and table write before it is made (the image's overlap check).
   using WriteGuard = std::function<Error(uint64_t offset, uint64_t length, bool table)>;
   void set_write_guard(WriteGuard guard) { guard_ = std::move(guard); }
@@ -115,7 +118,8 @@ class Refcounts {
   uint64_t free_hint_ = 0;   // first cluster index that may be free
   uint64_t avoid_lo_ = 0, avoid_hi_ = 0;  // the run being allocated: no new block goes there
   std::set<uint64_t> placing_;             // clusters taken by new blocks not yet counted
-  uint64_t layout_epoch_ = 0;
+  uint64_t table_epoch_ = 0;
+  std::vector<uint64_t> new_blocks_;  // placed since take_new_blocks
   WriteGuard guard_;
 };
 
