@@ -5,6 +5,7 @@
 
 #include "backends/qcow/compress.h"
 #include "backends/qcow/image.h"
+#include "backends/qcow/refcount.h"
 
 namespace vd::qcow {
 namespace {
@@ -101,17 +102,38 @@ void QcowImage::read_compressed(const Run& run, uint64_t guest, std::span<std::b
 
 // QEMU consults the file's holes only for images that look metadata-preallocated: the file
 // occupies clearly less space than its length (allocated clusters are mostly holes).
+// QEMU's test for an image made with preallocation=metadata (qcow2_detect_metadata_preallocation):
+// clusters with a reference, counted up to a threshold, against the clusters the file really
+// occupies. Only then does block status look at the file's holes, so map agrees with
+// qemu-img's on every image (a compressed run or a freed cluster leaves holes too).
 bool QcowImage::looks_preallocated() {
-  if (!prealloc_known_) {
-    prealloc_known_ = true;
-    auto len = file_->size();
-    auto used = file_->allocated_size();
-    const uint64_t cs = layout_.cluster_size();
-    if (len && used) {
-      const uint64_t real = *used / cs, total = *len / cs;
-      prealloc_ = total > std::max(real * 10 / 9, real + 2);
-    }
+  if (prealloc_known_) return prealloc_;
+  prealloc_known_ = true;
+  if (hdr_.version == 1) return false;  // QEMU's qcow driver never asks
+  auto len = file_->size();
+  auto used = file_->allocated_size();
+  if (!len || !used) return false;
+  const uint64_t cs = layout_.cluster_size();
+  const uint64_t real = *used / cs;
+  const uint64_t threshold = std::max(real * 10 / 9, real + 2);
+  const uint64_t end = (*len + cs - 1) / cs;
+  if (end < threshold) return false;
+  std::unique_ptr<Refcounts> own;  // read-only images keep no refcounts: read them here
+  Refcounts* refs = refs_.get();
+  if (!refs) {
+    own = std::make_unique<Refcounts>(*file_, path_,
+                                      Refcounts::Config{hdr_.cluster_bits, hdr_.refcount_order,
+                                                        hdr_.refcount_table_offset, hdr_.refcount_table_clusters});
+    if (own->load(file_end_)) return false;
+    refs = own.get();
   }
+  uint64_t counted = 0;
+  for (uint64_t c = 0; c < end && counted < threshold; ++c) {
+    auto r = refs->get(c * cs);
+    if (!r) return false;
+    counted += *r != 0;
+  }
+  prealloc_ = counted >= threshold;
   return prealloc_;
 }
 
@@ -135,10 +157,12 @@ void QcowImage::block_status(uint64_t offset, uint64_t length, ExtentHandler don
           x.host_offset = run.host_offset;
           // Preallocated clusters never written are holes in the file: they read as zeros
           // (qemu-img map says zero and data). Split the run where that changes.
-          if (!cipher_ && hdr_.crypt_method == kCryptNone && !data_file_ && looks_preallocated()) {
+          if (!cipher_ && hdr_.crypt_method == kCryptNone && looks_preallocated()) {
             if (auto fx = data_->extent_at(run.host_offset); fx && fx->length) {
               x.length = std::min(x.length, fx->length);
               x.zero_data = !fx->data;
+            } else if (fx) {
+              x.zero_data = true;  // past the end of the file: reads as zeros
             }
           }
           break;
