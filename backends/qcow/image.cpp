@@ -37,26 +37,30 @@ Error QcowImage::resize(uint64_t new_size) {
     return Error(Errc::not_supported, "'" + path_ + "': shrinking QCOW2 images is not supported");
   if (writes_active_ || flushing_)
     return Error(Errc::busy, "'" + path_ + "': resize while requests are in flight");
-  const uint64_t cs = layout_.cluster_size();
-  const uint64_t needed = (new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage();
-  if (needed * 8 > kMaxL1Bytes) return Error(Errc::too_large, "'" + path_ + "': Image is too big");
-  if (needed > l1_.size()) {
-    const uint64_t clusters = (needed * 8 + cs - 1) / cs;
-    auto at = allocate_clusters(clusters);
-    if (!at) return at.error();
-    // The new table is written whole before the header points at it (write_l1 step).
-    refs_->release_later(hdr_.l1_table_offset, (uint64_t{hdr_.l1_size} * 8 + cs - 1) / cs * cs);
-    l1_.resize(needed, 0);
-    for (uint64_t i = 0; i < needed; ++i) l1_dirty_.insert(i);
-    hdr_.l1_table_offset = *at;
-    metadata_moved();
-    hdr_.l1_size = static_cast<uint32_t>(needed);
-    if (Error e = file_->set_size(std::max<uint64_t>(file_end_, *at + clusters * cs))) return e;
-  }
+  if (Error e = grow_l1((new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage())) return e;
   hdr_.size = new_size;
   size_ = new_size;
   header_dirty_ = true;
   return FlushRequest::run_sync(*this);
+}
+
+// A larger active L1 table in new clusters; the flush writes it whole before the header
+// points at it (write_l1 step), and the old one is freed after that.
+Error QcowImage::grow_l1(uint64_t needed) {
+  const uint64_t cs = layout_.cluster_size();
+  if (needed * 8 > kMaxL1Bytes) return Error(Errc::too_large, "'" + path_ + "': Image is too big");
+  if (needed <= l1_.size()) return {};
+  const uint64_t clusters = (needed * 8 + cs - 1) / cs;
+  auto at = allocate_clusters(clusters);
+  if (!at) return at.error();
+  refs_->release_later(hdr_.l1_table_offset, (uint64_t{hdr_.l1_size} * 8 + cs - 1) / cs * cs);
+  l1_.resize(needed, 0);
+  for (uint64_t i = 0; i < needed; ++i) l1_dirty_.insert(i);
+  hdr_.l1_table_offset = *at;
+  metadata_moved();
+  hdr_.l1_size = static_cast<uint32_t>(needed);
+  header_dirty_ = true;
+  return file_->set_size(std::max<uint64_t>(file_end_, *at + clusters * cs));
 }
 
 Result<CheckReport> QcowImage::check(RepairMode repair) { return check_image(*this, repair); }

@@ -74,6 +74,10 @@ class QcowImage final : public Image {
   bool encrypted() const override { return hdr_.crypt_method != kCryptNone; }
   bool dirty() const override { return hdr_.incompatible_features & kIncompatDirty; }
   std::vector<SnapshotInfo> snapshots() const override;
+  // snapshot_ops.cpp
+  Error snapshot_create(const std::string& name) override;
+  Error snapshot_apply(const std::string& id_or_name) override;
+  Error snapshot_delete(const std::string& id_or_name) override;
   Result<CheckReport> check(RepairMode repair) override;
   Error close(bool remove) override;
 
@@ -168,10 +172,22 @@ class QcowImage final : public Image {
   Error open_encryption(const OpenOptions& opts);
   Error open_for_writing();
   Error load_l1(uint64_t offset, uint32_t entries, const char* what);
+  Error grow_l1(uint64_t entries);
+
+  // snapshot_ops.cpp
+  Result<L2Ptr> l2_now(uint64_t l1_index, uint64_t l2_offset);
+  Error walk_refcounts(std::vector<uint64_t>& l1, bool active, int addend);
+  Error walk_l1(std::vector<uint64_t>& l1, bool active, int addend,
+                const std::function<Error(uint64_t, uint64_t)>& update);
+  Result<size_t> find_snapshot(const std::string& id_or_name) const;
+  Error prepare_snapshot_op(const char* op);
+  Error write_snapshot_table(std::vector<Snapshot> snaps);
   Error select_snapshot(const std::string& name);
 
   // image_lookup.cpp
   void finish_l2_load(uint64_t l2_offset, Error e, L2Ptr table);
+  Error check_l2_location(uint64_t l1_index, uint64_t l2_offset) const;
+  L2Ptr decode_l2(std::span<const std::byte> raw) const;
 
   // image_read.cpp
   void read_data(const Run& run, uint64_t guest, std::span<std::byte> buf, ReadHandler done);

@@ -27,30 +27,35 @@ void QcowImage::lookup(uint64_t guest, uint64_t max_len, RunHandler done) {
 void QcowImage::get_l2(uint64_t l1_index, uint64_t l2_off, L2Handler done) {
   if (auto it = dirty_l2_.find(l2_off); it != dirty_l2_.end()) return done({}, it->second);
   if (L2Ptr t = cache_.find(l2_off)) return done({}, std::move(t));
-
-  const uint64_t bytes = layout_.l2_table_bytes();
-  if (layout_.version >= 2 && (l2_off & (layout_.cluster_size() - 1)))
-    return done(Error(Errc::corrupt, "'" + path_ + "': L2 table offset " + hex(l2_off) +
-                                         " unaligned (L1 index: " + hex(l1_index) + ")"),
-                nullptr);
-  if (l2_off + bytes > file_end_ || l2_off < layout_.cluster_size())
-    return done(Error(Errc::corrupt, "'" + path_ + "': L2 table at " + hex(l2_off) + " (L1 index: " +
-                                         hex(l1_index) + ") lies outside the image file"),
-                nullptr);
+  if (Error e = check_l2_location(l1_index, l2_off)) return done(e, nullptr);
 
   auto& waiters = l2_loads_[l2_off];
   waiters.push_back(std::move(done));
   if (waiters.size() > 1) return;  // joined the load in flight
 
-  auto raw = std::make_shared<std::vector<std::byte>>(bytes);
+  auto raw = std::make_shared<std::vector<std::byte>>(layout_.l2_table_bytes());
   file_->async_read(IoKind::meta, l2_off, *raw, [this, l2_off, raw](Error e) {
     if (e) return finish_l2_load(l2_off, e.wrap("'" + path_ + "': reading L2 table at " + hex(l2_off)), nullptr);
-    auto t = std::make_shared<L2Table>(raw->size() / 8);
-    for (size_t i = 0; i < t->size(); ++i) (*t)[i] = load_be64(raw->data() + i * 8);
-    L2Ptr table = std::move(t);
+    L2Ptr table = decode_l2(*raw);
     cache_.insert(l2_off, table);
     finish_l2_load(l2_off, {}, std::move(table));
   });
+}
+
+Error QcowImage::check_l2_location(uint64_t l1_index, uint64_t l2_off) const {
+  if (layout_.version >= 2 && (l2_off & (layout_.cluster_size() - 1)))
+    return Error(Errc::corrupt, "'" + path_ + "': L2 table offset " + hex(l2_off) +
+                                    " unaligned (L1 index: " + hex(l1_index) + ")");
+  if (l2_off + layout_.l2_table_bytes() > file_end_ || l2_off < layout_.cluster_size())
+    return Error(Errc::corrupt, "'" + path_ + "': L2 table at " + hex(l2_off) + " (L1 index: " +
+                                    hex(l1_index) + ") lies outside the image file");
+  return {};
+}
+
+L2Ptr QcowImage::decode_l2(std::span<const std::byte> raw) const {
+  auto t = std::make_shared<L2Table>(raw.size() / 8);
+  for (size_t i = 0; i < t->size(); ++i) (*t)[i] = load_be64(raw.data() + i * 8);
+  return t;
 }
 
 void QcowImage::finish_l2_load(uint64_t l2_off, Error e, L2Ptr table) {

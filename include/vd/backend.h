@@ -215,6 +215,13 @@ class Image {
   // refcounts); `info` shows it as the dirty flag.
   virtual bool dirty() const { return false; }
   virtual std::vector<SnapshotInfo> snapshots() const = 0;
+  // Internal snapshots (formats with cap_snapshots), as qemu-img snapshot -c/-a/-d: create
+  // one of the current state; make one the current state (what was current is dropped);
+  // delete one. `id_or_name` matches an id first, then a name; the first match wins. The
+  // image must be open read-write with no request in flight.
+  virtual Error snapshot_create(const std::string& name);
+  virtual Error snapshot_apply(const std::string& id_or_name);
+  virtual Error snapshot_delete(const std::string& id_or_name);
 
   // Consistency check and repair (formats without metadata answer not_supported).
   virtual Result<CheckReport> check(RepairMode repair) = 0;

@@ -1,0 +1,17 @@
+// Default answers of the optional Image operations: formats without internal snapshots.
+#include "vd/backend.h"
+
+namespace vd {
+
+namespace {
+Error no_snapshots(const Image& img) {
+  return Error(Errc::not_supported, "'" + img.path() + "': the " + std::string(img.backend().name()) +
+                                        " format does not support internal snapshots");
+}
+}  // namespace
+
+Error Image::snapshot_create(const std::string&) { return no_snapshots(*this); }
+Error Image::snapshot_apply(const std::string&) { return no_snapshots(*this); }
+Error Image::snapshot_delete(const std::string&) { return no_snapshots(*this); }
+
+}  // namespace vd
