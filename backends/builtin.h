@@ -7,4 +7,5 @@ namespace vd::backends {
 const Backend& raw();
 const Backend& qcow2();
 const Backend& qcow();
+const Backend& luks();
 }  // namespace vd::backends

@@ -10,6 +10,7 @@ Registry Registry::builtin() {
   // Probe order: the formats with a magic number first, raw (which accepts anything) last.
   r.add(&backends::qcow2());
   r.add(&backends::qcow());
+  r.add(&backends::luks());
   r.add(&backends::raw());
   return r;
 }

@@ -1,0 +1,98 @@
+// LuksImage: properties, geometry, resize and close. The data path is in image_io.cpp.
+#include "backends/luks/luks.h"
+
+namespace vd::luks {
+
+uint64_t virtual_size(uint64_t file_size, uint64_t payload_offset) {
+  return round_up_to_sector(file_size) - payload_offset;
+}
+
+LuksImage::LuksImage(const Backend& backend, std::string path, std::unique_ptr<File> file,
+                     IoProvider& io, unsigned flags, qcow::LuksInfo info,
+                     std::shared_ptr<const qcow::SectorCipher> cipher, uint64_t file_size)
+    : backend_(backend), path_(std::move(path)), file_(std::move(file)), io_(io), flags_(flags),
+      info_(std::move(info)), cipher_(std::move(cipher)),
+      size_(virtual_size(file_size, info_.payload_offset)) {}
+
+Result<uint64_t> LuksImage::file_size() {
+  if (!file_) return Error(Errc::internal, "file size of '" + path_ + "' after it was closed");
+  return file_->allocated_size();
+}
+
+// ---- Geometry ------------------------------------------------------------------------------
+
+Geometry LuksImage::pchs() const { return pchs_.is_set() ? pchs_ : derive_pchs(size_); }
+Geometry LuksImage::lchs() const { return lchs_.is_set() ? lchs_ : derive_lchs(size_); }
+
+namespace {
+// The format stores no geometry: values set live as long as the open image, as for raw.
+Error check_geometry(const std::string& path, const char* kind, const Geometry& g,
+                     uint32_t max_heads) {
+  if (g == Geometry{}) return {};
+  if (g.is_set() && g.heads <= max_heads && g.sectors <= 63) return {};
+  return Error(Errc::invalid_argument,
+               std::string(kind) + " geometry " + std::to_string(g.cylinders) + "/" +
+                   std::to_string(g.heads) + "/" + std::to_string(g.sectors) + " for '" + path +
+                   "' is invalid (heads 1.." + std::to_string(max_heads) + ", sectors 1..63)");
+}
+}  // namespace
+
+Error LuksImage::set_pchs(const Geometry& g) {
+  if (Error e = check_geometry(path_, "physical", g, 16)) return e;
+  pchs_ = g;
+  return {};
+}
+
+Error LuksImage::set_lchs(const Geometry& g) {
+  if (Error e = check_geometry(path_, "logical", g, 255)) return e;
+  lchs_ = g;
+  return {};
+}
+
+Error LuksImage::set_parent(const std::optional<std::string>& filename,
+                            const std::optional<std::string>& format) {
+  if (!filename && !format) return {};
+  return Error(Errc::not_supported, path_ + ": Backing file not supported for file format 'luks'");
+}
+
+// ---- Resize, check, close ------------------------------------------------------------------
+
+// QEMU truncates the file to payload offset + new size; the key is not needed for that.
+Error LuksImage::resize(uint64_t new_size) {
+  if (!file_) return Error(Errc::internal, "resize of '" + path_ + "' after it was closed");
+  if (flags_ & open_read_only)
+    return Error(Errc::read_only, "resize refused: '" + path_ + "' is open read-only");
+  if (!locks_.idle())
+    return Error(Errc::busy, "resize of '" + path_ + "' refused: writes are in flight");
+  const uint64_t payload = info_.payload_offset;
+  if (new_size > static_cast<uint64_t>(INT64_MAX) - payload - (kSectorSize - 1))
+    return Error(Errc::too_large, path_ + ": size " + hex(new_size) + " is too large for a LUKS volume "
+                                  "with its payload at " + hex(payload));
+  if (Error e = file_->set_size(payload + new_size)) return e.wrap("resize of '" + path_ + "'");
+  size_ = virtual_size(payload + new_size, payload);
+  return {};
+}
+
+std::vector<InfoField> LuksImage::format_info() const {
+  std::vector<InfoField> f;
+  append_info_fields(info_, "", f);
+  return f;
+}
+
+Result<CheckReport> LuksImage::check(RepairMode) {
+  return Error(Errc::not_supported, "This image format does not support checks");
+}
+
+Error LuksImage::close(bool remove) {
+  if (!file_) return {};
+  Error first;
+  if (!(flags_ & open_read_only)) first = file_->flush();
+  file_.reset();
+  if (remove) {
+    Error e = io_.remove(path_);
+    if (!first) first = e;
+  }
+  return first;
+}
+
+}  // namespace vd::luks
