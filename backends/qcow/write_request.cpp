@@ -42,8 +42,8 @@ void WriteRequest::handle_lookup(Error e, const Run& run) {
       return;
     }
   }
-  if (run.kind == Run::Kind::data && run.copied) return write_in_place(run);
   if ((flags_ & write_compressed) && try_compressed(run)) return;
+  if (run.kind == Run::Kind::data && run.copied) return write_in_place(run);
   allocate(run);
 }
 
@@ -112,17 +112,26 @@ void WriteRequest::allocate(const Run& run) {
   });
 }
 
+// As QEMU: a compressed write covers whole clusters (or the image's unaligned last one) and
+// never overwrites: a cluster with host space already fails the request (EIO in qemu-io).
+// Encrypted images and external data files store the data uncompressed instead.
 bool WriteRequest::try_compressed(const Run& run) {
   const Layout& l = img_.layout();
   const uint64_t cs = l.cluster_size();
-  if (run.kind != Run::Kind::unallocated || (pos_ & (cs - 1))) return false;
-  // Whole clusters only, except the last cluster of an image whose size is not aligned.
-  uint64_t n = cs;
-  if (rest_.size() < cs) {
-    if (pos_ + rest_.size() != img_.size()) return false;
-    n = rest_.size();
-  }
   if (img_.cipher() || img_.header().data_file) return false;
+  uint64_t n = cs;
+  if (rest_.size() < cs) n = rest_.size();
+  if ((pos_ & (cs - 1)) || (n < cs && pos_ + n != img_.size())) {
+    finish(Error(Errc::invalid_argument, "'" + img_.path() + "': compressed write at " + hex(pos_) +
+                                             " is not a whole cluster"));
+    return true;
+  }
+  const bool empty = (run.kind == Run::Kind::unallocated || run.kind == Run::Kind::zero) && !run.host_reserved;
+  if (!empty) {
+    finish(Error(Errc::io, "'" + img_.path() + "': compressed write at " + hex(pos_) +
+                               " refused: the cluster is allocated (compression cannot overwrite)"));
+    return true;
+  }
   img_.mark_busy(pos_ / cs, 1);
   CompressedWriteRequest::start(img_, pos_, rest_.first(n),
                                 [self = shared_from_this(), n](Error e) { self->advance(e, n); });
