@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "host/vdimg/copier.h"
+#include "host/vdimg/secrets.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
@@ -25,6 +26,7 @@ const char kUsage[] =
     "  -l SNAPSHOT             copy an internal snapshot of SRC (name, or snapshot.name=X,\n"
     "                          snapshot.id=X)\n"
     "  --passphrase-file FILE  passphrase of an encrypted SRC\n"
+    "  --object secret,id=ID,data=KEY  DST's key, named by -o encrypt.key-secret=ID or key-secret=ID\n"
     "  -q                      quiet\n";
 
 // -l accepts "NAME", "snapshot.name=NAME" and "snapshot.id=ID" (comma-separated).
@@ -66,6 +68,9 @@ vd::Result<vd::CreateOptions> target_options(const Args& args, uint64_t size) {
     if (!*field) *field = it->second;
     opts.options.erase(it);
   }
+  auto pass = creation_passphrase(args, opts.options, std::nullopt);  // DST's key, as qemu-img
+  if (!pass) return pass.error();
+  opts.passphrase = *pass;
   return opts;
 }
 
@@ -87,6 +92,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
   req.path = path;
   req.format = fmt;
   req.flags = 0;
+  req.passphrase = opts.passphrase;
   return open_disk(ctx, req);
 }
 

@@ -4,20 +4,25 @@
 #include <map>
 
 #include "host/sizes.h"
+#include "host/vdimg/secrets.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg create -f FMT [-o OPTS] [-b BACKING [-F BACKING_FMT]] [-u] [-q] IMAGE [SIZE]\n"
+    "usage: vdimg create -f FMT [-o OPTS] [-b BACKING [-F BACKING_FMT]] [-u] [-q]\n"
+    "                    [--object secret,id=ID,data=KEY|file=PATH] [--passphrase-file FILE] IMAGE [SIZE]\n"
     "Creates IMAGE. SIZE takes k, M, G, T, P, E suffixes; it defaults to the backing file's.\n"
     "  -f FMT          format of the new image (default raw)\n"
     "  -o OPTS         comma-separated key=value options; may repeat; -o help lists them\n"
     "  -b BACKING      backing file (relative names are relative to IMAGE's folder)\n"
     "  -F BACKING_FMT  format of the backing file (required with -b)\n"
     "  -u              do not open the backing file (SIZE is then required)\n"
-    "  -q              quiet\n";
+    "  -q              quiet\n"
+    "  --object secret,id=ID,data=KEY   a key for -o encrypt.key-secret=ID (qcow2) or\n"
+    "                  -o key-secret=ID (luks), as qemu-img; file=PATH reads it from a file\n"
+    "  --passphrase-file FILE  the new image's key (with -o encrypt.format=luks|aes, or -f luks)\n";
 
 int print_create_options(const vd::Backend& backend) {
   std::cout << "Supported options:\n";
@@ -127,7 +132,8 @@ int cmd_create(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {'o', "options", true},
                                 {'b', "backing", true}, {'F', "backing-format", true},
                                 {'u', nullptr, false}, {'q', "quiet", false},
-                                {0, "object", true}, {'U', "force-share", false}});
+                                {0, "object", true}, {'U', "force-share", false},
+                                {0, "passphrase-file", true}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   Context ctx;
@@ -141,6 +147,9 @@ int cmd_create(const Argv& argv) {
   vd::CreateOptions opts;
   auto size_arg = collect_options(*args, opts);
   if (!size_arg) return fail(size_arg.error());
+  auto pass = creation_passphrase(*args, opts.options, args->last("passphrase-file"));
+  if (!pass) return fail(name_image(pass.error(), image));
+  opts.passphrase = *pass;
   if (opts.backing_file && !opts.backing_format)
     return missing_backing_format(ctx, image, *opts.backing_file);
   if (auto err = settle_size(ctx, image, *size_arg, args->has("u"), opts)) return fail(err);
