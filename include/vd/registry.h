@@ -20,7 +20,7 @@ class Registry {
   Registry(Registry&&) noexcept;
   Registry& operator=(Registry&&) noexcept;
 
-  // The formats built into vd, in probe order: qcow2, qcow, then raw.
+  // The formats built into vd, in probe order: qcow2, qcow, luks, then raw.
   static Registry builtin();
 
   // Adds a backend. It is probed before raw (raw always stays last). Refuses a name that is
