@@ -69,6 +69,15 @@ Error QcowImage::walk_l1(std::vector<uint64_t>& l1, bool active, int addend,
                          const std::function<Error(uint64_t, uint64_t)>& update) {
   const uint64_t cs = layout_.cluster_size();
   const uint32_t x = 62 - (layout_.cluster_bits - 8);
+  // A hostile entry must not make the walk count (and place refcount blocks for) clusters
+  // that are not in the file, nor a cluster at an unaligned offset.
+  auto count = [&](uint64_t offset, uint64_t length, bool aligned, const char* what) -> Error {
+    const uint64_t end = offset + length;
+    if ((aligned && (offset & (cs - 1))) || end < offset || ((end - 1) & ~(cs - 1)) >= file_end_)
+      return Error(Errc::corrupt, "'" + path_ + "': " + what + " at " + hex(offset) +
+                                      " is unaligned or lies outside the image file");
+    return update(offset, length);
+  };
   for (uint64_t i = 0; i < l1.size(); ++i) {
     const uint64_t l2_off = layout_.l2_offset(l1[i]);
     if (!l2_off) continue;
@@ -83,19 +92,19 @@ Error QcowImage::walk_l1(std::vector<uint64_t>& l1, bool active, int addend,
       if (e & kOflagCompressed) {
         const uint64_t host = e & ((1ull << x) - 1);
         const uint64_t sectors = ((e >> x) & ((1ull << (layout_.cluster_bits - 8)) - 1)) + 1;
-        if (Error err = update(host & ~511ull, sectors * 512)) return err;
+        if (Error err = count(host & ~511ull, sectors * 512, false, "compressed cluster")) return err;
         continue;
       }
       const uint64_t host = e & kL2OffsetMask;
       if (!host) continue;
-      if (Error err = update(host, cs)) return err;
+      if (Error err = count(host, cs, true, "data cluster")) return err;
       if (table_dies) continue;
       auto rc = refs_->get(host);
       if (!rc) return rc.error();
       const uint64_t flagged = *rc == 1 ? e | kOflagCopied : e & ~kOflagCopied;
       if (flagged != e) l2_for_update(l2_off)[j] = flagged;
     }
-    if (Error err = update(l2_off, cs)) return err;
+    if (Error err = count(l2_off, cs, true, "L2 table")) return err;
     if (!active) continue;
     auto rc = refs_->get(l2_off);
     if (!rc) return rc.error();

@@ -1,5 +1,7 @@
-// Arbitrary bytes as an image opened read-write, then a small write workload taken from the
-// last bytes of the input (writes, zero writes, discards, flushes), then reopen and read.
+// Arbitrary bytes as an image opened read-write, then a small workload taken from the last
+// bytes of the input (writes, compressed writes, zero writes, discards, flushes, internal
+// snapshot create/apply/delete), then reopen and read.
+#include <algorithm>
 #include <vector>
 
 #include "fuzz_common.h"
@@ -31,11 +33,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (dsize == 0) break;
     const uint64_t off = op.off % dsize;
     const uint64_t len = std::min<uint64_t>(op.len + 1, dsize - off);
-    switch (op.kind % 4) {
+    vd::Image& top = disk->image(0);
+    switch (op.kind % 8) {
       case 0: h.wait([&](vd::Completion c) { disk->write(off, std::span(buf.data(), len), 0, c); }); break;
       case 1: h.wait([&](vd::Completion c) { disk->write_zeroes(off, len, 0, c); }); break;
       case 2: h.wait([&](vd::Completion c) { disk->discard(off, len, c); }); break;
       case 3: h.wait([&](vd::Completion c) { disk->flush(c); }); break;
+      case 4: (void)top.snapshot_create(op.len & 1 ? "a" : "b"); break;
+      case 5: (void)top.snapshot_apply(op.len & 1 ? "1" : "b"); break;
+      case 6: (void)top.snapshot_delete(op.len & 1 ? "a" : "2"); break;
+      case 7: {
+        const uint64_t cs = top.cluster_size();
+        const uint64_t at = off / cs * cs, n = std::min<uint64_t>({cs, dsize - at, buf.size()});
+        h.wait([&](vd::Completion c) { disk->write(at, std::span(buf.data(), n), vd::write_compressed, c); });
+        break;
+      }
     }
   }
   (void)disk->close();
