@@ -1,5 +1,12 @@
-// vdimg compare: do two disks read the same? Exit 0 identical, 1 different, 2 error, with
-// qemu-img's messages (mismatch offsets at 512-byte sector granularity, as qemu-img's).
+// vdimg compare: do two disks read the same? qemu-img compare's walk, messages and exit
+// codes: 0 identical, 1 different, 2 could not open, 3 block status failed, 4 read failed.
+//
+// Both disks are walked by block status. Ranges both know to read as zeros are skipped;
+// ranges both hold are read and compared; a range only one holds must read as zeros there.
+// Strict mode (-s) also requires equal sizes and the same block status everywhere (qemu's
+// status bits: data, zero, offset valid, allocated, end of file). With different sizes the
+// common part is compared first; only if it is equal comes the size warning, and then the
+// larger disk's tail must read as zeros.
 #include <algorithm>
 #include <iostream>
 #include <vector>
@@ -10,19 +17,102 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg compare [-f FMT] [-F FMT] [-s] [-p] [-q] IMAGE1 IMAGE2\n"
+    "usage: vdimg compare [-f FMT] [-F FMT] [-s] [-p] [-q] [--passphrase-file FILE]\n"
+    "                     [--b-passphrase-file FILE] IMAGE1 IMAGE2\n"
     "Compares the content of two disks (each through its backing chain).\n"
-    "Exit status: 0 identical, 1 different, 2 error.\n"
+    "Exit status: 0 identical, 1 different, 2 could not open, 3 block status failed,\n"
+    "4 read failed.\n"
     "  -f FMT   format of IMAGE1        -F FMT   format of IMAGE2\n"
-    "  -s       strict: a size difference is a mismatch\n"
-    "  -q       quiet\n";
+    "  -s       strict: sizes and allocation status must match too\n"
+    "  -q       quiet\n"
+    "  --passphrase-file FILE    passphrase of encrypted images (IMAGE1 and IMAGE2)\n"
+    "  --b-passphrase-file FILE  a different passphrase for IMAGE2\n";
 
 constexpr int kExitDiffer = 1;
-constexpr int kExitFailed = 2;
-constexpr uint64_t kChunk = 4ull << 20;
+constexpr int kExitOpen = 2;
+// qemu-img uses 3 and 4 for failures after the open; the vdimg contract (DESIGN.md) says
+// every error exits 2.
+constexpr int kExitStatus = 2;
+constexpr int kExitRead = 2;
+constexpr uint64_t kBufBytes = 2ull << 20;  // qemu-img's IO_BUF_SIZE: the longest read
+constexpr uint64_t kSector = 512;
+
+// qemu's block-status bits, as qemu-img compare's strict mode compares them.
+enum Status : unsigned {
+  st_data = 0x01,
+  st_zero = 0x02,
+  st_offset_valid = 0x04,
+  st_allocated = 0x10,
+  st_eof = 0x20,
+};
+
+struct Side {
+  std::string name;
+  vd::Disk* disk = nullptr;
+  uint64_t size = 0;
+};
+
+// The length qemu's block status answers for the extent `x` at `offset`: what vd answers,
+// except that qemu's QCOW version 1 driver answers one cluster at a time (in each image it
+// asks on the way down). Only the end-of-file bit depends on it.
+uint64_t qemu_length(const Side& side, uint64_t offset, const vd::DiskExtent& x) {
+  uint64_t len = x.extent.length;
+  const size_t levels = x.level < 0 ? side.disk->depth() : static_cast<size_t>(x.level) + 1;
+  for (size_t level = 0; level < levels && level < side.disk->depth(); ++level) {
+    const vd::Image& img = side.disk->image(level);
+    if (img.backend().name() != "qcow" || img.cluster_size() == 0) continue;
+    len = std::min<uint64_t>(len, img.cluster_size() - offset % img.cluster_size());
+  }
+  return len;
+}
+
+// The status qemu gives the extent `x` found at `offset` of `side`.
+unsigned status_of(const Side& side, uint64_t offset, const vd::DiskExtent& x) {
+  const vd::Extent& e = x.extent;
+  const bool plain = e.host_offset && !e.compressed && !e.encrypted;
+  unsigned s = 0;
+  if (x.level < 0) {
+    s = st_zero;
+  } else if (e.kind == vd::Extent::Kind::unallocated) {
+    // Held by nobody: zeros below the base; past the end of a shorter parent qemu counts
+    // the zeros as allocated by that parent.
+    const bool has_parent = static_cast<size_t>(x.level) + 1 < side.disk->depth();
+    s = has_parent ? st_zero | st_allocated : st_zero | (plain ? st_offset_valid : 0u);
+  } else if (e.kind == vd::Extent::Kind::zero) {
+    s = st_zero | st_allocated | (plain ? st_offset_valid : 0u);
+  } else {
+    s = st_data | st_allocated | (plain ? st_offset_valid : 0u) | (e.zero_data ? st_zero : 0u);
+  }
+  // End of file: of the disk; and, for zeros below the base, of the base too (qemu keeps
+  // the end-of-file bit of the last image it asked when none holds the range).
+  const uint64_t end = offset + qemu_length(side, offset, x);
+  if (end == side.size) s |= st_eof;
+  if (x.level > 0 && !(s & st_allocated) && end == side.disk->image(static_cast<size_t>(x.level)).size())
+    s |= st_eof;
+  return s;
+}
+
+struct StatusAt {
+  unsigned status = 0;
+  uint64_t length = 0;
+};
+
+vd::Result<StatusAt> status_at(vd::Runtime& rt, const Side& side, uint64_t offset) {
+  vd::DiskExtent x;
+  vd::Error err = rt.wait([&](vd::Completion done) {
+    side.disk->block_status(offset, side.size - offset, [&x, done](vd::Error e, vd::DiskExtent ext) {
+      x = ext;
+      done(e);
+    });
+  });
+  if (!err && (x.extent.length == 0 || x.extent.length > side.size - offset))
+    err = vd::Error(vd::Errc::internal, "block status at " + vd::hex(offset) + " returned a bad length");
+  if (err) return err;
+  return StatusAt{status_of(side, offset, x), x.extent.length};
+}
 
 // Reads the same range of two disks at once.
-vd::Error read_both(vd::Runtime& rt, vd::Disk& a, vd::Disk& b, uint64_t off,
+vd::Error read_both(vd::Runtime& rt, const Side& a, const Side& b, uint64_t off,
                     std::vector<std::byte>& ba, std::vector<std::byte>& bb) {
   return rt.wait([&](vd::Completion done) {
     auto state = std::make_shared<std::pair<int, vd::Error>>(2, vd::Error());
@@ -30,64 +120,144 @@ vd::Error read_both(vd::Runtime& rt, vd::Disk& a, vd::Disk& b, uint64_t off,
       if (e && !state->second) state->second = std::move(e);
       if (--state->first == 0) done(state->second);
     };
-    a.read(off, ba, one);
-    b.read(off, bb, one);
+    a.disk->read(off, ba, one);
+    b.disk->read(off, bb, one);
   });
 }
 
-// Both disks report zeros or nothing for the whole range: no need to read it.
-bool both_zero(vd::Runtime& rt, vd::Disk& d, uint64_t off, uint64_t len) {
-  uint64_t pos = 0;
-  while (pos < len) {
-    vd::DiskExtent x;
-    vd::Error e = rt.wait([&](vd::Completion done) {
-      d.block_status(off + pos, len - pos, [&x, done](vd::Error err, vd::DiskExtent ext) {
-        x = ext;
-        done(err);
-      });
-    });
-    if (e || x.extent.length == 0) return false;
-    if (x.level >= 0 && x.extent.kind == vd::Extent::Kind::data) return false;
-    pos += x.extent.length;
-  }
-  return true;
-}
-
-std::optional<uint64_t> first_difference(const std::vector<std::byte>& a,
-                                         const std::vector<std::byte>& b) {
+// Index of the first 512-byte sector that differs (qemu reports sectors), if any.
+std::optional<uint64_t> first_different_sector(const std::vector<std::byte>& a,
+                                               const std::vector<std::byte>& b) {
   auto m = std::mismatch(a.begin(), a.end(), b.begin());
   if (m.first == a.end()) return std::nullopt;
-  return static_cast<uint64_t>(m.first - a.begin());
+  return static_cast<uint64_t>(m.first - a.begin()) & ~(kSector - 1);
 }
 
-// Compares [0, len) of both; returns the first differing offset, if any.
-vd::Result<std::optional<uint64_t>> compare_common(vd::Runtime& rt, vd::Disk& a, vd::Disk& b,
-                                                   uint64_t len) {
-  std::vector<std::byte> ba, bb;
-  for (uint64_t off = 0; off < len; off += kChunk) {
-    uint64_t n = std::min(kChunk, len - off);
-    if (both_zero(rt, a, off, n) && both_zero(rt, b, off, n)) continue;
-    ba.resize(n);
-    bb.resize(n);
-    if (auto err = read_both(rt, a, b, off, ba, bb)) return err;
-    if (auto d = first_difference(ba, bb)) return std::optional<uint64_t>(off + *d);
-  }
-  return std::optional<uint64_t>();
+std::optional<uint64_t> first_nonzero_sector(const std::vector<std::byte>& buf) {
+  auto it = std::find_if(buf.begin(), buf.end(), [](std::byte x) { return x != std::byte{0}; });
+  if (it == buf.end()) return std::nullopt;
+  return static_cast<uint64_t>(it - buf.begin()) & ~(kSector - 1);
 }
 
-// The part of the larger disk past the smaller one must read as zeros.
-vd::Result<std::optional<uint64_t>> check_tail(vd::Runtime& rt, vd::Disk& d, uint64_t from) {
-  std::vector<std::byte> buf;
-  for (uint64_t off = from; off < d.size(); off += kChunk) {
-    uint64_t n = std::min(kChunk, d.size() - off);
-    if (both_zero(rt, d, off, n)) continue;
-    buf.resize(n);
-    if (auto err = rt.wait([&](vd::Completion done) { d.read(off, buf, std::move(done)); }))
-      return err;
-    auto it = std::find_if(buf.begin(), buf.end(), [](std::byte x) { return x != std::byte{0}; });
-    if (it != buf.end()) return std::optional<uint64_t>(off + static_cast<uint64_t>(it - buf.begin()));
+// The outcome of the walk: an exit code, set once something is decided.
+class Comparison {
+ public:
+  Comparison(vd::Runtime& rt, Side a, Side b, bool strict, bool quiet)
+      : rt_(rt), a_(std::move(a)), b_(std::move(b)), strict_(strict), quiet_(quiet) {}
+
+  int run() {
+    if (strict_ && a_.size != b_.size) return differ("Strict mode: Image size mismatch!");
+    const uint64_t common = std::min(a_.size, b_.size);
+    uint64_t offset = 0;
+    while (offset < common) {
+      auto chunk = compare_at(offset);
+      if (!chunk) return code_;
+      offset += *chunk;
+    }
+    if (a_.size != b_.size) {
+      say("Warning: Image size mismatch!");
+      if (!check_tail(a_.size > b_.size ? a_ : b_, offset)) return code_;
+    }
+    say("Images are identical.");
+    return kExitOk;
   }
-  return std::optional<uint64_t>();
+
+ private:
+  // Compares the range starting at `offset`; returns its length, or nothing once decided.
+  std::optional<uint64_t> compare_at(uint64_t offset) {
+    auto s1 = status_at(rt_, a_, offset);
+    if (!s1) return status_failed(a_, s1.error());
+    auto s2 = status_at(rt_, b_, offset);
+    if (!s2) return status_failed(b_, s2.error());
+    uint64_t chunk = std::min(s1->length, s2->length);
+    if (strict_ && s1->status != s2->status) {
+      differ("Strict mode: Offset " + std::to_string(offset) + " block status mismatch!");
+      return std::nullopt;
+    }
+    if ((s1->status & st_zero) && (s2->status & st_zero)) return chunk;
+    const bool held1 = s1->status & st_allocated, held2 = s2->status & st_allocated;
+    if (!held1 && !held2) return chunk;
+    chunk = std::min(chunk, kBufBytes);
+    bool same = held1 == held2 ? same_content(offset, chunk)
+                               : reads_zeros(held1 ? a_ : b_, offset, chunk);
+    if (!same) return std::nullopt;
+    return chunk;
+  }
+
+  bool same_content(uint64_t offset, uint64_t len) {
+    buf1_.resize(len);
+    buf2_.resize(len);
+    if (vd::Error e = read_both(rt_, a_, b_, offset, buf1_, buf2_)) return read_failed(offset, e);
+    if (auto d = first_different_sector(buf1_, buf2_)) return mismatch(offset + *d);
+    return true;
+  }
+
+  bool reads_zeros(const Side& side, uint64_t offset, uint64_t len) {
+    buf1_.resize(len);
+    vd::Error e = rt_.wait([&](vd::Completion done) { side.disk->read(offset, buf1_, std::move(done)); });
+    if (e) return read_failed(offset, e.wrap(side.name));
+    if (auto d = first_nonzero_sector(buf1_)) return mismatch(offset + *d);
+    return true;
+  }
+
+  // The part of the larger disk past the smaller one must read as zeros.
+  bool check_tail(const Side& over, uint64_t offset) {
+    while (offset < over.size) {
+      auto s = status_at(rt_, over, offset);
+      if (!s) {
+        status_failed(over, s.error());
+        return false;
+      }
+      uint64_t chunk = s->length;
+      if ((s->status & st_allocated) && !(s->status & st_zero)) {
+        chunk = std::min(chunk, kBufBytes);
+        if (!reads_zeros(over, offset, chunk)) return false;
+      }
+      offset += chunk;
+    }
+    return true;
+  }
+
+  void say(const std::string& line) const {
+    if (!quiet_) std::cout << line << "\n";
+  }
+  int differ(const std::string& line) {
+    say(line);
+    return code_ = kExitDiffer;
+  }
+  bool mismatch(uint64_t offset) {
+    differ("Content mismatch at offset " + std::to_string(offset) + "!");
+    return false;
+  }
+  std::optional<uint64_t> status_failed(const Side& side, const vd::Error& e) {
+    code_ = fail("Sector allocation test failed for " + side.name + ": " + e.message(), kExitStatus);
+    return std::nullopt;
+  }
+  bool read_failed(uint64_t offset, const vd::Error& e) {
+    code_ = fail("Error while reading offset " + std::to_string(offset) + ": " + e.message(), kExitRead);
+    return false;
+  }
+
+  vd::Runtime& rt_;
+  Side a_, b_;
+  bool strict_, quiet_;
+  int code_ = kExitOk;
+  std::vector<std::byte> buf1_, buf2_;
+};
+
+// The passphrases: --passphrase-file for both images, --b-passphrase-file for IMAGE2 only.
+vd::Error read_passphrases(const Args& args, OpenRequest& ra, OpenRequest& rb) {
+  if (auto file = args.last("passphrase-file")) {
+    auto pass = read_passphrase_file(*file);
+    if (!pass) return pass.error();
+    ra.passphrase = rb.passphrase = *pass;
+  }
+  if (auto file = args.last("b-passphrase-file")) {
+    auto pass = read_passphrase_file(*file);
+    if (!pass) return pass.error();
+    rb.passphrase = *pass;
+  }
+  return {};
 }
 
 }  // namespace
@@ -96,39 +266,29 @@ int cmd_compare(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "a-format", true}, {'F', "b-format", true},
                                 {'s', "strict", false}, {'p', "progress", false},
                                 {'q', "quiet", false}, {'U', "force-share", false},
-                                {'T', "cache", true}, {0, "object", true}});
-  if (!args) return fail(args.error(), kExitFailed);
+                                {'T', "cache", true}, {0, "object", true},
+                                {0, "passphrase-file", true}, {0, "b-passphrase-file", true}});
+  if (!args) return fail(args.error(), kExitOpen);
   if (args->help) return print_usage(kUsage);
-  if (auto err = expect_positional(*args, 2, 2, "two image names")) return fail(err, kExitFailed);
-  bool quiet = args->has("quiet");
+  if (auto err = expect_positional(*args, 2, 2, "two image names")) return fail(err, kExitOpen);
   Context ctx;
   OpenRequest ra, rb;
   ra.path = args->positional[0];
   ra.format = args->last("a-format");
   rb.path = args->positional[1];
   rb.format = args->last("b-format");
+  if (auto err = read_passphrases(*args, ra, rb)) return fail(err, kExitOpen);
   auto a = open_disk(ctx, ra);
-  if (!a) return fail(a.error(), kExitFailed);
+  if (!a) return fail(a.error(), kExitOpen);
   auto b = open_disk(ctx, rb);
-  if (!b) return fail(b.error(), kExitFailed);
+  if (!b) return fail(b.error(), kExitOpen);
 
-  uint64_t sa = (*a)->size(), sb = (*b)->size();
-  if (sa != sb) {
-    if (args->has("strict")) {
-      if (!quiet) std::cout << "Strict mode: Image size mismatch!\n";
-      return kExitDiffer;
-    }
-    if (!quiet) std::cout << "Warning: Image size mismatch!\n";
-  }
-  auto diff = compare_common(ctx.rt, **a, **b, std::min(sa, sb));
-  if (diff && !*diff && sa != sb) diff = check_tail(ctx.rt, sa > sb ? **a : **b, std::min(sa, sb));
-  if (!diff) return fail(diff.error(), kExitFailed);
-  if (*diff) {
-    if (!quiet) std::cout << "Content mismatch at offset " << (**diff & ~uint64_t{511}) << "!\n";
-    return kExitDiffer;
-  }
-  if (!quiet) std::cout << "Images are identical.\n";
-  return kExitOk;
+  Comparison cmp(ctx.rt, Side{ra.path, a->get(), (*a)->size()},
+                 Side{rb.path, b->get(), (*b)->size()}, args->has("strict"), args->has("quiet"));
+  int code = cmp.run();
+  (*b)->close();
+  (*a)->close();
+  return code;
 }
 
 }  // namespace vdimg

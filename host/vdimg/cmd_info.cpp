@@ -159,6 +159,8 @@ void print_human(std::ostream& out, const ImageInfo& info) {
       << "disk size: " << vd::format_size(info.actual_size) << "\n";
   if (info.encrypted) out << "encrypted: yes\n";
   if (info.cluster_size) out << "cluster_size: " << *info.cluster_size << "\n";
+  // qemu-img prints the dirty flag (lazy refcounts after a crash) right after the cluster size.
+  if (info.dirty) out << "cleanly shut down: no\n";
   if (info.backing) {
     out << "backing file: " << *info.backing;
     if (*info.backing_full != *info.backing) out << " (actual path: " << *info.backing_full << ")";

@@ -1,5 +1,10 @@
 // vdimg map: where each range of the disk comes from, in qemu-img map's layouts (human:
 // data extents with their host offsets; JSON: every extent with depth and flags).
+//
+// The walk mirrors qemu-img's: one block-status answer at a time, merged into the current
+// entry while it says the same thing, and the current entry printed when the next one
+// differs. The human layout also relabels non-data entries as plain zeros so they merge,
+// and refuses entries that have data but no host offset (compressed or encrypted clusters).
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
@@ -17,25 +22,40 @@ const char kUsage[] =
     "Prints the allocation map of IMAGE through its backing chain.\n"
     "  -f FMT        format of IMAGE\n"
     "  --output FMT  human (default) or json\n"
-    "  --start-offset OFF, --max-length LEN   map only that range\n";
+    "  --start-offset OFF, --max-length LEN   map only that range\n"
+    "The human layout lists only ranges with data and fails (exit 1) on compressed or\n"
+    "encrypted data, which has no host offset to show, as qemu-img map does.\n";
 
 struct MapEntry {
   uint64_t start = 0, length = 0;
   int depth = 0;
   bool present = false, zero = false, data = false;
   std::optional<uint64_t> offset;
-  std::string file;
+  std::optional<std::string> file;  // set only with an offset, as qemu-img's
 };
 
 // Neighbours merge when they say the same thing and their host ranges continue each other.
 bool mergeable(const MapEntry& a, const MapEntry& b) {
+  if (a.length == 0) return false;
   if (a.depth != b.depth || a.present != b.present || a.zero != b.zero || a.data != b.data)
     return false;
+  if (a.file != b.file) return false;
   if (a.offset.has_value() != b.offset.has_value()) return false;
   return !a.offset || *a.offset + a.length == *b.offset;
 }
 
-MapEntry entry_of(vd::Disk& disk, uint64_t start, const vd::DiskExtent& x) {
+// The file the host offsets of `image` refer to: its external data file when it has one
+// (named as recorded in the image, which is how qemu-img opens and shows it).
+std::string host_file_of(const vd::Image& image) {
+  for (const auto& f : image.format_info()) {
+    if (f.key != "data-file") continue;
+    if (auto* s = std::get_if<std::string>(&f.value); s && !s->empty()) return *s;
+  }
+  return image.path();
+}
+
+MapEntry entry_of(const vd::Disk& disk, const std::vector<std::string>& files, uint64_t start,
+                  const vd::DiskExtent& x) {
   MapEntry e;
   e.start = start;
   e.length = x.extent.length;
@@ -46,78 +66,117 @@ MapEntry entry_of(vd::Disk& disk, uint64_t start, const vd::DiskExtent& x) {
     return e;
   }
   e.depth = x.level;
-  e.present = true;
-  e.zero = x.extent.kind == vd::Extent::Kind::zero || x.extent.zero_data;
+  e.present = x.extent.kind != vd::Extent::Kind::unallocated;
+  e.zero = x.extent.kind != vd::Extent::Kind::data || x.extent.zero_data;
   e.data = x.extent.kind == vd::Extent::Kind::data;
-  if (x.extent.kind == vd::Extent::Kind::unallocated) e.present = false, e.zero = true;
-  if (!x.extent.compressed) e.offset = x.extent.host_offset;
-  e.file = disk.image(static_cast<size_t>(x.level)).path();
+  // Compressed and encrypted data has no plain host offset; qemu-img omits it (and its file).
+  if (!x.extent.compressed && !x.extent.encrypted && x.extent.host_offset) {
+    e.offset = x.extent.host_offset;
+    e.file = files[static_cast<size_t>(x.level)];
+  }
   return e;
 }
 
-vd::Result<std::vector<MapEntry>> build_map(vd::Runtime& rt, vd::Disk& disk, uint64_t start,
-                                            uint64_t end) {
-  std::vector<MapEntry> map;
-  for (uint64_t pos = start; pos < end;) {
-    vd::DiskExtent x;
-    vd::Error err = rt.wait([&](vd::Completion done) {
-      disk.block_status(pos, end - pos, [&x, done](vd::Error e, vd::DiskExtent ext) {
-        x = ext;
-        done(e);
-      });
+// Prints entries as qemu-img does; fails (human layout) on data without a host offset.
+class MapPrinter {
+ public:
+  explicit MapPrinter(bool json) : json_(json) {
+    if (json_) {
+      out_ << "[";
+    } else {
+      char line[80];
+      std::snprintf(line, sizeof line, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
+      out_ << line;
+    }
+  }
+
+  // Prints `e`; `next` is the entry that follows it, if any (the human layout may relabel it).
+  bool dump(const MapEntry& e, MapEntry* next) {
+    if (json_) {
+      dump_json(e, next != nullptr);
+      return true;
+    }
+    if (e.data && !e.offset) return false;
+    if (e.data && !e.zero) {
+      char line[600];
+      std::snprintf(line, sizeof line, "%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e.start,
+                    e.length, e.offset.value_or(0), e.file.value_or("").c_str());
+      out_ << line;
+    }
+    // This layout does not tell zeros from unallocated ranges: relabel so they merge.
+    if (next && (!next->data || next->zero)) next->data = false, next->zero = true;
+    return true;
+  }
+
+  void finish() {
+    if (json_) out_ << "]\n";
+  }
+  std::string text() const { return out_.str(); }
+
+ private:
+  void dump_json(const MapEntry& e, bool more) {
+    out_ << "{ \"start\": " << e.start << ", \"length\": " << e.length << ", \"depth\": " << e.depth
+         << ", \"present\": " << (e.present ? "true" : "false")
+         << ", \"zero\": " << (e.zero ? "true" : "false")
+         << ", \"data\": " << (e.data ? "true" : "false");
+    if (e.offset) out_ << ", \"offset\": " << *e.offset;
+    out_ << "}";
+    if (more) out_ << ",\n";
+  }
+
+  bool json_;
+  std::ostringstream out_;
+};
+
+vd::Result<vd::DiskExtent> status_at(vd::Runtime& rt, vd::Disk& disk, uint64_t pos, uint64_t len) {
+  vd::DiskExtent x;
+  vd::Error err = rt.wait([&](vd::Completion done) {
+    disk.block_status(pos, len, [&x, done](vd::Error e, vd::DiskExtent ext) {
+      x = ext;
+      done(e);
     });
-    if (err) return err;
-    if (x.extent.length == 0 || x.extent.length > end - pos)
-      return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos) + " returned a bad length");
-    MapEntry e = entry_of(disk, pos, x);
-    if (!map.empty() && mergeable(map.back(), e)) map.back().length += e.length;
-    else map.push_back(e);
-    pos += x.extent.length;
-  }
-  return map;
+  });
+  if (err) return err;
+  if (x.extent.length == 0 || x.extent.length > len)
+    return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos) + " returned a bad length");
+  return x;
 }
 
-void print_human(const std::vector<MapEntry>& map) {
-  char line[512];
-  std::snprintf(line, sizeof line, "%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
-  std::cout << line;
-  for (const auto& e : map) {
-    if (!e.data || !e.offset) continue;
-    std::snprintf(line, sizeof line, "%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", e.start,
-                  e.length, *e.offset, e.file.c_str());
-    std::cout << line;
+// qemu-img map's loop over [start, end). Returns false when the printer refused an entry.
+vd::Result<bool> walk_map(vd::Runtime& rt, vd::Disk& disk, uint64_t start, uint64_t end,
+                          MapPrinter& printer) {
+  std::vector<std::string> files;
+  for (size_t level = 0; level < disk.depth(); ++level) files.push_back(host_file_of(disk.image(level)));
+  MapEntry curr;
+  curr.start = start;
+  while (curr.start + curr.length < end) {
+    const uint64_t pos = curr.start + curr.length;
+    auto x = status_at(rt, disk, pos, end - pos);
+    if (!x) return x.error();
+    MapEntry next = entry_of(disk, files, pos, *x);
+    if (mergeable(curr, next)) {
+      curr.length += next.length;
+      continue;
+    }
+    if (curr.length > 0 && !printer.dump(curr, &next)) return false;
+    curr = next;
   }
+  return printer.dump(curr, nullptr);
 }
 
-void print_json(const std::vector<MapEntry>& map) {
-  std::ostringstream out;
-  out << "[";
-  for (size_t i = 0; i < map.size(); ++i) {
-    const auto& e = map[i];
-    if (i) out << ",\n";
-    out << "{ \"start\": " << e.start << ", \"length\": " << e.length << ", \"depth\": " << e.depth
-        << ", \"present\": " << (e.present ? "true" : "false")
-        << ", \"zero\": " << (e.zero ? "true" : "false")
-        << ", \"data\": " << (e.data ? "true" : "false");
-    if (e.offset) out << ", \"offset\": " << *e.offset;
-    out << "}";
-  }
-  out << "]\n";
-  std::cout << out.str();
-}
-
-// --start-offset and --max-length, clamped to the disk as qemu-img does.
+// --start-offset and --max-length as qemu-img takes them: the end is clipped to the disk,
+// the start is not (a start past the end maps nothing).
 vd::Result<std::pair<uint64_t, uint64_t>> map_range(const Args& args, uint64_t size) {
   uint64_t start = 0, end = size;
   if (auto v = args.last("start-offset")) {
     auto n = vd::parse_size(*v);
     if (!n) return n.error();
-    start = std::min(*n, size);
+    start = *n;
   }
   if (auto v = args.last("max-length")) {
     auto n = vd::parse_size(*v);
     if (!n) return n.error();
-    end = start + std::min(*n, size - start);
+    if (start < size) end = start + std::min(*n, size - start);
   }
   return std::pair{start, end};
 }
@@ -142,11 +201,13 @@ int cmd_map(const Argv& argv) {
   if (!disk) return fail(disk.error());
   auto range = map_range(*args, (*disk)->size());
   if (!range) return fail(range.error());
-  auto map = build_map(ctx.rt, **disk, range->first, range->second);
+  MapPrinter printer(output == "json");
+  auto walked = walk_map(ctx.rt, **disk, range->first, range->second, printer);
   (*disk)->close();
-  if (!map) return fail(name_image(map.error(), req.path));
-  if (output == "json") print_json(*map);
-  else print_human(*map);
+  if (walked && *walked) printer.finish();
+  std::cout << printer.text();
+  if (!walked) return fail(name_image(walked.error(), req.path));
+  if (!*walked) return fail("File contains external, encrypted or compressed clusters.");
   return kExitOk;
 }
 

@@ -1,4 +1,5 @@
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -40,6 +41,12 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
   o.no_backing = req.no_backing;
   if (req.format && !ctx.registry.find(*req.format))
     return vd::Error(vd::Errc::not_found, "Unknown file format '" + *req.format + "'");
+  std::error_code ec;
+  if (!std::filesystem::exists(req.path, ec) && !ec) {
+    // qemu-img's wording: the image, then the file under it, could not be opened.
+    return vd::Error(vd::Errc::not_found, "Could not open '" + req.path + "': Could not open '" +
+                                              req.path + "': No such file or directory");
+  }
   auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
   if (!disk) {
     // Make sure the image name appears even if the lower layer's message lacks it.
