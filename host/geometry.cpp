@@ -1,5 +1,6 @@
 // Default CHS geometries for images that store none (VirtualBox's VD layer does the same).
 #include <algorithm>
+#include <string>
 
 #include "vd/backend.h"
 
@@ -20,6 +21,15 @@ Geometry derive_lchs(uint64_t size) {
   }
   uint64_t cyl = sectors / (uint64_t{heads} * 63);
   return Geometry{static_cast<uint32_t>(std::clamp<uint64_t>(cyl, 1, 1024)), heads, 63};
+}
+
+Error check_geometry(const std::string& path, const char* kind, const Geometry& g, uint32_t max_heads) {
+  if (g == Geometry{}) return {};  // unset: derive from the size again
+  if (g.is_set() && g.heads <= max_heads && g.sectors <= 63) return {};
+  return Error(Errc::invalid_argument,
+               std::string(kind) + " geometry " + std::to_string(g.cylinders) + "/" +
+                   std::to_string(g.heads) + "/" + std::to_string(g.sectors) + " for '" + path +
+                   "' is invalid (heads 1.." + std::to_string(max_heads) + ", sectors 1..63)");
 }
 
 }  // namespace vd

@@ -24,18 +24,6 @@ Result<uint64_t> LuksImage::file_size() {
 Geometry LuksImage::pchs() const { return pchs_.is_set() ? pchs_ : derive_pchs(size_); }
 Geometry LuksImage::lchs() const { return lchs_.is_set() ? lchs_ : derive_lchs(size_); }
 
-namespace {
-// The format stores no geometry: values set live as long as the open image, as for raw.
-Error check_geometry(const std::string& path, const char* kind, const Geometry& g,
-                     uint32_t max_heads) {
-  if (g == Geometry{}) return {};
-  if (g.is_set() && g.heads <= max_heads && g.sectors <= 63) return {};
-  return Error(Errc::invalid_argument,
-               std::string(kind) + " geometry " + std::to_string(g.cylinders) + "/" +
-                   std::to_string(g.heads) + "/" + std::to_string(g.sectors) + " for '" + path +
-                   "' is invalid (heads 1.." + std::to_string(max_heads) + ", sectors 1..63)");
-}
-}  // namespace
 
 Error LuksImage::set_pchs(const Geometry& g) {
   if (Error e = check_geometry(path_, "physical", g, 16)) return e;

@@ -203,17 +203,6 @@ Result<uint64_t> RawImage::file_size() {
 Geometry RawImage::pchs() const { return pchs_.is_set() ? pchs_ : derive_pchs(size_); }
 Geometry RawImage::lchs() const { return lchs_.is_set() ? lchs_ : derive_lchs(size_); }
 
-namespace {
-Error check_geometry(const std::string& path, const char* kind, const Geometry& g,
-                     uint32_t max_heads) {
-  if (g == Geometry{}) return {};  // unset: derive from the size again
-  if (g.is_set() && g.heads <= max_heads && g.sectors <= 63) return {};
-  return Error(Errc::invalid_argument,
-               std::string(kind) + " geometry " + std::to_string(g.cylinders) + "/" +
-                   std::to_string(g.heads) + "/" + std::to_string(g.sectors) + " for '" + path +
-                   "' is invalid (heads 1.." + std::to_string(max_heads) + ", sectors 1..63)");
-}
-}  // namespace
 
 Error RawImage::set_pchs(const Geometry& g) {
   if (Error e = check_geometry(path_, "physical", g, 16)) return e;

@@ -37,6 +37,9 @@ Geometry derive_pchs(uint64_t size);
 // Logical (BIOS) CHS for an image of `size` bytes: at most 1024 cylinders, 255 heads, 63
 // sectors, heads chosen as the BIOS translation does.
 Geometry derive_lchs(uint64_t size);
+// For formats that keep a geometry set by the caller: ok when unset (all 0, derive again) or
+// within CHS limits (heads 1..max_heads, sectors 1..63); else invalid_argument naming `path`.
+Error check_geometry(const std::string& path, const char* kind, const Geometry& g, uint32_t max_heads);
 
 // ---- Options and flags -----------------------------------------------------------------
 

@@ -91,6 +91,11 @@ std::string sh(const std::string& command_line) {
   return r.out;
 }
 
+CmdResult vdimg(std::vector<std::string> args) {
+  args.insert(args.begin(), vdimg_path());
+  return run(args);
+}
+
 std::string vdimg_path() { return VD_VDIMG_PATH; }
 std::string data_dir() { return VD_TEST_DATA_DIR; }
 std::string plugin_path() { return VD_TEST_PLUGIN_PATH; }

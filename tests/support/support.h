@@ -35,6 +35,7 @@ CmdResult run(const std::vector<std::string>& argv);
 std::string sh(const std::string& command_line);
 
 std::string vdimg_path();      // the vdimg built with this tree
+CmdResult vdimg(std::vector<std::string> args);  // runs that vdimg with `args`
 std::string data_dir();        // tests/data
 std::string plugin_path();     // the test plugin shared object
 bool have_qemu();              // qemu-img and qemu-io are on PATH

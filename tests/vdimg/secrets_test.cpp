@@ -9,10 +9,7 @@ namespace {
 using vdtest::CmdResult;
 using vdtest::TempDir;
 
-CmdResult vdimg(std::vector<std::string> args) {
-  args.insert(args.begin(), vdtest::vdimg_path());
-  return vdtest::run(args);
-}
+using vdtest::vdimg;
 
 const char kSecret[] = "--object=secret,id=sec0,data=s3cr,,et";  // ",," is a comma
 

@@ -11,10 +11,7 @@ namespace {
 using vdtest::CmdResult;
 using vdtest::TempDir;
 
-CmdResult vdimg(std::vector<std::string> args) {
-  args.insert(args.begin(), vdtest::vdimg_path());
-  return vdtest::run(args);
-}
+using vdtest::vdimg;
 
 std::string virtual_size(const std::string& tool, const std::string& image, const char* fmt) {
   CmdResult r = vdtest::run({tool, "info", "-f", fmt, "--output=json", image});
