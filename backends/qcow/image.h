@@ -180,6 +180,8 @@ class QcowImage final : public Image {
   Error walk_l1(std::vector<uint64_t>& l1, bool active, int addend,
                 const std::function<Error(uint64_t, uint64_t)>& update);
   Result<size_t> find_snapshot(const std::string& id_or_name) const;
+  Result<Snapshot> snapshot_for_op(const char* op, const std::string& id_or_name);
+  Result<std::vector<uint64_t>> read_snapshot_l1(const Snapshot& sn, uint64_t entries);
   Error prepare_snapshot_op(const char* op);
   Error write_snapshot_table(std::vector<Snapshot> snaps);
   Error select_snapshot(const std::string& name);

@@ -125,6 +125,26 @@ Result<size_t> QcowImage::find_snapshot(const std::string& id_or_name) const {
   return Error(Errc::not_found, "'" + path_ + "': no snapshot with id or name '" + id_or_name + "'");
 }
 
+// The snapshot an apply or delete works on (a copy: the table changes under it), after the
+// image is flushed and the entry validated.
+Result<Snapshot> QcowImage::snapshot_for_op(const char* op, const std::string& id_or_name) {
+  if (Error e = prepare_snapshot_op(op)) return e;
+  auto index = find_snapshot(id_or_name);
+  if (!index) return index.error();
+  if (Error e = validate_snapshot(snapshots_[*index], hdr_, *index, file_end_, path_)) return e;
+  return snapshots_[*index];
+}
+
+// The snapshot's L1 table, zero-padded to `entries`.
+Result<std::vector<uint64_t>> QcowImage::read_snapshot_l1(const Snapshot& sn, uint64_t entries) {
+  std::vector<uint64_t> l1(std::max<uint64_t>(entries, sn.l1_size), 0);
+  std::vector<std::byte> raw(uint64_t{sn.l1_size} * 8);
+  if (Error e = file_->read(IoKind::meta, sn.l1_table_offset, raw))
+    return e.wrap("'" + path_ + "': reading the snapshot L1 table at " + hex(sn.l1_table_offset));
+  for (uint32_t i = 0; i < sn.l1_size; ++i) l1[i] = load_be64(raw.data() + uint64_t{i} * 8);
+  return l1;
+}
+
 Error QcowImage::prepare_snapshot_op(const char* op) {
   if (Error e = refuse_write(op)) return e;
   if (hdr_.version < 2 || !refs_)
@@ -212,20 +232,16 @@ Error QcowImage::snapshot_create(const std::string& name) {
 }
 
 Error QcowImage::snapshot_apply(const std::string& id_or_name) {
-  if (Error e = prepare_snapshot_op("apply")) return e;
-  auto index = find_snapshot(id_or_name);
-  if (!index) return index.error();
-  const Snapshot sn = snapshots_[*index];
-  if (Error e = validate_snapshot(sn, hdr_, *index, file_end_, path_)) return e;
+  auto found = snapshot_for_op("apply", id_or_name);
+  if (!found) return found.error();
+  const Snapshot& sn = *found;
   // The disk takes the snapshot's size; the active L1 must map all of it.
   const uint64_t disk_size = sn.disk_size.value_or(size_);
   const uint64_t needed = std::max<uint64_t>(sn.l1_size, div_up(disk_size, layout_.l2_coverage()));
   if (Error e = grow_l1(needed)) return e;
-  std::vector<uint64_t> snap_l1(l1_.size(), 0);
-  std::vector<std::byte> raw(uint64_t{sn.l1_size} * 8);
-  if (Error e = file_->read(IoKind::meta, sn.l1_table_offset, raw))
-    return e.wrap("'" + path_ + "': reading the snapshot L1 table at " + hex(sn.l1_table_offset));
-  for (uint32_t i = 0; i < sn.l1_size; ++i) snap_l1[i] = load_be64(raw.data() + uint64_t{i} * 8);
+  auto read = read_snapshot_l1(sn, l1_.size());
+  if (!read) return read.error();
+  std::vector<uint64_t> snap_l1 = std::move(*read);
   // 1. One more reference to everything the snapshot reaches; durable before 2.
   if (Error e = walk_refcounts(snap_l1, false, +1)) {
     (void)FlushRequest::run_sync(*this);
@@ -248,19 +264,19 @@ Error QcowImage::snapshot_apply(const std::string& id_or_name) {
 }
 
 Error QcowImage::snapshot_delete(const std::string& id_or_name) {
-  if (Error e = prepare_snapshot_op("delete")) return e;
-  auto index = find_snapshot(id_or_name);
-  if (!index) return index.error();
-  const Snapshot sn = snapshots_[*index];
-  if (Error e = validate_snapshot(sn, hdr_, *index, file_end_, path_)) return e;
-  std::vector<uint64_t> snap_l1(sn.l1_size, 0);
-  std::vector<std::byte> raw(uint64_t{sn.l1_size} * 8);
-  if (Error e = file_->read(IoKind::meta, sn.l1_table_offset, raw))
-    return e.wrap("'" + path_ + "': reading the snapshot L1 table at " + hex(sn.l1_table_offset));
-  for (uint32_t i = 0; i < sn.l1_size; ++i) snap_l1[i] = load_be64(raw.data() + uint64_t{i} * 8);
+  auto found = snapshot_for_op("delete", id_or_name);
+  if (!found) return found.error();
+  const Snapshot sn = *found;
+  auto read = read_snapshot_l1(sn, sn.l1_size);
+  if (!read) return read.error();
+  std::vector<uint64_t> snap_l1 = std::move(*read);
   // 1. The table without the entry (durable, header included).
   auto snaps = snapshots_;
-  snaps.erase(snaps.begin() + static_cast<std::ptrdiff_t>(*index));
+  for (auto it = snaps.begin(); it != snaps.end(); ++it)
+    if (it->id == sn.id) {
+      snaps.erase(it);
+      break;
+    }
   if (Error e = write_snapshot_table(std::move(snaps))) return e;
   // 2. Its clusters and its L1 table lose their reference; the active flags follow.
   if (Error e = walk_refcounts(snap_l1, false, -1)) return e;
