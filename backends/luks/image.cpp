@@ -63,7 +63,7 @@ Error LuksImage::resize(uint64_t new_size) {
 
 std::vector<InfoField> LuksImage::format_info() const {
   std::vector<InfoField> f;
-  append_info_fields(info_, "", f);
+  qcow::append_luks_info(info_, "", f);
   return f;
 }
 

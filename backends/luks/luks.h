@@ -50,13 +50,6 @@ struct LuksCreateSpec {
 Result<LuksCreateSpec> parse_create_options(const CreateOptions& opts, const std::string& path);
 std::vector<OptionHelp> create_option_help();
 
-// ---- qemu-img info ------------------------------------------------------------------------
-
-// The fields qemu-img info prints for a LUKS header, in its order, each key prefixed with
-// `prefix` ("" for a luks image, "encrypt." inside a QCOW2 image).
-void append_info_fields(const qcow::LuksInfo& info, const std::string& prefix,
-                        std::vector<InfoField>& out);
-
 // ---- Write serialisation ---------------------------------------------------------------------
 
 // Grants sector ranges [first, end) to writes so that no two overlapping ranges are held at

@@ -71,27 +71,8 @@ void QcowImage::add_luks_info(std::vector<InfoField>& f) const {
     f.push_back({"encrypt.format", std::string("luks")});
     return;
   }
-  const LuksInfo& l = *luks_;
-  const CipherSpec& c = l.cipher;
-  const char* ivgen = c.ivgen == IvGen::plain ? "plain" : c.ivgen == IvGen::essiv ? "essiv" : "plain64";
-  const uint32_t key_bits = (c.mode == "xts" ? c.key_bytes / 2 : c.key_bytes) * 8;
-  f.push_back({"encrypt.ivgen-alg", std::string(ivgen)});
-  f.push_back({"encrypt.hash-alg", l.hash_spec});
-  f.push_back({"encrypt.cipher-alg", c.alg + "-" + std::to_string(key_bits)});
-  f.push_back({"encrypt.uuid", l.uuid});
-  if (c.ivgen == IvGen::essiv) f.push_back({"encrypt.ivgen-hash-alg", c.ivgen_hash});
-  f.push_back({"encrypt.format", std::string("luks")});
-  f.push_back({"encrypt.cipher-mode", c.mode});
-  for (size_t i = 0; i < l.slots.size(); ++i) {
-    const LuksSlot& s = l.slots[i];
-    const std::string k = "encrypt.slots." + std::to_string(i) + ".";
-    f.push_back({k + "active", s.active});
-    if (s.active) f.push_back({k + "iters", uint64_t{s.iterations}});
-    f.push_back({k + "key-offset", uint64_t{s.key_offset} * 512});
-    if (s.active) f.push_back({k + "stripes", uint64_t{s.stripes}});
-  }
-  f.push_back({"encrypt.payload-offset", l.payload_offset});
-  f.push_back({"encrypt.master-key-iters", uint64_t{l.mk_iterations}});
+  const InfoField format{"encrypt.format", std::string("luks")};
+  append_luks_info(*luks_, "encrypt.", f, &format);
 }
 
 std::vector<InfoField> QcowImage::format_info() const {

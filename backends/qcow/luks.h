@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "backends/qcow/crypto.h"
+#include "vd/backend.h"
 #include "vd/error.h"
 #include "vd/io.h"
 
@@ -136,5 +137,11 @@ Error luks_af_merge(std::string_view hash, std::span<const std::byte> material, 
                     std::span<std::byte> key);
 Error luks_af_split(std::string_view hash, std::span<const std::byte> key, uint32_t stripes,
                     std::span<std::byte> material);
+
+// The fields qemu-img info prints for a LUKS header, in its order, each key prefixed with
+// `prefix` ("" for a luks image, "encrypt." inside a QCOW2 image, which also places its
+// "encrypt.format" field, `before_mode`, just before cipher-mode).
+void append_luks_info(const LuksInfo& info, const std::string& prefix, std::vector<InfoField>& out,
+                      const InfoField* before_mode = nullptr);
 
 }  // namespace vd::qcow

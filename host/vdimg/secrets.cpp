@@ -6,33 +6,17 @@ namespace vdimg {
 
 namespace {
 
-// "secret,id=sec0,data=abc" -> the key=value fields (a leading bare word is the kind, as
-// qom-type=secret). ",," escapes a comma, as in qemu's option lists.
-std::map<std::string, std::string> object_fields(const std::string& text) {
+// "secret,id=sec0,data=abc" -> its fields; the leading bare word (qemu's qom-type) comes back
+// from the shared -o list parser as ("secret", "on").
+vd::Result<std::map<std::string, std::string>> object_fields(const std::string& text) {
+  auto list = parse_option_list({text});
+  if (!list) return list.error();
   std::map<std::string, std::string> out;
-  std::string field;
-  bool first = true;
-  auto take = [&] {
-    auto eq = field.find('=');
-    if (eq == std::string::npos) {
-      if (first) out["qom-type"] = field;
-    } else {
-      out[field.substr(0, eq)] = field.substr(eq + 1);
-    }
-    first = false;
-    field.clear();
-  };
-  for (size_t i = 0; i < text.size(); ++i) {
-    if (text[i] == ',' && i + 1 < text.size() && text[i + 1] == ',') {
-      field += ',';
-      ++i;
-    } else if (text[i] == ',') {
-      take();
-    } else {
-      field += text[i];
-    }
+  for (size_t i = 0; i < list->size(); ++i) {
+    const auto& [key, value] = (*list)[i];
+    if (i == 0 && value == "on" && text.find('=') != key.size()) out["qom-type"] = key;
+    else out[key] = value;
   }
-  take();
   return out;
 }
 
@@ -41,7 +25,9 @@ std::map<std::string, std::string> object_fields(const std::string& text) {
 vd::Result<std::map<std::string, std::string>> secret_objects(const Args& args) {
   std::map<std::string, std::string> secrets;
   for (const auto& text : args.all("object")) {
-    auto f = object_fields(text);
+    auto fields = object_fields(text);
+    if (!fields) return fields.error();
+    auto& f = *fields;
     if (f["qom-type"] != "secret") continue;
     const std::string id = f["id"];
     if (id.empty()) return vd::Error(vd::Errc::invalid_argument, "Parameter 'id' is missing in --object " + text);
