@@ -101,7 +101,7 @@ Error ChainOpener::open_top(const std::string& path) {
     backend = *probed;
   }
   Error e = open_image(path, *backend, flags, true);
-  return e ? e.wrap("Could not open '" + path + "'") : Error();
+  return e ? e.legacy_wrap("Could not open '" + path + "'") : Error();
 }
 
 Error ChainOpener::open_parent(bool& ended) {

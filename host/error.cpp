@@ -1,6 +1,7 @@
 #include "vd/error.h"
 
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 
 namespace vd {
@@ -42,7 +43,7 @@ const std::error_category& vd_category() noexcept {
 
 std::error_code make_error_code(Errc e) noexcept { return {static_cast<int>(e), vd_category()}; }
 
-Error Error::from_errno(int err, const std::string& what) {
+Error Error::from_errno(int err, std::string op, std::string path, std::optional<uint64_t> offset) {
   Errc kind = Errc::io;
   if (err == ENOENT) kind = Errc::not_found;
   else if (err == EEXIST) kind = Errc::exists;
@@ -50,8 +51,52 @@ Error Error::from_errno(int err, const std::string& what) {
   else if (err == EROFS || err == EACCES || err == EPERM) kind = Errc::permission;
   else if (err == EFBIG) kind = Errc::too_large;
   else if (err == EINVAL) kind = Errc::invalid_argument;
-  return Error(kind, what + ": " + std::strerror(err));
+  else if (err == EAGAIN || err == EWOULDBLOCK) kind = Errc::busy;
+  Error e(kind, std::strerror(err));
+  e.op_ = std::move(op);
+  e.path_ = std::move(path);
+  e.offset_ = offset;
+  e.errno_ = err;
+  return e;
 }
+
+Errc Error::kind() const noexcept {
+  return code_.category() == vd_category() ? static_cast<Errc>(code_.value()) : Errc{};
+}
+
+Error Error::wrap(std::string op, std::string structure, std::optional<uint64_t> offset) const {
+  if (!code_) return *this;
+  Error outer;
+  outer.code_ = code_;
+  outer.errno_ = errno_;
+  outer.op_ = std::move(op);
+  outer.structure_ = std::move(structure);
+  outer.offset_ = offset;
+  outer.cause_ = std::make_shared<const Error>(*this);
+  return outer;
+}
+
+// The one place messages are put together (see error.h).
+std::string Error::render(const std::string& outer_path) const {
+  std::string out;
+  if (!path_.empty() && path_ != outer_path) out = "'" + path_ + "': ";
+  std::string text = detail_;
+  if (!op_.empty()) {
+    std::string what = op_;
+    if (!structure_.empty()) what += " " + structure_;
+    if (offset_) what += " at " + hex(*offset_);
+    text = text.empty() ? what : what + ": " + text;
+  }
+  const std::string& inner_path = path_.empty() ? outer_path : path_;
+  if (cause_) {
+    std::string why = cause_->render(inner_path);
+    text = text.empty() ? why : text + ": " + why;
+  }
+  if (text.empty()) text = code_.message();
+  return out + text;
+}
+
+std::string Error::message() const { return render({}); }
 
 std::string hex(uint64_t v) {
   char buf[24];

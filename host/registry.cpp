@@ -94,7 +94,7 @@ Error Registry::load_plugin(const std::string& path) {
     }
   }
   for (uint32_t i = 0; i < table->count; ++i) {
-    if (Error e = add(table->backends[i])) return e.wrap("load plugin '" + path + "'");
+    if (Error e = add(table->backends[i])) return e.legacy_wrap("load plugin '" + path + "'");
   }
   libraries_.push_back(std::move(library));
   return {};
@@ -109,7 +109,7 @@ const Backend* Registry::find(std::string_view name) const {
 
 Result<const Backend*> Registry::probe(const std::string& path, IoProvider& io) const {
   auto file = io.open(path, file_read);
-  if (!file) return file.error().wrap("Could not open '" + path + "'");
+  if (!file) return file.error().legacy_wrap("Could not open '" + path + "'");
   for (const Backend* b : order_) {
     if (b->probe(**file)) return b;
   }

@@ -6,7 +6,7 @@
 
 #include "backends/builtin.h"
 #include "backends/luks/luks.h"
-#include "backends/qcow/format.h"
+#include "backends/qcow/meta/format.h"
 
 namespace vd::luks {
 namespace {
@@ -23,7 +23,7 @@ Result<qcow::LuksInfo> read_header(File& file, uint64_t file_size, const std::st
                              " bytes, shorter than a LUKS header (" +
                              std::to_string(qcow::kLuksHeaderSize) + " bytes at 0x0)");
   std::array<std::byte, qcow::kLuksHeaderSize> raw;
-  if (Error e = file.read(IoKind::meta, 0, raw)) return e.wrap(path + ": reading the LUKS header at 0x0");
+  if (Error e = file.read(IoKind::meta, 0, raw)) return e.legacy_wrap(path + ": reading the LUKS header at 0x0");
   return qcow::luks_parse(raw, path);
 }
 
@@ -92,7 +92,7 @@ class LuksBackend final : public Backend {
   bool probe(File& file) const override {
     std::array<std::byte, 8> head{};
     if (file.read(IoKind::meta, 0, head)) return false;
-    return std::memcmp(head.data(), kMagic, sizeof kMagic) == 0 && qcow::load_be16(&head[6]) == 1;
+    return std::memcmp(head.data(), kMagic, sizeof kMagic) == 0 && load_be16(&head[6]) == 1;
   }
 
   Result<std::unique_ptr<Image>> open(const std::string& path, const OpenOptions& opts,
@@ -118,7 +118,7 @@ class LuksBackend final : public Backend {
     auto spec = parse_create_options(opts, path);
     if (!spec) return spec.error();
     auto header = qcow::luks_header_size(spec->luks);
-    if (!header) return header.error().wrap(path);
+    if (!header) return header.error().legacy_wrap(path);
     if (opts.size > static_cast<uint64_t>(INT64_MAX) - *header - kSectorSize)
       return Error(Errc::too_large, path + ": size " + hex(opts.size) + " is too large");
     // Like qemu-img create, an existing file is overwritten.
@@ -144,8 +144,8 @@ class LuksBackend final : public Backend {
     auto volume = qcow::luks_create(file, 0, *opts.passphrase, spec.luks, path);
     if (!volume) return volume.error();
     if (Error e = fill_payload(file, spec.prealloc, volume->info.payload_offset, opts.size))
-      return e.wrap("create of '" + path + "'");
-    if (Error e = file.flush()) return e.wrap("create of '" + path + "'");
+      return e.legacy_wrap("create of '" + path + "'");
+    if (Error e = file.flush()) return e.legacy_wrap("create of '" + path + "'");
     return volume;
   }
 };

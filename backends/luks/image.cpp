@@ -56,7 +56,7 @@ Error LuksImage::resize(uint64_t new_size) {
   if (new_size > static_cast<uint64_t>(INT64_MAX) - payload - (kSectorSize - 1))
     return Error(Errc::too_large, path_ + ": size " + hex(new_size) + " is too large for a LUKS volume "
                                   "with its payload at " + hex(payload));
-  if (Error e = file_->set_size(payload + new_size)) return e.wrap("resize of '" + path_ + "'");
+  if (Error e = file_->set_size(payload + new_size)) return e.legacy_wrap("resize of '" + path_ + "'");
   size_ = virtual_size(payload + new_size, payload);
   return {};
 }

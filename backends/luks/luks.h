@@ -29,7 +29,7 @@
 #include <string>
 #include <vector>
 
-#include "backends/qcow/luks.h"
+#include "backends/crypto/luks.h"
 #include "vd/backend.h"
 
 namespace vd::luks {

@@ -1,7 +1,7 @@
 // The two QCOW formats as the host sees them: "qcow2" (versions 2 and 3) and "qcow" (version
 // 1). They share one image implementation.
 #include "backends/builtin.h"
-#include "backends/qcow/header.h"
+#include "backends/qcow/meta/header.h"
 #include "backends/qcow/image.h"
 
 namespace vd::qcow {

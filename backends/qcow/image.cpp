@@ -1,6 +1,6 @@
 // QcowImage: properties, descriptive information, and the calls of the write side.
-#include "backends/qcow/check.h"
-#include "backends/qcow/flush_request.h"
+#include "backends/qcow/check/check.h"
+#include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/image.h"
 
 namespace vd::qcow {

@@ -25,13 +25,13 @@
 #include <unordered_map>
 #include <vector>
 
-#include "backends/qcow/crypto.h"
-#include "backends/qcow/format.h"
-#include "backends/qcow/l2_cache.h"
-#include "backends/qcow/luks.h"
-#include "backends/qcow/mapping.h"
-#include "backends/qcow/overlap.h"
-#include "backends/qcow/refcount.h"
+#include "backends/crypto/crypto.h"
+#include "backends/qcow/meta/format.h"
+#include "backends/qcow/meta/l2_cache.h"
+#include "backends/crypto/luks.h"
+#include "backends/qcow/meta/mapping.h"
+#include "backends/qcow/meta/overlap.h"
+#include "backends/qcow/meta/refcount.h"
 #include "vd/backend.h"
 
 namespace vd::qcow {

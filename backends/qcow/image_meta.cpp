@@ -1,6 +1,6 @@
 // Metadata changes outside the data path: the backing file reference (rebase).
-#include "backends/qcow/flush_request.h"
-#include "backends/qcow/header.h"
+#include "backends/qcow/io/flush_request.h"
+#include "backends/qcow/meta/header.h"
 #include "backends/qcow/image.h"
 
 namespace vd::qcow {
@@ -23,13 +23,13 @@ Error QcowImage::set_parent(const std::optional<std::string>& filename,
     next.refcount_table_clusters = refs_->table_clusters();
   }
   auto bytes = encode_header(next);
-  if (!bytes) return bytes.error().wrap("'" + path_ + "': the new backing file name does not fit");
+  if (!bytes) return bytes.error().legacy_wrap("'" + path_ + "': the new backing file name does not fit");
   // QCOW v1 keeps its L1 table right after the header and name: the name must not grow into it.
   if (hdr_.version == 1 && bytes->size() > hdr_.l1_table_offset)
     return Error(Errc::not_supported, "'" + path_ + "': the new backing file name does not fit before the L1 table");
   if (Error e = FlushRequest::run_sync(*this)) return e;
   hdr_ = std::move(next);
-  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.wrap("'" + path_ + "': writing the header");
+  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.legacy_wrap("'" + path_ + "': writing the header");
   return file_->flush();
 }
 

@@ -2,11 +2,11 @@
 // before it is used, and nothing is sized from an unchecked field.
 #include <filesystem>
 
-#include "backends/qcow/check.h"
-#include "backends/qcow/header.h"
+#include "backends/qcow/check/check.h"
+#include "backends/qcow/meta/header.h"
 #include "backends/qcow/image.h"
-#include "backends/qcow/luks.h"
-#include "backends/qcow/snapshot_table.h"
+#include "backends/crypto/luks.h"
+#include "backends/qcow/meta/snapshot_table.h"
 
 namespace vd::qcow {
 
@@ -82,7 +82,7 @@ Error QcowImage::open_for_writing() {
   // open rebuilds them (the check clears the dirty bit once the image is consistent).
   if ((hdr_.incompatible_features & kIncompatDirty) && !(flags_ & open_no_repair)) {
     auto report = check_image(*this, RepairMode::all);
-    if (!report) return report.error().wrap("'" + path_ + "': Could not repair dirty image");
+    if (!report) return report.error().legacy_wrap("'" + path_ + "': Could not repair dirty image");
     if (report->check_errors || report->corruptions)
       return Error(Errc::corrupt, "'" + path_ + "': Could not repair dirty image (" +
                                       std::to_string(report->corruptions) + " corruptions, " +
@@ -98,7 +98,7 @@ Error QcowImage::open_for_writing() {
   if (keep != hdr_.autoclear_features) {
     hdr_.autoclear_features = keep;
     if (Error e = write_metadata_header()) return e;
-    if (Error e = file_->flush()) return e.wrap("'" + path_ + "': flush");
+    if (Error e = file_->flush()) return e.legacy_wrap("'" + path_ + "': flush");
   }
   return {};
 }
@@ -110,7 +110,7 @@ Error QcowImage::open_data_file() {
   if (p.is_relative()) p = fs::path(path_).parent_path() / p;
   const bool ro = flags_ & open_read_only;
   auto f = io_.open(p.string(), ro ? file_read : (file_read | file_write));
-  if (!f) return f.error().wrap("'" + path_ + "': could not open its external data file");
+  if (!f) return f.error().legacy_wrap("'" + path_ + "': could not open its external data file");
   data_file_ = std::move(*f);
   data_ = data_file_.get();
   return {};
@@ -150,7 +150,7 @@ Error QcowImage::load_l1(uint64_t offset, uint32_t entries, const char* what) {
                                     " lies beyond the end of the file");
   std::vector<std::byte> raw(uint64_t{entries} * 8);
   if (Error e = file_->read(IoKind::meta, offset, raw))
-    return e.wrap("'" + path_ + "': reading the " + what);
+    return e.legacy_wrap("'" + path_ + "': reading the " + what);
   metadata_moved();
   l1_.resize(entries);
   for (uint32_t i = 0; i < entries; ++i) l1_[i] = load_be64(raw.data() + uint64_t{i} * 8);

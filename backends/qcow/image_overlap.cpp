@@ -1,8 +1,8 @@
 // The overlap check (overlap.h): every write the backend makes into the image file is
 // checked against the metadata map first.
-#include "backends/qcow/header.h"
+#include "backends/qcow/meta/header.h"
 #include "backends/qcow/image.h"
-#include "backends/qcow/snapshot_table.h"
+#include "backends/qcow/meta/snapshot_table.h"
 
 namespace vd::qcow {
 

@@ -19,11 +19,11 @@
 #include <chrono>
 #include <cstring>
 
-#include "backends/qcow/check.h"
-#include "backends/qcow/flush_request.h"
+#include "backends/qcow/check/check.h"
+#include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/image.h"
-#include "backends/qcow/refcount.h"
-#include "backends/qcow/snapshot_table.h"
+#include "backends/qcow/meta/refcount.h"
+#include "backends/qcow/meta/snapshot_table.h"
 
 namespace vd::qcow {
 
@@ -39,7 +39,7 @@ Result<L2Ptr> QcowImage::l2_now(uint64_t l1_index, uint64_t l2_off) {
   if (Error e = check_l2_location(l1_index, l2_off)) return e;
   std::vector<std::byte> raw(layout_.l2_table_bytes());
   if (Error e = file_->read(IoKind::meta, l2_off, raw))
-    return e.wrap("'" + path_ + "': reading L2 table at " + hex(l2_off));
+    return e.legacy_wrap("'" + path_ + "': reading L2 table at " + hex(l2_off));
   L2Ptr t = decode_l2(raw);
   cache_.insert(l2_off, t);
   return t;
@@ -140,7 +140,7 @@ Result<std::vector<uint64_t>> QcowImage::read_snapshot_l1(const Snapshot& sn, ui
   std::vector<uint64_t> l1(std::max<uint64_t>(entries, sn.l1_size), 0);
   std::vector<std::byte> raw(uint64_t{sn.l1_size} * 8);
   if (Error e = file_->read(IoKind::meta, sn.l1_table_offset, raw))
-    return e.wrap("'" + path_ + "': reading the snapshot L1 table at " + hex(sn.l1_table_offset));
+    return e.legacy_wrap("'" + path_ + "': reading the snapshot L1 table at " + hex(sn.l1_table_offset));
   for (uint32_t i = 0; i < sn.l1_size; ++i) l1[i] = load_be64(raw.data() + uint64_t{i} * 8);
   return l1;
 }
@@ -170,7 +170,7 @@ Error QcowImage::write_snapshot_table(std::vector<Snapshot> snaps) {
     auto at = allocate_clusters(div_up(table->size(), cs));
     if (!at) return at.error();
     if (Error e = file_->write(IoKind::meta, *at, *table))
-      return e.wrap("'" + path_ + "': writing the snapshot table at " + hex(*at));
+      return e.legacy_wrap("'" + path_ + "': writing the snapshot table at " + hex(*at));
     offset = *at;
   }
   hdr_.snapshots_offset = offset;
@@ -215,7 +215,7 @@ Error QcowImage::snapshot_create(const std::string& name) {
     std::vector<std::byte> raw(l1_.size() * 8);
     for (size_t i = 0; i < l1_.size(); ++i) store_be64(raw.data() + i * 8, l1_[i]);
     if (Error e = file_->write(IoKind::meta, *at, raw))
-      return e.wrap("'" + path_ + "': writing the snapshot L1 table at " + hex(*at));
+      return e.legacy_wrap("'" + path_ + "': writing the snapshot L1 table at " + hex(*at));
     sn.l1_table_offset = *at;
   }
   // 2. One more reference to everything the active table reaches; durable before 3.

@@ -92,7 +92,7 @@ class RawBackend final : public Backend {
     // Like qemu-img create, an existing file is overwritten.
     auto file = io.open(path, file_read | file_write | file_create | file_truncate);
     if (!file) return file.error();
-    if (Error e = fill(**file, *mode, round_up_to_sector(opts.size))) return e.wrap("create of '" + path + "'");
+    if (Error e = fill(**file, *mode, round_up_to_sector(opts.size))) return e.legacy_wrap("create of '" + path + "'");
     file->reset();
     OpenOptions o;
     o.flags = open_format_given;  // created as raw: no guessing involved

@@ -7,8 +7,8 @@
 #include <tuple>
 #include <algorithm>
 
-#include "host/io_script.h"
-#include "host/sizes.h"
+#include "host/vdimg/io_script.h"
+#include "backends/common/sizes.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {

@@ -5,7 +5,7 @@
 #include <iostream>
 #include <sstream>
 
-#include "host/sizes.h"
+#include "backends/common/sizes.h"
 #include "host/vdimg/json.h"
 #include "host/vdimg/vdimg.h"
 

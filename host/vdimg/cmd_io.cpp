@@ -1,7 +1,7 @@
 // vdimg io: qemu-io's -c commands, run in order on one open disk (host/io_script.h).
 #include <iostream>
 
-#include "host/io_script.h"
+#include "host/vdimg/io_script.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {

@@ -11,7 +11,7 @@
 #include <iostream>
 #include <sstream>
 
-#include "host/sizes.h"
+#include "backends/common/sizes.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {

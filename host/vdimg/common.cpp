@@ -52,7 +52,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
     // Make sure the image name appears even if the lower layer's message lacks it.
     std::string msg = disk.error().message();
     if (msg.find(req.path) == std::string::npos)
-      return disk.error().wrap("Could not open '" + req.path + "'");
+      return disk.error().legacy_wrap("Could not open '" + req.path + "'");
     return disk.error();
   }
   return disk;
@@ -60,7 +60,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
 
 vd::Error name_image(const vd::Error& error, const std::string& path) {
   if (!error || error.message().find(path) != std::string::npos) return error;
-  return error.wrap(path);
+  return error.legacy_wrap(path);
 }
 
 std::string format_name(const vd::Image& image) { return std::string(image.backend().name()); }

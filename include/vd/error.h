@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -37,32 +39,72 @@ enum class Errc : int {
 const std::error_category& vd_category() noexcept;
 std::error_code make_error_code(Errc e) noexcept;
 
-// An error code with the context that makes it actionable. Empty means success.
+// An error: a stable kind (`Errc`, or any std::error_code) with the context that makes it
+// actionable, kept as fields so that programs can act on them (a VM monitor maps the kind and
+// errno to what it reports to the guest; vdimg names the image only when the error does not)
+// and so that the message is built in one place, `message()`:
+//
+//   'PATH': OP STRUCTURE at OFFSET: DETAIL        (fields that are unset are left out)
+//   'PATH': DETAIL                                (no op: DETAIL is the whole wording, e.g.
+//                                                  QEMU's; structure and offset are metadata)
+//
+// A wrapped error (`wrap`) becomes the cause: its message follows the outer one after ": ",
+// without its path when that is the outer one's too. Kind and errno pass up from the cause.
+// Empty means success.
 class Error {
  public:
   Error() = default;
-  Error(Errc e, std::string message) : code_(make_error_code(e)), message_(std::move(message)) {}
-  Error(std::error_code code, std::string message) : code_(code), message_(std::move(message)) {}
+  Error(Errc e, std::string detail) : code_(make_error_code(e)), detail_(std::move(detail)) {}
+  Error(std::error_code code, std::string detail) : code_(code), detail_(std::move(detail)) {}
 
-  // An I/O error from errno, with what was being done ("read of 'x.qcow2' at 0x1000").
-  static Error from_errno(int err, const std::string& what);
+  // A failed system call: the kind follows errno (ENOENT not_found, ENOSPC no_space, ...),
+  // the errno is kept, its text ends the message. `op` says what was done ("pread").
+  static Error from_errno(int err, std::string op, std::string path = {},
+                          std::optional<uint64_t> offset = std::nullopt);
 
   explicit operator bool() const noexcept { return static_cast<bool>(code_); }
   const std::error_code& code() const noexcept { return code_; }
   bool is(Errc e) const noexcept { return code_ == make_error_code(e); }
+  // The vd kind, or Errc{} (0) for a code of another category.
+  Errc kind() const noexcept;
 
-  // Full human-readable text: the context message, or the code's text if there is none.
-  std::string message() const { return message_.empty() ? code_.message() : message_; }
+  // ---- Context (setters chain: Error(...).image(p).structure("L2 table").at(off)) ----
+  Error& image(std::string path) { path_ = std::move(path); return *this; }
+  Error& op(std::string op) { op_ = std::move(op); return *this; }
+  Error& structure(std::string s) { structure_ = std::move(s); return *this; }
+  Error& at(uint64_t offset) { offset_ = offset; return *this; }
+  Error& sys_errno(int err) { errno_ = err; return *this; }
 
-  // Prefix more context: Error(...).wrap("open 'a.qcow2'") -> "open 'a.qcow2': ...".
-  Error wrap(const std::string& context) const {
-    if (!code_) return *this;
-    return Error(code_, context + ": " + message());
-  }
+  const std::string& path() const noexcept { return path_; }
+  const std::string& operation() const noexcept { return op_; }
+  const std::string& structure_name() const noexcept { return structure_; }
+  const std::optional<uint64_t>& offset() const noexcept { return offset_; }
+  // The errno of the system call that failed, here or in a cause; 0 if none.
+  int system_errno() const noexcept { return errno_; }
+  const std::string& detail() const noexcept { return detail_; }
+  const Error* cause() const noexcept { return cause_.get(); }
+
+  // Full human-readable text (see above); the code's text if there is nothing else.
+  std::string message() const;
+
+  // A new error around this one: same kind and errno, this one as its cause, and the
+  // operation (and structure and offset) during which it happened. On success returns *this.
+  //   e.wrap("reading", "L2 table", off).image(path)
+  //     -> "'a.qcow2': reading L2 table at 0x30000: <this message>"
+  Error wrap(std::string op, std::string structure = {},
+             std::optional<uint64_t> offset = std::nullopt) const;
+  // TRANSITION ONLY (being removed): free-text context "CONTEXT: <this message>".
+  Error legacy_wrap(const std::string& context) const { return wrap(context); }
 
  private:
+  std::string render(const std::string& outer_path) const;
+
   std::error_code code_;
-  std::string message_;
+  std::string detail_;
+  std::string path_, op_, structure_;
+  std::optional<uint64_t> offset_;
+  int errno_ = 0;
+  std::shared_ptr<const Error> cause_;
 };
 
 // Value or error (std::expected is C++23).

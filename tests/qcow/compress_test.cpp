@@ -1,7 +1,7 @@
 // Compressed-cluster codecs (backends/qcow/compress.h): round trips, the edge cases QEMU 7.2
 // accepts or rejects, and interop with images written by `qemu-img convert -c`.
 #define ZSTD_STATIC_LINKING_ONLY
-#include "backends/qcow/compress.h"
+#include "backends/qcow/meta/compress.h"
 
 #include <gtest/gtest.h>
 #include <zlib.h>

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "backends/qcow/format.h"
+#include "backends/qcow/meta/format.h"
 #include "support/support.h"
 #include "vd/io.h"
 
@@ -77,10 +77,10 @@ inline bool qemu_io(const std::string& image_opts, const std::string& cmd) {
 }
 
 inline uint64_t be64_at(const std::vector<std::byte>& f, uint64_t off) {
-  return off + 8 <= f.size() ? vd::qcow::load_be64(f.data() + off) : 0;
+  return off + 8 <= f.size() ? vd::load_be64(f.data() + off) : 0;
 }
 inline uint32_t be32_at(const std::vector<std::byte>& f, uint64_t off) {
-  return off + 4 <= f.size() ? vd::qcow::load_be32(f.data() + off) : 0;
+  return off + 4 <= f.size() ? vd::load_be32(f.data() + off) : 0;
 }
 
 // Host offset of the cluster holding guest offset `g` (0 if unallocated), QCOW v1.

@@ -4,7 +4,7 @@
 
 #include <thread>
 
-#include "backends/qcow/crypto.h"
+#include "backends/crypto/crypto.h"
 #include "crypto_fixtures.h"
 
 namespace {

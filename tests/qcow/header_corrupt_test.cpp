@@ -4,7 +4,7 @@
 // too) the test pins that qemu-img says the same.
 #include <gtest/gtest.h>
 
-#include "backends/qcow/header.h"
+#include "backends/qcow/meta/header.h"
 #include "qcow/header_fixtures.h"
 #include "support/support.h"
 
@@ -13,6 +13,12 @@ namespace {
 
 using vd::Errc;
 using namespace vd::qcow;
+using vd::load_be16;
+using vd::load_be32;
+using vd::load_be64;
+using vd::store_be16;
+using vd::store_be32;
+using vd::store_be64;
 
 class QcowHeaderCorrupt : public ::testing::Test {
  protected:

@@ -6,8 +6,8 @@
 
 #include <random>
 
-#include "backends/qcow/header.h"
-#include "backends/qcow/snapshot_table.h"
+#include "backends/qcow/meta/header.h"
+#include "backends/qcow/meta/snapshot_table.h"
 #include "qcow/header_fixtures.h"
 #include "support/support.h"
 
@@ -16,6 +16,12 @@ namespace {
 
 using vd::Errc;
 using namespace vd::qcow;
+using vd::load_be16;
+using vd::load_be32;
+using vd::load_be64;
+using vd::store_be16;
+using vd::store_be32;
+using vd::store_be64;
 
 // The header `qemu-img create -f qcow2 IMG 64M` writes, built field by field.
 Header fresh_v3_64m() {

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "backends/qcow/header.h"
+#include "backends/qcow/meta/header.h"
 #include "support/support.h"
 #include "vd/error.h"
 #include "vd/io.h"

@@ -2,7 +2,7 @@
 // what we read reproduces qemu-img's header bytes.
 #include <gtest/gtest.h>
 
-#include "backends/qcow/header.h"
+#include "backends/qcow/meta/header.h"
 #include "qcow/header_fixtures.h"
 #include "support/support.h"
 
@@ -11,6 +11,12 @@ namespace {
 
 using vd::Errc;
 using namespace vd::qcow;
+using vd::load_be16;
+using vd::load_be32;
+using vd::load_be64;
+using vd::store_be16;
+using vd::store_be32;
+using vd::store_be64;
 
 class QcowHeaderImages : public ::testing::Test {
  protected:

@@ -2,12 +2,18 @@
 // and creating volumes qemu-io opens.
 #include <gtest/gtest.h>
 
-#include "backends/qcow/luks.h"
+#include "backends/crypto/luks.h"
 #include "crypto_fixtures.h"
 
 namespace {
 
 using namespace vd::qcow;
+using vd::load_be16;
+using vd::load_be32;
+using vd::load_be64;
+using vd::store_be16;
+using vd::store_be32;
+using vd::store_be64;
 using namespace vdtest::crypto;
 using vd::Errc;
 

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "backends/qcow/image.h"
-#include "backends/qcow/overlap.h"
+#include "backends/qcow/meta/overlap.h"
 #include "support/support.h"
 #include "vd/registry.h"
 #include "vd/runtime.h"

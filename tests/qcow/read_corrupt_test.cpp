@@ -3,7 +3,7 @@
 // offsets involved, never a crash, and the rest of the image still reads.
 #include <gtest/gtest.h>
 
-#include "backends/qcow/format.h"
+#include "backends/qcow/meta/format.h"
 #include "support/qemu_fixtures.h"
 #include "support/support.h"
 #include "vd/registry.h"

@@ -2,8 +2,8 @@
 // 261, 029), per-snapshot L1 checks, and the encode round trip.
 #include <gtest/gtest.h>
 
-#include "backends/qcow/header.h"
-#include "backends/qcow/snapshot_table.h"
+#include "backends/qcow/meta/header.h"
+#include "backends/qcow/meta/snapshot_table.h"
 #include "qcow/header_fixtures.h"
 #include "support/support.h"
 
@@ -12,6 +12,12 @@ namespace {
 
 using vd::Errc;
 using namespace vd::qcow;
+using vd::load_be16;
+using vd::load_be32;
+using vd::load_be64;
+using vd::store_be16;
+using vd::store_be32;
+using vd::store_be64;
 
 class QcowSnapshotTable : public ::testing::Test {
  protected:

@@ -1,7 +1,7 @@
 // The `vdimg io` command grammar (qemu-io's subset).
 #include <gtest/gtest.h>
 
-#include "host/io_script.h"
+#include "host/vdimg/io_script.h"
 
 namespace {
 

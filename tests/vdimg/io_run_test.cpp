@@ -3,7 +3,7 @@
 
 #include <sstream>
 
-#include "host/io_script.h"
+#include "host/vdimg/io_script.h"
 #include "support/support.h"
 #include "vd/disk.h"
 #include "vd/registry.h"

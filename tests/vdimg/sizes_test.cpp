@@ -1,7 +1,7 @@
 // Sizes as typed on the command line and as qemu-img prints them.
 #include <gtest/gtest.h>
 
-#include "host/sizes.h"
+#include "backends/common/sizes.h"
 
 namespace {
 

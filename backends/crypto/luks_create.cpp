@@ -1,0 +1,156 @@
+// Creating a LUKS1 header with one key slot, laid out as qemu-img does: the 592-byte header
+// padded to 4096 bytes, then 8 key material areas of key_bytes * 4000 bytes each rounded up
+// to 4096, the payload right after (for QCOW2 the "payload" offset is simply the end of the
+// header area).
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include "backends/crypto/luks.h"
+
+namespace vd::qcow {
+namespace {
+
+constexpr uint64_t kAlign = 4096;
+constexpr uint32_t kMinIterations = 1000;  // cryptsetup's floor for calibrated counts
+
+uint64_t align_up(uint64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+std::span<const std::byte> bytes(std::string_view s) {
+  return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
+}
+
+Error random(std::span<std::byte> out) {
+  if (out.empty()) return {};
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(out.size())) != 1)
+    return Error(Errc::internal, "OpenSSL RAND_bytes failed");
+  return {};
+}
+
+Result<std::string> random_uuid() {
+  std::array<std::byte, 16> u;
+  if (Error e = random(u)) return e;
+  u[6] = (u[6] & std::byte{0x0f}) | std::byte{0x40};  // version 4
+  u[8] = (u[8] & std::byte{0x3f}) | std::byte{0x80};  // RFC 4122 variant
+  std::string s;
+  char hexbuf[3];
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) s += '-';
+    std::snprintf(hexbuf, sizeof hexbuf, "%02x", std::to_integer<unsigned>(u[i]));
+    s += hexbuf;
+  }
+  return s;
+}
+
+// PBKDF2 iterations that take about `ms` milliseconds for this hash on this machine.
+Result<uint32_t> calibrate(const std::string& hash, uint32_t key_bytes, uint32_t ms) {
+  std::array<std::byte, 32> salt{};
+  std::vector<std::byte> out(key_bytes);
+  using clock = std::chrono::steady_clock;
+  for (uint32_t n = 1u << 12;; n *= 2) {
+    auto t0 = clock::now();
+    if (Error e = pbkdf2(hash, bytes("calibration"), salt, n, out)) return e;
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - t0).count();
+    if (us >= 20000 || n >= (1u << 30)) {
+      double per_ms = static_cast<double>(n) * 1000.0 / static_cast<double>(std::max<int64_t>(us, 1));
+      double total = per_ms * ms;
+      return static_cast<uint32_t>(std::clamp(total, double{kMinIterations},
+                                              double{kLuksDefaultMaxIterations}));
+    }
+  }
+}
+
+uint64_t slot_stride(uint32_t key_bytes) { return align_up(uint64_t{key_bytes} * kLuksStripes); }
+
+// Header fields for a new volume: layout, salts, uuid; slot 0 active, the rest inactive.
+Result<LuksInfo> new_header(const LuksCreateOptions& o, uint32_t slot_iter, uint32_t mk_iter) {
+  LuksInfo info;
+  info.cipher = o.cipher;
+  info.cipher_name = o.cipher.alg;
+  info.cipher_mode = format_cipher_mode(o.cipher);
+  info.hash_spec = o.hash;
+  info.key_bytes = o.cipher.key_bytes;
+  info.mk_iterations = mk_iter;
+  auto uuid = random_uuid();
+  if (!uuid) return uuid.error();
+  info.uuid = *uuid;
+  if (Error e = random(info.mk_salt)) return e;
+  uint64_t stride = slot_stride(info.key_bytes);
+  for (size_t i = 0; i < kLuksNumSlots; ++i) {
+    LuksSlot& s = info.slots[i];
+    s.key_offset = static_cast<uint32_t>((kAlign + i * stride) / kLuksSectorSize);
+    s.stripes = kLuksStripes;
+  }
+  info.payload_offset = kAlign + kLuksNumSlots * stride;
+  info.slots[0].active = true;
+  info.slots[0].iterations = slot_iter;
+  if (Error e = random(info.slots[0].salt)) return e;
+  return info;
+}
+
+// Encrypted AF-split key material for slot 0 (material_bytes long).
+Error seal_slot(const LuksInfo& info, std::string_view passphrase, std::span<const std::byte> mk,
+                std::span<std::byte> material, const std::string& where) {
+  const LuksSlot& s = info.slots[0];
+  std::vector<std::byte> slot_key(info.key_bytes);
+  Error err = pbkdf2(info.hash_spec, bytes(passphrase), s.salt, s.iterations, slot_key);
+  auto split = material.first(size_t{info.key_bytes} * s.stripes);
+  if (!err) err = luks_af_split(info.hash_spec, mk, s.stripes, split);
+  if (!err) {
+    auto cipher = make_sector_cipher(info.cipher, slot_key, where);
+    err = cipher ? (*cipher)->encrypt(0, material) : cipher.error();
+  }
+  OPENSSL_cleanse(slot_key.data(), slot_key.size());
+  return err;
+}
+
+Error check_options(const LuksCreateOptions& o, const std::string& where) {
+  if (o.cipher.key_bytes == 0 || o.cipher.key_bytes > kLuksMaxKeyBytes)
+    return Error(Errc::invalid_argument, where + ": LUKS key size " +
+                                             std::to_string(o.cipher.key_bytes) + " bytes");
+  if (hash_size(o.hash) == 0)
+    return Error(Errc::not_supported, where + ": hash algorithm '" + o.hash + "' is not supported");
+  return check_cipher_supported(o.cipher, where);
+}
+
+}  // namespace
+
+Result<uint64_t> luks_header_size(const LuksCreateOptions& options) {
+  if (Error e = check_options(options, "LUKS")) return e;
+  return kAlign + kLuksNumSlots * slot_stride(options.cipher.key_bytes);
+}
+
+Result<LuksVolume> luks_create(File& f, uint64_t offset, std::string_view passphrase,
+                               const LuksCreateOptions& options, const std::string& path) {
+  if (Error e = check_options(options, path)) return e;
+  uint32_t slot_iter = options.iterations, mk_iter = options.iterations;
+  if (!slot_iter) {
+    auto it = calibrate(options.hash, options.cipher.key_bytes, options.iter_time_ms);
+    if (!it) return it.error().legacy_wrap(path);
+    slot_iter = *it;
+    mk_iter = std::max(kMinIterations, slot_iter / 8);
+  }
+  auto info = new_header(options, slot_iter, mk_iter);
+  if (!info) return info.error().legacy_wrap(path);
+  std::vector<std::byte> mk(info->key_bytes);
+  Error err = random(mk);
+  if (!err) err = pbkdf2(info->hash_spec, mk, info->mk_salt, mk_iter, info->mk_digest);
+  std::vector<std::byte> area(info->payload_offset);
+  auto header = luks_serialize(*info);
+  std::copy(header.begin(), header.end(), area.begin());
+  const LuksSlot& s0 = info->slots[0];
+  auto material = std::span(area).subspan(uint64_t{s0.key_offset} * kLuksSectorSize,
+                                          info->material_bytes(s0));
+  if (!err) err = seal_slot(*info, passphrase, mk, material, path);
+  if (!err) err = f.write(IoKind::meta, offset, area);
+  Result<std::unique_ptr<SectorCipher>> cipher = err ? Result<std::unique_ptr<SectorCipher>>(err)
+                                                     : make_sector_cipher(info->cipher, mk, path);
+  OPENSSL_cleanse(mk.data(), mk.size());
+  if (!cipher) return cipher.error().legacy_wrap("creating LUKS header at " + hex(offset));
+  return LuksVolume{std::move(*info), std::move(*cipher), 0};
+}
+
+}  // namespace vd::qcow

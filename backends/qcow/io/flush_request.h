@@ -1,0 +1,73 @@
+// FlushRequest: makes everything written before the flush durable, writing the metadata the
+// writes changed in memory in the order of the crash invariants (DESIGN.md). Each step ends
+// with a file flush, so no later step's writes can reach the disk before an earlier step's:
+//
+//   drain (the image gate: writes in flight finish, new ones wait)
+//     |
+//   sync_data ------ data of new clusters durable                 (invariant 1: data first)
+//     |
+//   mark_dirty ----- lazy refcounts only: the header's dirty bit, before any metadata
+//     |
+//   write_refblocks  raised refcounts and new refcount blocks       (invariant 2: refcount
+//     |                                                              before the reference)
+//   write_reftable - a new/grown refcount table, then the header pointing at it
+//     |              (a block before its table entry; the table before the header)
+//   write_l2 ------- dirty L2 tables                                 (before their L1 entries)
+//     |
+//   write_l1 ------- dirty L1 entries
+//     |
+//   write_header --- header fields (size, a moved L1 table, feature bits)
+//     |
+//   write_releases - lowered refcounts, only now that no table on disk points at them
+//     |              (invariant 2: lowered after the last reference is gone)
+//   finish --------- the flushes waiting are completed; gated writes resume
+//
+// An error stops the flush at that step and is reported to every waiting flush. The
+// in-memory state stays dirty, so the next flush writes it again; what reached the disk
+// already is consistent (at worst clusters leak).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backends/qcow/meta/l2_cache.h"
+#include "vd/error.h"
+
+namespace vd::qcow {
+
+class QcowImage;
+
+class FlushRequest : public std::enable_shared_from_this<FlushRequest> {
+ public:
+  // Called by the image once the gate has drained; ends in QcowImage::flush_finished.
+  static void start(QcowImage& img);
+  // The same steps with blocking I/O, for close and resize (no write may be in flight).
+  static Error run_sync(QcowImage& img);
+
+ private:
+  FlushRequest(QcowImage& img, bool blocking) : img_(img), blocking_(blocking) {}
+  void sync(void (FlushRequest::*next)());
+  void sync_data();
+  void mark_dirty();
+  void write_refblocks();
+  void write_reftable();
+  void commit_reftable();
+  void write_l2();
+  void handle_write_l2(Error e);
+  void write_l1();
+  void write_header();
+  void write_releases();
+  void finish_ok();
+  void finish(Error e);
+
+  QcowImage& img_;
+  const bool blocking_;
+  Error result_;  // blocking mode: the outcome
+  std::vector<std::pair<uint64_t, std::shared_ptr<L2Table>>> tables_;
+  std::vector<std::vector<std::byte>> encoded_;
+  size_t l2_pending_ = 0;
+  Error l2_error_;
+};
+
+}  // namespace vd::qcow

@@ -1,0 +1,180 @@
+// The read path. Each call handles one homogeneous run (at most one L2 table's worth);
+// the host loops over the partial results. Completions are always posted, never inline.
+#include <algorithm>
+#include <cstring>
+
+#include "backends/qcow/meta/compress.h"
+#include "backends/qcow/image.h"
+#include "backends/qcow/meta/refcount.h"
+
+namespace vd::qcow {
+namespace {
+constexpr uint64_t kSector = 512;
+}
+
+void QcowImage::read(uint64_t offset, std::span<std::byte> buf, ReadHandler done) {
+  if (offset > size_ || buf.size() > size_ - offset) {
+    io_.post([done, e = Error(Errc::out_of_range, "read of " + std::to_string(buf.size()) +
+                                                      " bytes at " + hex(offset) + " is beyond the end of '" +
+                                                      path_ + "' (" + std::to_string(size_) + " bytes)")] {
+      done(e, {});
+    });
+    return;
+  }
+  if (buf.empty()) {
+    io_.post([done] { done({}, ReadResult{0, true}); });
+    return;
+  }
+  lookup(offset, buf.size(), [this, offset, buf, done](Error e, Run run) {
+    if (e) return io_.post([done, e] { done(e, {}); });
+    auto part = buf.first(run.length);
+    switch (run.kind) {
+      case Run::Kind::unallocated:
+        return io_.post([done, n = run.length] { done({}, ReadResult{n, false}); });
+      case Run::Kind::zero:
+        std::memset(part.data(), 0, part.size());
+        return io_.post([done, n = run.length] { done({}, ReadResult{n, true}); });
+      case Run::Kind::data:
+        return read_data(run, offset, part, done);
+      case Run::Kind::compressed:
+        return read_compressed(run, offset, part, done);
+    }
+  });
+}
+
+void QcowImage::read_data(const Run& run, uint64_t guest, std::span<std::byte> buf, ReadHandler done) {
+  const uint64_t n = buf.size();
+  if (!cipher_) {
+    data_->async_read(IoKind::data, run.host_offset, buf, [this, n, host = run.host_offset, done](Error e) {
+      if (e) return done(e.legacy_wrap("'" + path_ + "': reading data at " + hex(host)), {});
+      done({}, ReadResult{n, true});
+    });
+    return;
+  }
+  // Encrypted: whole 512-byte sectors are read and decrypted into a bounce buffer. Guest and
+  // host offsets share their position within a cluster, so they align together.
+  const uint64_t head = run.host_offset % kSector;
+  const uint64_t host0 = run.host_offset - head, guest0 = guest - head;
+  const uint64_t len = (head + n + kSector - 1) / kSector * kSector;
+  auto bounce = std::make_shared<std::vector<std::byte>>(len);
+  data_->async_read(IoKind::data, host0, *bounce, [=, this](Error e) {
+    if (e) return done(e.legacy_wrap("'" + path_ + "': reading data at " + hex(host0)), {});
+    if (Error d = decrypt(guest0, host0, *bounce)) return done(d, {});
+    std::memcpy(buf.data(), bounce->data() + head, n);
+    done({}, ReadResult{n, true});
+  });
+}
+
+Error QcowImage::decrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf) const {
+  // Legacy AES derives the IV from the guest offset; LUKS in QCOW2 from the host offset.
+  const uint64_t sector = (hdr_.crypt_method == kCryptLuks ? host : guest) / kSector;
+  if (Error e = cipher_->decrypt(sector, buf))
+    return e.legacy_wrap("'" + path_ + "': decrypting data at " + hex(host));
+  return {};
+}
+
+void QcowImage::read_compressed(const Run& run, uint64_t guest, std::span<std::byte> buf,
+                                ReadHandler done) {
+  const uint64_t cs = layout_.cluster_size();
+  const uint64_t in_cluster = guest - run.cluster_start;
+  const uint64_t n = buf.size();
+  if (zcache_ && zcache_host_ == run.host_offset) {
+    std::memcpy(buf.data(), zcache_->data() + in_cluster, n);
+    return io_.post([done, n] { done({}, ReadResult{n, true}); });
+  }
+  // decode_run bounded compressed_bytes by the descriptor's field width (<= 2 clusters).
+  auto packed = std::make_shared<std::vector<std::byte>>(run.compressed_bytes);
+  const uint64_t host = run.host_offset;
+  data_->async_read(IoKind::data, host, *packed, [=, this](Error e) {
+    if (e) return done(e.legacy_wrap("'" + path_ + "': reading compressed cluster at " + hex(host)), {});
+    auto cluster = std::make_shared<std::vector<std::byte>>(cs);
+    const Codec codec = hdr_.compression_type == kCompressionZstd ? Codec::zstd : Codec::zlib;
+    if (Error d = decompress_cluster(codec, *packed, *cluster))
+      return done(d.legacy_wrap("'" + path_ + "': compressed cluster at " + hex(host) + " (guest offset " +
+                         hex(run.cluster_start) + ")"),
+                  {});
+    std::memcpy(buf.data(), cluster->data() + in_cluster, n);
+    zcache_host_ = host;
+    zcache_ = std::move(cluster);
+    done({}, ReadResult{n, true});
+  });
+}
+
+// QEMU consults the file's holes only for images that look metadata-preallocated: the file
+// occupies clearly less space than its length (allocated clusters are mostly holes).
+// QEMU's test for an image made with preallocation=metadata (qcow2_detect_metadata_preallocation):
+// clusters with a reference, counted up to a threshold, against the clusters the file really
+// occupies. Only then does block status look at the file's holes, so map agrees with
+// qemu-img's on every image (a compressed run or a freed cluster leaves holes too).
+bool QcowImage::looks_preallocated() {
+  if (prealloc_known_) return prealloc_;
+  prealloc_known_ = true;
+  if (hdr_.version == 1) return false;  // QEMU's qcow driver never asks
+  auto len = file_->size();
+  auto used = file_->allocated_size();
+  if (!len || !used) return false;
+  const uint64_t cs = layout_.cluster_size();
+  const uint64_t real = *used / cs;
+  const uint64_t threshold = std::max(real * 10 / 9, real + 2);
+  const uint64_t end = (*len + cs - 1) / cs;
+  if (end < threshold) return false;
+  std::unique_ptr<Refcounts> own;  // read-only images keep no refcounts: read them here
+  Refcounts* refs = refs_.get();
+  if (!refs) {
+    own = std::make_unique<Refcounts>(*file_, path_,
+                                      Refcounts::Config{hdr_.cluster_bits, hdr_.refcount_order,
+                                                        hdr_.refcount_table_offset, hdr_.refcount_table_clusters});
+    if (own->load(file_end_)) return false;
+    refs = own.get();
+  }
+  uint64_t counted = 0;
+  for (uint64_t c = 0; c < end && counted < threshold; ++c) {
+    auto r = refs->get(c * cs);
+    if (!r) return false;
+    counted += *r != 0;
+  }
+  prealloc_ = counted >= threshold;
+  return prealloc_;
+}
+
+void QcowImage::block_status(uint64_t offset, uint64_t length, ExtentHandler done) {
+  if (offset > size_ || length > size_ - offset) {
+    io_.post([done, e = Error(Errc::out_of_range, "block status beyond the end of '" + path_ + "'")] {
+      done(e, {});
+    });
+    return;
+  }
+  lookup(offset, length, [this, done](Error e, Run run) {
+    Extent x;
+    if (!e) {
+      x.length = run.length;
+      x.encrypted = cipher_ != nullptr || hdr_.crypt_method != kCryptNone;
+      switch (run.kind) {
+        case Run::Kind::unallocated: x.kind = Extent::Kind::unallocated; break;
+        case Run::Kind::zero: x.kind = Extent::Kind::zero; break;
+        case Run::Kind::data:
+          x.kind = Extent::Kind::data;
+          x.host_offset = run.host_offset;
+          // Preallocated clusters never written are holes in the file: they read as zeros
+          // (qemu-img map says zero and data). Split the run where that changes.
+          if (!cipher_ && hdr_.crypt_method == kCryptNone && looks_preallocated()) {
+            if (auto fx = data_->extent_at(run.host_offset); fx && fx->length) {
+              x.length = std::min(x.length, fx->length);
+              x.zero_data = !fx->data;
+            } else if (fx) {
+              x.zero_data = true;  // past the end of the file: reads as zeros
+            }
+          }
+          break;
+        case Run::Kind::compressed:
+          x.kind = Extent::Kind::data;
+          x.compressed = true;
+          break;
+      }
+      if (run.host_reserved) x.host_offset = run.host_offset;
+    }
+    io_.post([done, e, x] { done(e, x); });
+  });
+}
+
+}  // namespace vd::qcow

@@ -1,0 +1,152 @@
+#include "backends/qcow/io/zero_discard.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "backends/qcow/image.h"
+#include "backends/qcow/io/write_request.h"
+
+namespace vd::qcow {
+
+namespace {
+std::span<const std::byte> zero_buffer() {
+  static const std::vector<std::byte> zeros(1u << 20);
+  return zeros;
+}
+}  // namespace
+
+void ZeroRequest::start(QcowImage& img, uint64_t offset, uint64_t length, unsigned, Mode mode,
+                        Completion done) {
+  std::shared_ptr<ZeroRequest> r(new ZeroRequest(img, offset, length, mode, std::move(done)));
+  r->run();
+}
+
+ZeroRequest::ZeroRequest(QcowImage& img, uint64_t offset, uint64_t length, Mode mode, Completion done)
+    : img_(img), offset_(offset), length_(length), mode_(mode), done_(std::move(done)) {}
+
+void ZeroRequest::run() {
+  const Header& h = img_.header();
+  const uint64_t cs = img_.layout().cluster_size();
+  const bool real_zeros = mode_ == Mode::zero && (h.version == 1 || (h.version == 2 && h.backing_file));
+  if (real_zeros) return write_zero_bytes(offset_, length_, [self = shared_from_this()](Error e) { self->finish(e); });
+  // Without the zero flag a discarded cluster would expose the backing file's stale data:
+  // QEMU refuses discard on v2 images with a backing file, and so do we (it is advisory).
+  if (mode_ == Mode::discard && h.version < 3 && h.backing_file) return finish({});
+
+  const uint64_t end = offset_ + length_;
+  uint64_t a = (offset_ + cs - 1) & ~(cs - 1);
+  uint64_t b = end & ~(cs - 1);
+  // The partial last cluster of an unaligned image counts as whole when the range covers
+  // all of it (QEMU's block layer hands that tail to the driver on its own).
+  if (end == img_.size() && b >= offset_) b = end;
+  if (a >= b) {  // inside one cluster
+    if (mode_ == Mode::discard) return finish({});
+    return write_zero_bytes(offset_, length_, [self = shared_from_this()](Error e) { self->finish(e); });
+  }
+  pos_ = a;
+  end_ = b;
+  if (mode_ == Mode::zero) {
+    tail_off_ = b;
+    tail_len_ = end > b ? end - b : 0;
+    if (offset_ < a)
+      return write_zero_bytes(offset_, a - offset_, [self = shared_from_this()](Error e) {
+        if (e) return self->finish(e);
+        self->next_chunk();
+      });
+  }
+  next_chunk();
+}
+
+void ZeroRequest::write_zero_bytes(uint64_t offset, uint64_t length, Completion then) {
+  if (length == 0) return then({});
+  const uint64_t n = std::min<uint64_t>(length, zero_buffer().size());
+  WriteRequest::start(img_, offset, zero_buffer().first(n), 0,
+                      [self = shared_from_this(), offset, length, n, then](Error e) {
+                        if (e) return then(e);
+                        self->write_zero_bytes(offset + n, length - n, then);
+                      });
+}
+
+void ZeroRequest::next_chunk() {
+  if (pos_ >= end_) {
+    return write_zero_bytes(tail_off_, tail_len_, [self = shared_from_this()](Error e) { self->finish(e); });
+  }
+  const Layout& l = img_.layout();
+  const uint64_t l1i = l.l1_index(pos_);
+  const uint64_t entry = img_.l1()[l1i];
+  const uint64_t l2_off = l.l2_offset(entry);
+  const bool backing = img_.header().backing_file.has_value();
+  if (!l2_off && !backing) {
+    // No table and nothing below: the whole table's range already reads as zeros.
+    pos_ = std::min(end_, (pos_ | (l.l2_coverage() - 1)) + 1);
+    return img_.io().post([self = shared_from_this()] { self->next_chunk(); });
+  }
+  if (!l2_off || !(entry & kOflagCopied)) {
+    return img_.prepare_l2(l1i, [self = shared_from_this()](Error e, uint64_t off) { self->handle_table(e, off); });
+  }
+  img_.get_l2(l1i, l2_off, [self = shared_from_this(), l2_off](Error e, L2Ptr) { self->handle_table(e, l2_off); });
+}
+
+void ZeroRequest::handle_table(Error e, uint64_t l2_offset) {
+  if (e) return finish(e);
+  const Layout& l = img_.layout();
+  const uint64_t chunk_end = std::min(end_, (pos_ | (l.l2_coverage() - 1)) + 1);
+  for (uint64_t g = pos_; g < chunk_end; g += l.cluster_size()) {
+    const uint64_t c = g >> l.cluster_bits;
+    if (img_.cluster_busy(c)) {  // an allocation in flight: wait for it, then redo the chunk
+      img_.wait_cluster(c, [self = shared_from_this()] { self->next_chunk(); });
+      return;
+    }
+  }
+  apply(l2_offset);
+}
+
+void ZeroRequest::apply(uint64_t l2_offset) {
+  const Layout& l = img_.layout();
+  const bool v3 = l.version >= 3;
+  const bool backing = img_.header().backing_file.has_value();
+  const uint64_t chunk_end = std::min(end_, (pos_ | (l.l2_coverage() - 1)) + 1);
+  const uint64_t all_zero = 0xffffffffull << 32;
+  // An external data file maps guest offsets 1:1. QEMU keeps a raw one (data_file_raw) reading
+  // as the guest does, and passes discards down to it: so do we.
+  const bool punch_data_file = img_.header().data_file &&
+                               (mode_ == Mode::discard || (img_.header().autoclear_features & kAutoclearDataFileRaw));
+  L2Table& t = img_.l2_for_update(l2_offset);
+  for (uint64_t g = pos_; g < chunk_end; g += l.cluster_size()) {
+    const uint64_t i = l.l2_index(g) * l.words_per_entry();
+    const uint64_t old = t[i], old_bitmap = l.extended_l2 ? t[i + 1] : 0;
+    const bool allocated = (old & kOflagCompressed) || (old & kL2OffsetMask) ||
+                           (img_.header().data_file && (old & kOflagCopied));
+    uint64_t e = old, bitmap = old_bitmap;
+    if (mode_ == Mode::zero || backing || allocated) {
+      if (l.extended_l2) {
+        e = 0;
+        bitmap = all_zero;
+      } else {
+        e = v3 ? kOflagZero : 0;
+      }
+    }
+    if (e == old && bitmap == old_bitmap) continue;
+    t[i] = e;
+    if (l.extended_l2) t[i + 1] = bitmap;
+    if (allocated) img_.release_entry(old, old_bitmap);
+    if (allocated && punch_data_file)
+      if (Error pe = punch(g, std::min(l.cluster_size(), img_.size() - g))) return finish(pe);
+  }
+  pos_ = chunk_end;
+  next_chunk();
+}
+
+Error ZeroRequest::punch(uint64_t offset, uint64_t length) {
+  if (Error e = img_.data_file().discard(offset, length))
+    return e.legacy_wrap("'" + img_.path() + "': deallocating " + std::to_string(length) + " bytes of the data file at " +
+                  hex(offset));
+  return {};
+}
+
+void ZeroRequest::finish(Error e) {
+  auto done = std::move(done_);
+  img_.io().post([done, e] { done(e); });
+}
+
+}  // namespace vd::qcow
