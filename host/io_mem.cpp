@@ -107,6 +107,17 @@ class MemFile final : public File {
   void async_flush(Completion done) override {
     boost::asio::post(ex_, [done = std::move(done)]() { done(Error{}); });
   }
+  // Memory never blocks: the change is made now, the completion posted.
+  void async_discard(uint64_t offset, uint64_t length, Completion done) override {
+    boost::asio::post(ex_, [done = std::move(done), e = discard(offset, length)]() { done(e); });
+  }
+  void async_set_size(uint64_t size, Completion done) override {
+    boost::asio::post(ex_, [done = std::move(done), e = set_size(size)]() { done(e); });
+  }
+  void async_extent_at(uint64_t offset, ExtentCompletion done) override {
+    auto r = extent_at(offset);
+    boost::asio::post(ex_, [done = std::move(done), r = std::move(r)]() { done(r.error(), r ? *r : FileExtent{}); });
+  }
 
  private:
   static Error do_read(const Node& node, const std::string& path,

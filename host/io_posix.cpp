@@ -158,6 +158,33 @@ Error allocate_fd(const Fd& f, uint64_t offset, uint64_t len) {
   return write_zeros(f, from, offset + len - from);
 }
 
+Error truncate_fd(const Fd& f, uint64_t size) {
+  if (size > static_cast<uint64_t>(INT64_MAX))
+    return Error(Errc::too_large, "beyond the largest file size").image(f.path).op("resize to " + hex(size));
+  while (::ftruncate(f.fd, static_cast<off_t>(size)) != 0) {
+    if (errno == EINTR) continue;
+    return Error::from_errno(errno, "resize to " + hex(size), f.path);
+  }
+  return {};
+}
+
+// SEEK_DATA / SEEK_HOLE from `offset`.
+Result<FileExtent> extent_of(const Fd& f, uint64_t offset) {
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) return Error::from_errno(errno, "stat", f.path);
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (offset >= size) return FileExtent{true, 0};
+  const off_t data = ::lseek(f.fd, static_cast<off_t>(offset), SEEK_DATA);
+  if (data < 0) {
+    if (errno == ENXIO) return FileExtent{false, size - offset};  // a hole up to the end
+    return FileExtent{true, size - offset};  // no SEEK_DATA here: all data
+  }
+  if (static_cast<uint64_t>(data) > offset) return FileExtent{false, static_cast<uint64_t>(data) - offset};
+  const off_t hole = ::lseek(f.fd, static_cast<off_t>(offset), SEEK_HOLE);
+  const uint64_t end = hole < 0 ? size : std::min<uint64_t>(static_cast<uint64_t>(hole), size);
+  return FileExtent{true, end - offset};
+}
+
 class PosixFile final : public File {
  public:
   PosixFile(std::shared_ptr<Fd> fd, boost::asio::any_io_executor ex,
@@ -167,17 +194,7 @@ class PosixFile final : public File {
   const std::string& path() const override { return fd_->path; }
   Result<uint64_t> size() override { return size_of(*fd_); }
 
-  Error set_size(uint64_t size) override {
-    if (size > static_cast<uint64_t>(INT64_MAX)) {
-      return Error(Errc::too_large, "resize of '" + fd_->path + "' to " + hex(size) +
-                                        ": beyond the largest file size");
-    }
-    while (::ftruncate(fd_->fd, static_cast<off_t>(size)) != 0) {
-      if (errno == EINTR) continue;
-      return Error::from_errno(errno, "resize of '" + fd_->path + "' to " + hex(size));
-    }
-    return {};
-  }
+  Error set_size(uint64_t size) override { return truncate_fd(*fd_, size); }
 
   Result<uint64_t> allocated_size() override {
     struct stat st {};
@@ -185,21 +202,7 @@ class PosixFile final : public File {
     return static_cast<uint64_t>(st.st_blocks) * 512;
   }
 
-  Result<FileExtent> extent_at(uint64_t offset) override {
-    struct stat st {};
-    if (::fstat(fd_->fd, &st) != 0) return Error::from_errno(errno, "stat of '" + fd_->path + "'");
-    const auto size = static_cast<uint64_t>(st.st_size);
-    if (offset >= size) return FileExtent{true, 0};
-    const off_t data = ::lseek(fd_->fd, static_cast<off_t>(offset), SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) return FileExtent{false, size - offset};  // a hole up to the end
-      return FileExtent{true, size - offset};  // no SEEK_DATA here: all data
-    }
-    if (static_cast<uint64_t>(data) > offset) return FileExtent{false, static_cast<uint64_t>(data) - offset};
-    const off_t hole = ::lseek(fd_->fd, static_cast<off_t>(offset), SEEK_HOLE);
-    const uint64_t end = hole < 0 ? size : std::min<uint64_t>(static_cast<uint64_t>(hole), size);
-    return FileExtent{true, end - offset};
-  }
+  Result<FileExtent> extent_at(uint64_t offset) override { return extent_of(*fd_, offset); }
 
   Error read(IoKind, uint64_t offset, std::span<std::byte> buf) override {
     return read_all(*fd_, offset, buf);
@@ -226,6 +229,21 @@ class PosixFile final : public File {
   }
   void async_flush(Completion done) override {
     submit([](const Fd& f) { return flush_fd(f); }, std::move(done));
+  }
+  void async_discard(uint64_t offset, uint64_t length, Completion done) override {
+    submit([offset, length](const Fd& f) { return discard_fd(f, offset, length); }, std::move(done));
+  }
+  void async_set_size(uint64_t size, Completion done) override {
+    submit([size](const Fd& f) { return truncate_fd(f, size); }, std::move(done));
+  }
+  void async_extent_at(uint64_t offset, ExtentCompletion done) override {
+    auto work = boost::asio::prefer(ex_, boost::asio::execution::outstanding_work.tracked);
+    boost::asio::post(pool_, [fd = fd_, offset, done = std::move(done), work = std::move(work)]() mutable {
+      auto r = extent_of(*fd, offset);
+      boost::asio::post(work, [done = std::move(done), r = std::move(r)]() {
+        done(r.error(), r ? *r : FileExtent{});
+      });
+    });
   }
 
  private:

@@ -41,11 +41,38 @@ struct FileExtent {
   uint64_t length = 0;
 };
 
-class File {
- public:
-  virtual ~File() = default;
+using ExtentCompletion = std::function<void(Error, FileExtent)>;
 
+// What the data path sees of a file: asynchronous calls only, so a request can never block
+// the executor it runs on (a VM monitor runs many disks on one thread). Every completion is
+// posted to the file's executor exactly once, also on failure, never run inside the call.
+// Buffers must stay valid until the completion runs.
+class AsyncFile {
+ public:
+  virtual ~AsyncFile() = default;
   virtual const std::string& path() const = 0;
+
+  // Reads past the end of the file fill the buffer with zeros.
+  virtual void async_read(IoKind kind, uint64_t offset, std::span<std::byte> buf,
+                          Completion done) = 0;
+  virtual void async_write(IoKind kind, uint64_t offset, std::span<const std::byte> buf,
+                           Completion done) = 0;
+  // Completes once everything written before it is durable.
+  virtual void async_flush(Completion done) = 0;
+  // Deallocates the range so it reads as zeros (punch a hole); writes zeros where the
+  // storage cannot punch.
+  virtual void async_discard(uint64_t offset, uint64_t length, Completion done) = 0;
+  // Sets the file's length (a rollback gives back the space an allocation grew it by).
+  virtual void async_set_size(uint64_t size, Completion done) = 0;
+  // Whether `offset` starts data or a hole, and how far that goes (see File::extent_at).
+  virtual void async_extent_at(uint64_t offset, ExtentCompletion done) = 0;
+};
+
+// The whole file: the asynchronous calls plus synchronous ones, which block the calling
+// thread. Synchronous calls are for open, create, check, resize, snapshot and close, which
+// run before or after the data path, never while a data-path request is in flight.
+class File : public AsyncFile {
+ public:
   virtual Result<uint64_t> size() = 0;
   virtual Error set_size(uint64_t size) = 0;
   // Bytes the file really occupies on its storage (holes excluded), for `info`'s disk size.
@@ -63,14 +90,6 @@ class File {
   virtual Error write(IoKind kind, uint64_t offset, std::span<const std::byte> buf) = 0;
   // Returns once everything written before it is durable.
   virtual Error flush() = 0;
-
-  // Asynchronous I/O: the buffer must stay valid until the completion runs. The completion
-  // is posted to the file's executor exactly once, also on failure.
-  virtual void async_read(IoKind kind, uint64_t offset, std::span<std::byte> buf,
-                          Completion done) = 0;
-  virtual void async_write(IoKind kind, uint64_t offset, std::span<const std::byte> buf,
-                           Completion done) = 0;
-  virtual void async_flush(Completion done) = 0;
 
   // Deallocates the range so it reads as zeros (punch a hole). Providers that cannot
   // write zeros instead.

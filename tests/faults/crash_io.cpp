@@ -72,6 +72,24 @@ class CrashFile final : public vd::File {
     });
   }
 
+  void async_discard(uint64_t offset, uint64_t length, vd::Completion done) override {
+    boost::asio::post(ex_, [this, offset, length, done = std::move(done), alive = alive_] {
+      done(*alive ? discard(offset, length) : power_off("?", "discard"));
+    });
+  }
+  void async_set_size(uint64_t size, vd::Completion done) override {
+    boost::asio::post(ex_, [this, size, done = std::move(done), alive = alive_] {
+      done(*alive ? set_size(size) : power_off("?", "resize"));
+    });
+  }
+  void async_extent_at(uint64_t offset, vd::ExtentCompletion done) override {
+    boost::asio::post(ex_, [this, offset, done = std::move(done), alive = alive_] {
+      if (!*alive) return done(power_off("?", "extent"), {});
+      auto r = extent_at(offset);
+      done(r.error(), r ? *r : vd::FileExtent{});
+    });
+  }
+
   vd::Error discard(uint64_t offset, uint64_t length) override {
     auto sz = inner_->size();
     if (!sz) return sz.error();

@@ -19,6 +19,7 @@ const char* to_string(IoOp op) {
     case IoOp::flush: return "flush";
     case IoOp::discard: return "discard";
     case IoOp::allocate: return "allocate";
+    case IoOp::extent: return "extent";
   }
   return "?";
 }
@@ -32,7 +33,7 @@ std::string IoCall::describe() const {
 }
 
 bool IoMatch::matches(const IoCall& c) const {
-  if (counted_only && c.op == IoOp::size) return false;
+  if (counted_only && (c.op == IoOp::size || c.op == IoOp::extent)) return false;
   if (op && *op != c.op) return false;
   if (kind && !(c.op == IoOp::read || c.op == IoOp::write)) return false;
   if (kind && *kind != c.kind) return false;
@@ -71,6 +72,15 @@ void MockFile::install_defaults() {
         real_async_write(k, o, b, std::move(d));
       });
   ON_CALL(*this, async_flush(_)).WillByDefault([this](vd::Completion d) { real_async_flush(std::move(d)); });
+  ON_CALL(*this, async_discard(_, _, _)).WillByDefault([this](uint64_t o, uint64_t l, vd::Completion d) {
+    real_async_discard(o, l, std::move(d));
+  });
+  ON_CALL(*this, async_set_size(_, _)).WillByDefault([this](uint64_t s, vd::Completion d) {
+    real_async_set_size(s, std::move(d));
+  });
+  ON_CALL(*this, async_extent_at(_, _)).WillByDefault([this](uint64_t o, vd::ExtentCompletion d) {
+    real_async_extent_at(o, std::move(d));
+  });
   ON_CALL(*this, discard(_, _)).WillByDefault([this](uint64_t o, uint64_t l) { return real_discard(o, l); });
   ON_CALL(*this, allocate(_, _)).WillByDefault([this](uint64_t o, uint64_t l) { return real_allocate(o, l); });
 }
@@ -128,6 +138,32 @@ void MockFile::real_async_flush(vd::Completion done) {
   auto c = io_.record(IoOp::flush, true, IoKind::meta, path_, 0, 0);
   Error fault = io_.fault_for(c);
   io_.complete(c, [inner = inner_, fault]() -> Error { return fault ? fault : inner->flush(); }, std::move(done));
+}
+
+void MockFile::real_async_discard(uint64_t offset, uint64_t length, vd::Completion done) {
+  auto c = io_.record(IoOp::discard, true, IoKind::data, path_, offset, length);
+  Error fault = io_.fault_for(c);
+  io_.complete(c, [inner = inner_, fault, offset, length]() -> Error {
+    return fault ? fault : inner->discard(offset, length);
+  }, std::move(done));
+}
+
+void MockFile::real_async_set_size(uint64_t size, vd::Completion done) {
+  auto c = io_.record(IoOp::set_size, true, IoKind::meta, path_, size, 0);
+  Error fault = io_.fault_for(c);
+  io_.complete(c, [inner = inner_, fault, size]() -> Error { return fault ? fault : inner->set_size(size); },
+               std::move(done));
+}
+
+// Not counted as I/O by the sweeps (like size()), but recorded and holdable.
+void MockFile::real_async_extent_at(uint64_t offset, vd::ExtentCompletion done) {
+  auto c = io_.record(IoOp::extent, true, IoKind::meta, path_, offset, 0);
+  auto result = std::make_shared<vd::FileExtent>();
+  io_.complete(c, [inner = inner_, offset, result]() -> Error {
+    auto r = inner->extent_at(offset);
+    if (r) *result = *r;
+    return r.error();
+  }, [result, done = std::move(done)](Error e) { done(e, *result); });
 }
 
 Error MockFile::real_discard(uint64_t offset, uint64_t length) {
@@ -202,7 +238,7 @@ void MockIoProvider::reset_counts() {
 IoCall MockIoProvider::record(IoOp op, bool async, IoKind kind, const std::string& path, uint64_t offset,
                               uint64_t length) {
   IoCall c{op, async, kind, path, offset, length, next_index_++};
-  if (op != IoOp::size) ++counted_;
+  if (op != IoOp::size && op != IoOp::extent) ++counted_;
   calls_.push_back(c);
   return c;
 }

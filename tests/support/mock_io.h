@@ -33,7 +33,7 @@
 
 namespace vdtest {
 
-enum class IoOp : uint8_t { size, set_size, read, write, flush, discard, allocate };
+enum class IoOp : uint8_t { size, set_size, read, write, flush, discard, allocate, extent };
 const char* to_string(IoOp op);
 
 // One call the backend made on a MockFile.
@@ -81,6 +81,9 @@ class MockFile : public vd::File {
               (vd::IoKind kind, uint64_t offset, std::span<const std::byte> buf, vd::Completion done),
               (override));
   MOCK_METHOD(void, async_flush, (vd::Completion done), (override));
+  MOCK_METHOD(void, async_discard, (uint64_t offset, uint64_t length, vd::Completion done), (override));
+  MOCK_METHOD(void, async_set_size, (uint64_t size, vd::Completion done), (override));
+  MOCK_METHOD(void, async_extent_at, (uint64_t offset, vd::ExtentCompletion done), (override));
   MOCK_METHOD(vd::Error, discard, (uint64_t offset, uint64_t length), (override));
   MOCK_METHOD(vd::Error, allocate, (uint64_t offset, uint64_t length), (override));
 
@@ -94,6 +97,9 @@ class MockFile : public vd::File {
   void real_async_write(vd::IoKind kind, uint64_t offset, std::span<const std::byte> buf,
                         vd::Completion done);
   void real_async_flush(vd::Completion done);
+  void real_async_discard(uint64_t offset, uint64_t length, vd::Completion done);
+  void real_async_set_size(uint64_t size, vd::Completion done);
+  void real_async_extent_at(uint64_t offset, vd::ExtentCompletion done);
   vd::Error real_discard(uint64_t offset, uint64_t length);
   vd::Error real_allocate(uint64_t offset, uint64_t length);
 
