@@ -1,13 +1,24 @@
-// One open QCOW image (v1, v2 or v3). Split by operation:
-//   image_open.cpp     open: header, data file, encryption, snapshots, L1, refcounts
-//   image_lookup.cpp   guest offset -> run, loading L2 tables (joined when already in flight)
-//   image_read.cpp     read and block_status
-//   image_write.cpp    write entry points, the write gate, in-flight clusters, table updates
-//   write_request.cpp  one guest write: in-place runs and cluster allocations
-//   cluster_alloc.cpp  the cluster-allocation state machine
-//   zero_discard.cpp   write_zeroes and discard
-//   flush_request.cpp  write-back of metadata in crash-safe order
-//   image.cpp          properties and descriptive information
+// One open QCOW image (v1, v2 or v3). Split by operation (the on-disk structures are in
+// meta/, consistency checks in check/, creation in create/):
+//   image_open.cpp        open: header, data file, encryption, snapshots, L1, refcounts
+//   image.cpp             properties, descriptive information, resize, close
+//   image_meta.cpp        the backing file reference (rebase)
+//   image_overlap.cpp     the overlap check before every write
+//   snapshot_ops.cpp      internal snapshots (synchronous)
+//   io/image_lookup.cpp   guest offset -> run, loading L2 tables (joined when already in flight)
+//   io/image_read.cpp     read and block_status
+//   io/image_write.cpp    write entry points, the write gate, allocation helpers, table updates
+//   io/request.h          the base of every request class: one owner, one exit, never inline
+//   io/keyed_locks.*      the one waiting mechanism (clusters and L1 entries)
+//   io/write_request.*    one guest write: in-place runs and cluster allocations
+//   io/l2_prepare.*       a writable L2 table for an L1 entry (allocate or copy, link)
+//   io/cluster_alloc.*    the cluster-allocation state machine
+//   io/compressed_write.* one compressed cluster
+//   io/zero_discard.*     write_zeroes and discard
+//   io/flush_request.*    write-back of metadata in crash-safe order
+//
+// The data path (io/) uses only the asynchronous file calls (vd::AsyncFile); the synchronous
+// ones serve open, create, check, resize, snapshots and close.
 //
 // Metadata is write-back: allocations change the L1/L2 tables and refcounts in memory, and
 // the flush writes them in the order of the crash invariants (flush_request.h). Writes are
@@ -20,12 +31,14 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <span>
 #include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "backends/crypto/crypto.h"
+#include "backends/qcow/io/keyed_locks.h"
 #include "backends/qcow/meta/format.h"
 #include "backends/qcow/meta/l2_cache.h"
 #include "backends/crypto/luks.h"
@@ -103,38 +116,55 @@ class QcowImage final : public Image {
   void read_through(uint64_t offset, std::span<std::byte> buf, Completion done);
   Error encrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf) const;
 
-  // Clusters being allocated, by guest cluster index: a second writer waits for the first.
-  bool cluster_busy(uint64_t guest_cluster) const { return busy_.count(guest_cluster) != 0; }
-  void wait_cluster(uint64_t guest_cluster, std::function<void()> retry);
-  void mark_busy(uint64_t first_cluster, uint64_t count);
-  void clear_busy(uint64_t first_cluster, uint64_t count);
-  // In-place writes in flight, by guest cluster. An allocation that rewrites a cluster
-  // (extended L2: a write into an unallocated subcluster of an allocated cluster copies the
-  // cluster elsewhere) marks it busy, so no new in-place write starts, then waits for those
-  // in flight to land before it reads the old cluster: otherwise their data would be lost
-  // with it.
-  void begin_in_place(uint64_t first_cluster, uint64_t count);
-  void end_in_place(uint64_t first_cluster, uint64_t count);
-  void after_in_place(uint64_t first_cluster, uint64_t count, std::function<void()> go);
+  // The one waiting mechanism (io/keyed_locks.h). Guest clusters: locked while being
+  // allocated (a second writer waits and looks again), shared by in-place writes in flight
+  // (an allocation that rewrites a cluster — extended L2: a write into an unallocated
+  // subcluster of an allocated cluster copies the cluster elsewhere — locks it, so no new
+  // in-place write starts, then waits for those in flight to land before it reads the old
+  // cluster: otherwise their data would be lost with it). L1 indexes: locked while their L2
+  // table is being allocated or copied (io/l2_prepare.h).
+  KeyedLocks& clusters() { return clusters_; }
+  KeyedLocks& l1_tables() { return l1_tables_; }
 
   // The L2 table at `l2_offset` (already loaded), made writable and marked dirty.
   L2Table& l2_for_update(uint64_t l2_offset);
   void mark_l1_dirty(uint64_t index) { l1_dirty_.insert(index); }
   void mark_header_dirty() { header_dirty_ = true; }
-  // Host space for data clusters: v2/v3 through the refcounts; v1 appended at the end.
+  // Host space for data clusters: v2/v3 through the refcounts; v1 appended at the end. The
+  // in-memory attempt: on the data path it may miss a refcount block (Refcounts::is_miss)
+  // without having changed anything; requests use the async form, which loads and retries.
   Result<uint64_t> allocate_clusters(uint64_t count);
+  void allocate_clusters_async(uint64_t count, std::function<void(Error, uint64_t)> done);
+  // Runs an in-memory refcount step; if it misses a refcount block, loads the block
+  // (asynchronously, joined) and runs it again. `then` may run inline: it is a request's
+  // next step, never a completion.
+  void refcount_step(std::function<Error()> attempt, Completion then);
   void rollback_clusters(uint64_t host, uint64_t count);
   // Drops the reference an L2 entry held (after the flush wrote the tables without it).
   void release_entry(uint64_t entry, uint64_t bitmap);
   // Makes the L1 entry `l1_index` point at a writable (COPIED) L2 table, allocating a new
-  // one or copying a shared one. Completes with the table's offset.
+  // one or copying a shared one (io/l2_prepare.h). Completes with the table's offset.
   void prepare_l2(uint64_t l1_index, std::function<void(Error, uint64_t)> done);
+  // Clusters one L2 table takes.
+  uint64_t l2_table_clusters() const {
+    const uint64_t cs = layout_.cluster_size();
+    return (layout_.l2_table_bytes() + cs - 1) / cs;
+  }
+  // Links the L2 table at `at` (a copy of `from`, or empty) in L1 entry `l1_index`, in
+  // memory; `old` (0: none) loses the reference the active L1 held.
+  void install_l2(uint64_t l1_index, uint64_t old, uint64_t at, const L2Ptr& from);
+  // Points the guest clusters from `guest` at `entries` (L2 entry words, one or two per
+  // cluster with extended L2) in the loaded L2 table at `l2_offset`, releasing what the
+  // old entries referenced. Shared by normal and compressed writes.
+  void link_entries(uint64_t l2_offset, uint64_t guest, std::span<const uint64_t> entries);
 
   // The write gate: writes run between flushes; a flush waits for them to drain.
   void begin_write(std::function<void()> start);
   void end_write();
   void flush_finished(Error e);
   Error write_metadata_header();
+  // The header as the flush writes it (refcount table fields brought up to date).
+  Result<std::vector<std::byte>> encode_metadata_header();
   // image_overlap.cpp: refuse an allocation, or a write of data or of a table, that would
   // land on other metadata (overlap.h), marking the image corrupt as QEMU does. `self` is
   // the kind of the table being written at `host` (it may overlap itself).
@@ -148,6 +178,7 @@ class QcowImage final : public Image {
   void guard_refcounts();
   // Compressed data goes to byte-granular space shared by several compressed clusters.
   Result<uint64_t> allocate_bytes(uint64_t length);
+  void allocate_bytes_async(uint64_t length, std::function<void(Error, uint64_t)> done);
   void forget_packing() { zbytes_next_ = 0; }
   void grew_to(uint64_t end);
 
@@ -232,17 +263,14 @@ class QcowImage final : public Image {
   std::set<uint64_t> l1_dirty_;
   bool header_dirty_ = false;
   bool marked_dirty_ = false;  // this open set the dirty bit (lazy refcounts): clear on close
-  std::unordered_map<uint64_t, std::vector<std::function<void()>>> busy_;
-  std::unordered_map<uint64_t, unsigned> in_place_;                                  // in flight
-  std::unordered_map<uint64_t, std::vector<std::function<void()>>> in_place_waiters_;
+  KeyedLocks clusters_{io_};
+  KeyedLocks l1_tables_{io_};
   unsigned writes_active_ = 0;
   bool flushing_ = false;
   std::deque<std::function<void()>> gated_;   // writes waiting for a flush to finish
   std::vector<Completion> flush_waiters_;     // flushes waiting for writes to drain
   uint64_t v1_end_ = 0;                       // QCOW v1: next free host offset
   uint64_t zbytes_next_ = 0;                  // next free byte for compressed data (0: none)
-  // L1 entries whose L2 table is being copied from a snapshot's: later writers wait.
-  std::unordered_map<uint64_t, std::vector<std::function<void()>>> l1_busy_;
 
   OverlapMap overlap_;
   bool overlap_stale_ = true;

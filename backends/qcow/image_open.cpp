@@ -22,6 +22,7 @@ Result<std::unique_ptr<Image>> QcowImage::open(const Backend& backend, const std
   std::unique_ptr<QcowImage> img(new QcowImage(backend, path, flags, io));
   img->cache_ = L2Cache(opts.cache_bytes);
   if (Error e = img->load(opts)) return e;
+  (void)img->looks_preallocated();  // reads refcounts synchronously: now, not in block_status
   return std::unique_ptr<Image>(std::move(img));
 }
 

@@ -172,11 +172,11 @@ TEST(FlushOrder, AllocationThenFlushWritesDataRefcountsL2ThenL1WithFlushesBetwee
     InSequence order;
     EXPECT_CALL(f, async_write(IoKind::data, _, _, _));  // data first (invariant 1)
     EXPECT_CALL(f, async_flush(_));
-    EXPECT_CALL(f, write(IoKind::meta, block0, _));      // the raised refcounts (invariant 2)
+    EXPECT_CALL(f, async_write(IoKind::meta, block0, _, _));      // the raised refcounts (invariant 2)
     EXPECT_CALL(f, async_flush(_));
     EXPECT_CALL(f, async_write(IoKind::meta, _, _, _));  // the new L2 table
     EXPECT_CALL(f, async_flush(_));
-    EXPECT_CALL(f, write(IoKind::meta, l1, _));          // then the L1 entry pointing at it
+    EXPECT_CALL(f, async_write(IoKind::meta, l1, _, _));          // then the L1 entry pointing at it
     EXPECT_CALL(f, async_flush(_));
   }
   ASSERT_FALSE(rig.write(0, pattern(65536, 21)));
@@ -203,17 +203,17 @@ TEST(FlushOrder, FullFlushFollowsEveryCrashInvariant) {
     InSequence order;
     EXPECT_CALL(f, async_write(IoKind::data, _, _, _)).Times(AtLeast(1));  // data only, before the flush
     EXPECT_CALL(f, async_flush(_));                                    // data durable
-    EXPECT_CALL(f, write(IoKind::meta, _, _)).Times(AtLeast(1));       // refcount blocks
+    EXPECT_CALL(f, async_write(IoKind::meta, _, _, _)).Times(AtLeast(1));       // refcount blocks
     EXPECT_CALL(f, async_flush(_));
-    EXPECT_CALL(f, write(IoKind::meta, the_new_table, _));             // the new table
+    EXPECT_CALL(f, async_write(IoKind::meta, the_new_table, _, _));             // the new table
     EXPECT_CALL(f, async_flush(_));
-    EXPECT_CALL(f, write(IoKind::meta, 0, _));                         // header -> new table
+    EXPECT_CALL(f, async_write(IoKind::meta, 0, _, _));                         // header -> new table
     EXPECT_CALL(f, async_flush(_));
     EXPECT_CALL(f, async_write(IoKind::meta, _, _, _)).Times(AtLeast(1));  // L2 tables
     EXPECT_CALL(f, async_flush(_));
-    EXPECT_CALL(f, write(IoKind::meta, in_l1, _)).Times(AtLeast(1));   // L1 entries
+    EXPECT_CALL(f, async_write(IoKind::meta, in_l1, _, _)).Times(AtLeast(1));   // L1 entries
     EXPECT_CALL(f, async_flush(_));
-    EXPECT_CALL(f, write(IoKind::meta, _, _)).Times(AtLeast(1));       // lowered refcounts
+    EXPECT_CALL(f, async_write(IoKind::meta, _, _, _)).Times(AtLeast(1));       // lowered refcounts
     EXPECT_CALL(f, async_flush(_));
   }
   ASSERT_FALSE(rig.write(1980 * 1024, pattern(4096, 22)));      // grows the refcount table

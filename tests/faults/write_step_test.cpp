@@ -131,7 +131,7 @@ TEST(WriteStep, RefcountBlockReadFailureDuringL1LinkChangesNothing) {
   const uint64_t block0 = be64_at(s.files["top.qcow2"], reftable);
   s.offset = 5u << 20;
   s.data = pattern(4096, 6);
-  s.fault = IoMatch{.op = IoOp::read, .kind = IoKind::meta, .async = false, .offset = block0};
+  s.fault = IoMatch{.op = IoOp::read, .kind = IoKind::meta, .async = true, .offset = block0};
   expect_write_step_fails_cleanly(s);
 }
 

@@ -162,10 +162,14 @@ Error QcowImage::preallocate(int mode) {
     const uint64_t guest = first * cs;
     const uint64_t l1i = layout_.l1_index(guest);
     const uint64_t n = std::min(clusters - first, layout_.l2_entries() - layout_.l2_index(guest));
-    Error err;
-    uint64_t l2_off = 0;
-    prepare_l2(l1i, [&](Error e, uint64_t off) { err = e; l2_off = off; });  // runs inline: new table
-    if (err) return err;
+    // A new image: every table is missing (synchronous: refcount blocks load at once).
+    uint64_t l2_off = layout_.l2_offset(l1_[l1i]);
+    if (!l2_off) {
+      auto at = allocate_clusters(l2_table_clusters());
+      if (!at) return at.error();
+      install_l2(l1i, 0, *at, nullptr);
+      l2_off = *at;
+    }
     auto host = allocate_clusters(n);
     if (!host) return host.error();
     L2Table& t = l2_for_update(l2_off);

@@ -9,16 +9,13 @@ namespace vd::qcow {
 
 void ClusterAllocRequest::start(QcowImage& img, uint64_t first_guest, uint64_t count,
                                 uint64_t data_offset, std::span<const std::byte> data, Completion done) {
-  std::shared_ptr<ClusterAllocRequest> r(
-      new ClusterAllocRequest(img, first_guest, count, data_offset, data, std::move(done)));
-  r->alloc_l2();
+  launch(&ClusterAllocRequest::alloc_l2, img.io(), std::move(done), img, first_guest, count, data_offset, data);
 }
 
-ClusterAllocRequest::ClusterAllocRequest(QcowImage& img, uint64_t first_guest, uint64_t count,
-                                         uint64_t data_offset, std::span<const std::byte> data,
-                                         Completion done)
-    : img_(img), guest_(first_guest), count_(count), data_offset_(data_offset), data_(data),
-      done_(std::move(done)) {}
+ClusterAllocRequest::ClusterAllocRequest(IoProvider& io, Completion done, QcowImage& img, uint64_t first_guest,
+                                         uint64_t count, uint64_t data_offset, std::span<const std::byte> data)
+    : Request(io, std::move(done)), img_(img), guest_(first_guest), count_(count), data_offset_(data_offset),
+      data_(data) {}
 
 void ClusterAllocRequest::alloc_l2() {
   l1_index_ = img_.layout().l1_index(guest_);
@@ -26,7 +23,7 @@ void ClusterAllocRequest::alloc_l2() {
 }
 
 void ClusterAllocRequest::handle_alloc_l2(Error e) {
-  if (e) return finish(e);
+  if (e) return done(e);
   alloc_data();
 }
 
@@ -34,13 +31,14 @@ void ClusterAllocRequest::alloc_data() {
   if (img_.header().data_file) {
     // External data file: guest and host offsets are the same, nothing is refcounted.
     host_ = guest_;
-  } else {
-    auto at = img_.allocate_clusters(count_);
-    if (!at) return finish(at.error());
-    host_ = *at;
-    allocated_ = true;
+    return fill();
   }
-  fill();
+  img_.allocate_clusters_async(count_, [self = shared_from_this()](Error e, uint64_t at) {
+    if (e) return self->done(e);
+    self->host_ = at;
+    self->allocated_ = true;
+    self->fill();
+  });
 }
 
 void ClusterAllocRequest::fill() {
@@ -91,45 +89,41 @@ void ClusterAllocRequest::write_data() {
 }
 
 void ClusterAllocRequest::handle_write_data(Error e) {
-  if (e) return rollback(e.legacy_wrap("'" + img_.path() + "': writing data at " + hex(host_)));
+  if (e) return rollback(e.wrap("writing", "data", host_).image(img_.path()));
   link_l2();
 }
 
 void ClusterAllocRequest::link_l2() {
   // The table may have left the cache while the data was written: get it again.
   const uint64_t l2_off = img_.layout().l2_offset(img_.l1()[l1_index_]);
-  img_.get_l2(l1_index_, l2_off, [self = shared_from_this(), l2_off](Error e, L2Ptr) {
-    if (e) return self->handle_link_l2(e);
-    const Layout& l = self->img_.layout();
-    L2Table& t = self->img_.l2_for_update(l2_off);
-    const uint64_t cs = l.cluster_size();
-    const bool v1 = l.version == 1;
-    for (uint64_t k = 0; k < self->count_; ++k) {
-      const uint64_t i = l.l2_index(self->guest_ + k * cs) * l.words_per_entry();
-      const uint64_t old = t[i];
-      t[i] = v1 ? self->host_ + k * cs : ((self->host_ + k * cs) | kOflagCopied);
-      if (l.extended_l2) t[i + 1] = 0xffffffffull;  // every subcluster allocated, none zero
-      if (old) self->img_.release_entry(old, 0);
-    }
-    self->handle_link_l2({});
-  });
+  img_.get_l2(l1_index_, l2_off,
+              [self = shared_from_this(), l2_off](Error e, L2Ptr) { self->handle_link_l2(e, l2_off); });
 }
 
-void ClusterAllocRequest::handle_link_l2(Error e) {
+// Invariant 1 (data before its L2 entry): the data write has completed; the flush writes the
+// table after a barrier that makes the data durable.
+void ClusterAllocRequest::handle_link_l2(Error e, uint64_t l2_offset) {
   if (e) return rollback(e);
-  finish({});
+  const Layout& l = img_.layout();
+  const uint64_t cs = l.cluster_size(), words = l.words_per_entry();
+  std::vector<uint64_t> entries(count_ * words, 0);
+  for (uint64_t k = 0; k < count_; ++k) {
+    entries[k * words] = l.version == 1 ? host_ + k * cs : ((host_ + k * cs) | kOflagCopied);
+    if (l.extended_l2) entries[k * words + 1] = 0xffffffffull;  // every subcluster allocated, none zero
+  }
+  img_.link_entries(l2_offset, guest_, entries);
+  done({});
 }
 
 void ClusterAllocRequest::rollback(Error e) {
   if (allocated_) img_.rollback_clusters(host_, count_);
   allocated_ = false;
-  finish(e);
+  done(e);
 }
 
-void ClusterAllocRequest::finish(Error e) {
-  img_.clear_busy(guest_ >> img_.layout().cluster_bits, count_);
-  auto done = std::move(done_);
-  done(e);
+void ClusterAllocRequest::done(Error e) {
+  img_.clusters().unlock(guest_ >> img_.layout().cluster_bits, count_);
+  finish(std::move(e));
 }
 
 }  // namespace vd::qcow

@@ -10,13 +10,12 @@ namespace vd::qcow {
 
 void CompressedWriteRequest::start(QcowImage& img, uint64_t guest, std::span<const std::byte> data,
                                    Completion done) {
-  std::shared_ptr<CompressedWriteRequest> r(new CompressedWriteRequest(img, guest, data, std::move(done)));
-  r->compress();
+  launch(&CompressedWriteRequest::compress, img.io(), std::move(done), img, guest, data);
 }
 
-CompressedWriteRequest::CompressedWriteRequest(QcowImage& img, uint64_t guest,
-                                               std::span<const std::byte> data, Completion done)
-    : img_(img), guest_(guest), data_(data), done_(std::move(done)) {}
+CompressedWriteRequest::CompressedWriteRequest(IoProvider& io, Completion done, QcowImage& img, uint64_t guest,
+                                               std::span<const std::byte> data)
+    : Request(io, std::move(done)), img_(img), guest_(guest), data_(data) {}
 
 void CompressedWriteRequest::compress() {
   const Layout& l = img_.layout();
@@ -37,11 +36,10 @@ void CompressedWriteRequest::compress() {
     else self->compress_error_ = packed.error();
   };
   img_.io().offload(std::move(work), [self = shared_from_this()] {
-    if (self->compress_error_) return self->finish(self->compress_error_);
+    if (self->compress_error_) return self->done(self->compress_error_);
     if (self->packed_.empty()) {
-      // Incompressible: store it as a normal cluster (the busy mark passes on with it).
-      auto done = std::move(self->done_);
-      return ClusterAllocRequest::start(self->img_, self->guest_, 1, self->guest_, self->data_, std::move(done));
+      // Incompressible: store it as a normal cluster (the cluster lock passes on with it).
+      return ClusterAllocRequest::start(self->img_, self->guest_, 1, self->guest_, self->data_, self->hand_over());
     }
     self->alloc_l2();
   });
@@ -50,16 +48,17 @@ void CompressedWriteRequest::compress() {
 void CompressedWriteRequest::alloc_l2() {
   l1_index_ = img_.layout().l1_index(guest_);
   img_.prepare_l2(l1_index_, [self = shared_from_this()](Error e, uint64_t) {
-    if (e) return self->finish(e);
+    if (e) return self->done(e);
     self->place();
   });
 }
 
 void CompressedWriteRequest::place() {
-  auto at = img_.allocate_bytes(packed_.size());
-  if (!at) return finish(at.error());
-  host_ = *at;
-  write_data();
+  img_.allocate_bytes_async(packed_.size(), [self = shared_from_this()](Error e, uint64_t at) {
+    if (e) return self->done(e);
+    self->host_ = at;
+    self->write_data();
+  });
 }
 
 void CompressedWriteRequest::write_data() {
@@ -68,40 +67,40 @@ void CompressedWriteRequest::write_data() {
 }
 
 void CompressedWriteRequest::handle_write_data(Error e) {
-  if (e) return rollback(e.legacy_wrap("'" + img_.path() + "': writing compressed data at " + hex(host_)));
+  if (e) return rollback(e.wrap("writing", "compressed data", host_).image(img_.path()));
   link_l2();
 }
 
 void CompressedWriteRequest::link_l2() {
+  const uint64_t l2_off = img_.layout().l2_offset(img_.l1()[l1_index_]);
+  img_.get_l2(l1_index_, l2_off,
+              [self = shared_from_this(), l2_off](Error e, L2Ptr) { self->handle_link_l2(e, l2_off); });
+}
+
+// Invariant 1: the compressed data has landed; the flush writes the entry after a barrier.
+void CompressedWriteRequest::handle_link_l2(Error e, uint64_t l2_offset) {
+  if (e) return rollback(e);
   const Layout& l = img_.layout();
-  const uint64_t l2_off = l.l2_offset(img_.l1()[l1_index_]);
-  img_.get_l2(l1_index_, l2_off, [self = shared_from_this(), l2_off](Error e, L2Ptr) {
-    if (e) return self->rollback(e);
-    const Layout& l = self->img_.layout();
-    auto entry = l.version == 1 ? compressed_l2_entry_v1(l.cluster_bits, self->host_, self->packed_.size())
-                                : compressed_l2_entry(l.cluster_bits, self->host_, self->packed_.size());
-    if (!entry) return self->rollback(entry.error());
-    L2Table& t = self->img_.l2_for_update(l2_off);
-    const uint64_t i = l.l2_index(self->guest_) * l.words_per_entry();
-    const uint64_t old = t[i];
-    t[i] = *entry;
-    if (l.extended_l2) t[i + 1] = 0;  // bitmaps are ignored for compressed clusters
-    if (old) self->img_.release_entry(old, 0);
-    self->finish({});
-  });
+  auto entry = l.version == 1 ? compressed_l2_entry_v1(l.cluster_bits, host_, packed_.size())
+                              : compressed_l2_entry(l.cluster_bits, host_, packed_.size());
+  if (!entry) return rollback(entry.error());
+  std::vector<uint64_t> entries(l.words_per_entry(), 0);  // subcluster bitmaps are ignored
+  entries[0] = *entry;
+  img_.link_entries(l2_offset, guest_, entries);
+  done({});
 }
 
 void CompressedWriteRequest::rollback(Error e) {
-  // Never referenced: drop its references now, and stop packing into that cluster.
+  // Never referenced: drop its references now (its clusters were loaded when it was placed),
+  // and stop packing into that cluster.
   if (Refcounts* r = img_.refcounts()) (void)r->update(host_, packed_.size(), -1);
   img_.forget_packing();
-  finish(e);
+  done(e);
 }
 
-void CompressedWriteRequest::finish(Error e) {
-  img_.clear_busy(guest_ >> img_.layout().cluster_bits, 1);
-  auto done = std::move(done_);
-  done(e);
+void CompressedWriteRequest::done(Error e) {
+  img_.clusters().unlock(guest_ >> img_.layout().cluster_bits, 1);
+  finish(std::move(e));
 }
 
 }  // namespace vd::qcow

@@ -3,7 +3,9 @@
 //   compress (on the I/O pool) --(does not shrink)--> ClusterAllocRequest (stored as is)
 //       |
 //       v
-//   alloc_l2 -> alloc_bytes -> write_data -> link_l2 -> finish
+//   alloc_l2 -> place -> write_data -> link_l2 -> finish
+//   (L2PrepareRequest) (bytes in a packed cluster; a refcount block not loaded yet is
+//                       loaded and the placement tried again)
 //                                  | error
 //                                  v
 //                              rollback (drop the references to the packed clusters) -> finish
@@ -20,33 +22,37 @@
 #include <span>
 #include <vector>
 
+#include "backends/qcow/io/request.h"
+#include "backends/qcow/meta/l2_cache.h"
 #include "vd/io.h"
 
 namespace vd::qcow {
 
 class QcowImage;
 
-class CompressedWriteRequest : public std::enable_shared_from_this<CompressedWriteRequest> {
+class CompressedWriteRequest : public Request<CompressedWriteRequest> {
  public:
-  // The cluster at `guest` must be marked busy; `data` is its content (shorter only for the
-  // last cluster of an unaligned image: the rest is zero).
+  // The cluster at `guest` must be locked (QcowImage::clusters()); `data` is its content
+  // (shorter only for the last cluster of an unaligned image: the rest is zero).
   static void start(QcowImage& img, uint64_t guest, std::span<const std::byte> data, Completion done);
 
  private:
-  CompressedWriteRequest(QcowImage& img, uint64_t guest, std::span<const std::byte> data, Completion done);
+  friend class Request<CompressedWriteRequest>;
+  CompressedWriteRequest(IoProvider& io, Completion done, QcowImage& img, uint64_t guest,
+                         std::span<const std::byte> data);
   void compress();
   void alloc_l2();
   void place();
   void write_data();
   void handle_write_data(Error e);
   void link_l2();
+  void handle_link_l2(Error e, uint64_t l2_offset);
   void rollback(Error e);
-  void finish(Error e);
+  void done(Error e);
 
   QcowImage& img_;
   const uint64_t guest_;
   const std::span<const std::byte> data_;
-  Completion done_;
   uint64_t l1_index_ = 0;
   uint64_t host_ = 0;
   std::vector<std::byte> packed_;

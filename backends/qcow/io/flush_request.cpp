@@ -4,38 +4,75 @@
 
 namespace vd::qcow {
 
+FlushRequest::FlushRequest(IoProvider& io, QcowImage& img, bool blocking, Completion done)
+    : Request(io, std::move(done)), img_(img), blocking_(blocking) {}
+
 void FlushRequest::start(QcowImage& img) {
-  std::shared_ptr<FlushRequest> r(new FlushRequest(img, false));
-  r->sync_data();
+  launch(&FlushRequest::sync_data, img.io(), img, false, [&img](Error e) { img.flush_finished(e); });
 }
 
 Error FlushRequest::run_sync(QcowImage& img) {
-  std::shared_ptr<FlushRequest> r(new FlushRequest(img, true));
-  r->sync_data();  // every step runs inline in blocking mode
-  return r->result_;
+  Error result;
+  // Every step runs inline in blocking mode; refcount blocks load synchronously.
+  Refcounts::SyncLoads loads(img.refs_.get());
+  std::shared_ptr<FlushRequest> r(new FlushRequest(img.io(), img, true, [&result](Error e) { result = e; }));
+  r->sync_data();
+  return result;
 }
 
-// Runs a file flush (and the external data file's), then `next`.
+void FlushRequest::write(uint64_t offset, std::span<const std::byte> bytes, Completion then) {
+  if (blocking_) return then(img_.file_->write(IoKind::meta, offset, bytes));
+  img_.file_->async_write(IoKind::meta, offset, bytes, std::move(then));
+}
+
+// A file flush (and the external data file's), then `next`: the barrier between two steps.
 void FlushRequest::sync(void (FlushRequest::*next)()) {
+  auto failed = [this](Error e, const char* what) { finish(e.wrap("flush", what).image(img_.path())); };
   if (blocking_) {
-    Error e = img_.data_file_ ? img_.data_file_->flush() : Error{};
-    if (!e) e = img_.file_->flush();
-    if (e) return finish(e.legacy_wrap("'" + img_.path() + "': flush"));
+    if (img_.data_file_)
+      if (Error e = img_.data_file_->flush()) return failed(e, "of the data file");
+    if (Error e = img_.file_->flush()) return failed(e, "");
     return ((*this).*next)();
   }
   auto self = shared_from_this();
-  auto after_main = [self, next](Error e) {
-    if (e) return self->finish(e.legacy_wrap("'" + self->img_.path() + "': flush"));
+  auto after_main = [self, next, failed](Error e) {
+    if (e) return failed(e, "");
     ((*self).*next)();
   };
-  if (img_.data_file_) {
-    img_.data_file_->async_flush([self, after_main](Error e) {
-      if (e) return self->finish(e.legacy_wrap("'" + self->img_.path() + "': flush of the data file"));
-      self->img_.file_->async_flush(after_main);
-    });
-    return;
-  }
-  img_.file_->async_flush(after_main);
+  if (!img_.data_file_) return img_.file_->async_flush(after_main);
+  img_.data_file_->async_flush([self, after_main, failed](Error e) {
+    if (e) return failed(e, "of the data file");
+    self->img_.file_->async_flush(after_main);
+  });
+}
+
+// Issues every write at once (they are independent within a step), then `next` after a
+// barrier; the first error stops the flush.
+void FlushRequest::write_all(std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes,
+                             const char* structure, void (FlushRequest::*next)()) {
+  if (writes.empty()) return sync(next);
+  pending_ = writes.size() + 1;  // held until every write is issued
+  first_error_ = {};
+  auto self = shared_from_this();
+  auto landed = [self, next, structure](uint64_t off, Error e) {
+    if (e && !self->first_error_) self->first_error_ = e.wrap("writing", structure, off).image(self->img_.path());
+    if (--self->pending_ > 0) return;
+    if (self->first_error_) return self->finish(self->first_error_);
+    self->sync(next);
+  };
+  for (auto& [off, bytes] : writes) write(off, bytes, [landed, off](Error e) { landed(off, e); });
+  landed(0, {});
+}
+
+void FlushRequest::write_header(void (FlushRequest::*next)()) {
+  auto bytes = img_.encode_metadata_header();
+  if (!bytes) return finish(bytes.error());
+  header_ = std::move(*bytes);
+  write(0, header_, [self = shared_from_this(), next](Error e) {
+    if (e) return self->finish(e.wrap("writing", "the header").image(self->img_.path()));
+    self->img_.header_dirty_ = false;
+    self->sync(next);
+  });
 }
 
 void FlushRequest::sync_data() { sync(&FlushRequest::mark_dirty); }
@@ -48,113 +85,131 @@ void FlushRequest::mark_dirty() {
   if (!lazy || img_.dirty() || !img_.metadata_pending()) return write_refblocks();
   img_.hdr_.incompatible_features |= kIncompatDirty;
   img_.marked_dirty_ = true;
-  if (Error e = img_.write_metadata_header()) return finish(e);
-  sync(&FlushRequest::write_refblocks);
+  write_header(&FlushRequest::write_refblocks);
 }
 
+// Invariant 2 (refcount before reference): raised refcounts and new blocks reach the disk
+// before any table that points at the clusters they count.
 void FlushRequest::write_refblocks() {
   Refcounts* refs = img_.refs_.get();
   if (!refs || !refs->dirty()) return write_l2();
-  if (Error e = refs->write_blocks()) return finish(e);
-  sync(&FlushRequest::write_reftable);
+  auto blocks = refs->dirty_block_writes();
+  if (!blocks) return finish(blocks.error());
+  std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
+  for (auto& w : *blocks) writes.emplace_back(w.offset, w.bytes);
+  write_all(std::move(writes), "refcount block", &FlushRequest::refblocks_written);
+}
+
+// Writes are gated while a flush runs, so the blocks did not change while they were written.
+void FlushRequest::refblocks_written() {
+  img_.refs_->blocks_written();
+  write_reftable();
 }
 
 void FlushRequest::write_reftable() {
   Refcounts* refs = img_.refs_.get();
   // A moved table whose header update failed last time is still pending: finish it.
   if (!refs->table_dirty() && !refs->move_pending()) return write_l2();
-  bool moved = false;
-  if (refs->table_dirty())
-    if (Error e = refs->write_table(moved)) return finish(e);
-  if (!refs->move_pending()) return sync(&FlushRequest::write_l2);
-  // The header may point at the new table only once the table is durable.
-  sync(&FlushRequest::commit_reftable);
+  if (!refs->table_dirty()) return commit_reftable();
+  auto table = refs->table_write();
+  if (!table) return finish(table.error());
+  write(table->offset, table->bytes, [self = shared_from_this(), off = table->offset](Error e) {
+    if (e) return self->finish(e.wrap("writing", "the refcount table", off).image(self->img_.path()));
+    Refcounts* r = self->img_.refs_.get();
+    r->table_written();
+    // The header may point at the new table only once the table is durable.
+    self->sync(r->move_pending() ? &FlushRequest::commit_reftable : &FlushRequest::write_l2);
+  });
 }
 
-void FlushRequest::commit_reftable() {
-  if (Error e = img_.write_metadata_header()) return finish(e);
+void FlushRequest::commit_reftable() { write_header(&FlushRequest::reftable_committed); }
+
+// The header points at the new table on disk: the old table's clusters can be released
+// (after the tables, in write_releases).
+void FlushRequest::reftable_committed() {
   img_.refs_->table_committed();
-  sync(&FlushRequest::write_l2);
+  write_l2();
 }
 
+// Invariant 1: an L2 table before the L1 entry that points at it.
 void FlushRequest::write_l2() {
   for (auto& [off, t] : img_.dirty_l2_) tables_.emplace_back(off, t);
   if (tables_.empty()) return write_l1();
   encoded_.resize(tables_.size());
-  l2_pending_ = tables_.size();
-  auto self = shared_from_this();
+  std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
   for (size_t i = 0; i < tables_.size(); ++i) {
     const auto& t = *tables_[i].second;
     auto& raw = encoded_[i];
     raw.resize(t.size() * 8);
     for (size_t k = 0; k < t.size(); ++k) store_be64(raw.data() + k * 8, t[k]);
     // Its offset came from the L1 table: a corrupt entry may point at other metadata.
-    if (Error e = img_.check_overlap(tables_[i].first, raw.size(), MetaKind::active_l2)) {
-      handle_write_l2(e);
-      continue;
-    }
-    if (blocking_) handle_write_l2(img_.file_->write(IoKind::meta, tables_[i].first, raw));
-    else img_.file_->async_write(IoKind::meta, tables_[i].first, raw, [self](Error e) { self->handle_write_l2(e); });
+    if (Error e = img_.check_overlap(tables_[i].first, raw.size(), MetaKind::active_l2)) return finish(e);
+    writes.emplace_back(tables_[i].first, raw);
   }
+  // Tables written are clean; they stay in the cache (a failed flush leaves them dirty, as
+  // the flush stops before anything that depends on them).
+  write_all(std::move(writes), "L2 table", &FlushRequest::write_l1);
 }
 
-void FlushRequest::handle_write_l2(Error e) {
-  if (e && !l2_error_) l2_error_ = e.legacy_wrap("'" + img_.path() + "': writing an L2 table");
-  if (--l2_pending_ > 0) return;
-  if (l2_error_) return finish(l2_error_);
-  // Tables written are clean; they stay in the cache.
+void FlushRequest::write_l1() {
   for (auto& [off, t] : tables_) {
     auto it = img_.dirty_l2_.find(off);
     if (it != img_.dirty_l2_.end() && it->second == t) img_.dirty_l2_.erase(it);
   }
-  sync(&FlushRequest::write_l1);
-}
-
-void FlushRequest::write_l1() {
-  if (img_.l1_dirty_.empty()) return write_header();
+  if (img_.l1_dirty_.empty()) return write_header_fields();
   // Whole 512-byte sectors of the table that hold a changed entry.
   const auto& l1 = img_.l1_;
-  std::vector<std::byte> sector;
+  std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
+  encoded_.clear();
   uint64_t last = UINT64_MAX;
+  std::vector<uint64_t> firsts;
   for (uint64_t idx : img_.l1_dirty_) {
     const uint64_t first = idx / 64 * 64;
-    if (first == last) continue;
+    if (first != last) firsts.push_back(first);
     last = first;
-    const uint64_t n = std::min<uint64_t>(64, l1.size() - first);
-    sector.assign(n * 8, std::byte{0});
-    for (uint64_t k = 0; k < n; ++k) store_be64(sector.data() + k * 8, l1[first + k]);
-    const uint64_t at = img_.hdr_.l1_table_offset + first * 8;
-    if (Error e = img_.check_overlap(at, sector.size(), MetaKind::active_l1)) return finish(e);
-    if (Error e = img_.file_->write(IoKind::meta, at, sector))
-      return finish(e.legacy_wrap("'" + img_.path() + "': writing the L1 table"));
   }
-  img_.l1_dirty_.clear();
-  sync(&FlushRequest::write_header);
+  encoded_.resize(firsts.size());
+  for (size_t i = 0; i < firsts.size(); ++i) {
+    const uint64_t first = firsts[i], n = std::min<uint64_t>(64, l1.size() - first);
+    encoded_[i].assign(n * 8, std::byte{0});
+    for (uint64_t k = 0; k < n; ++k) store_be64(encoded_[i].data() + k * 8, l1[first + k]);
+    const uint64_t at = img_.hdr_.l1_table_offset + first * 8;
+    if (Error e = img_.check_overlap(at, encoded_[i].size(), MetaKind::active_l1)) return finish(e);
+    writes.emplace_back(at, encoded_[i]);
+  }
+  write_all(std::move(writes), "the L1 table", &FlushRequest::l1_written);
+}
+
+void FlushRequest::l1_written() {
+  img_.l1_dirty_.clear();  // gated: no entry changed while the sectors were written
+  write_header_fields();
 }
 
 // After the L1 table: a header pointing at a new L1 table (resize) needs it on disk first.
-void FlushRequest::write_header() {
+void FlushRequest::write_header_fields() {
   if (!img_.header_dirty_) return write_releases();
-  if (Error e = img_.write_metadata_header()) return finish(e);
-  sync(&FlushRequest::write_releases);
+  write_header(&FlushRequest::write_releases);
 }
 
+// Invariant 2 (lowered after the last reference is gone): only now that no table on disk
+// points at the released clusters.
 void FlushRequest::write_releases() {
   Refcounts* refs = img_.refs_.get();
   if (!refs || !refs->has_releases()) return finish({});
-  if (Error e = refs->apply_releases()) return finish(e);
-  if (Error e = refs->write_blocks()) return finish(e);
-  sync(&FlushRequest::finish_ok);
+  img_.refcount_step([refs] { return refs->apply_releases(); }, [self = shared_from_this()](Error e) {
+    if (e) return self->finish(e);
+    Refcounts* r = self->img_.refs_.get();
+    auto blocks = r->dirty_block_writes();
+    if (!blocks) return self->finish(blocks.error());
+    std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
+    for (auto& w : *blocks) writes.emplace_back(w.offset, w.bytes);
+    self->write_all(std::move(writes), "refcount block", &FlushRequest::releases_written);
+  });
 }
 
-void FlushRequest::finish_ok() { finish({}); }
-
-void FlushRequest::finish(Error e) {
-  if (blocking_) {
-    result_ = e;
-    return;
-  }
-  img_.flush_finished(e);
+void FlushRequest::releases_written() {
+  img_.refs_->blocks_written();
+  finish({});
 }
 
 }  // namespace vd::qcow

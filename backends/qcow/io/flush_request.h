@@ -18,19 +18,27 @@
 //     |
 //   write_header --- header fields (size, a moved L1 table, feature bits)
 //     |
-//   write_releases - lowered refcounts, only now that no table on disk points at them
+//   write_releases - lowered refcounts (blocks not loaded yet are loaded first), only now
+//     |              that no table on disk points at them
 //     |              (invariant 2: lowered after the last reference is gone)
 //   finish --------- the flushes waiting are completed; gated writes resume
 //
 // An error stops the flush at that step and is reported to every waiting flush. The
 // in-memory state stays dirty, so the next flush writes it again; what reached the disk
-// already is consistent (at worst clusters leak).
+// already is consistent (at worst clusters leak). Lowering refcounts may need refcount
+// blocks that are not loaded yet: write_releases loads them asynchronously and tries again.
+//
+// The same steps serve two callers through `MetaIo`: the data path's flush (asynchronous
+// calls only, never blocking the executor) and close/resize/snapshot/check, which run with
+// no request in flight and use the synchronous File (their continuations run inline).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
+#include "backends/qcow/io/request.h"
 #include "backends/qcow/meta/l2_cache.h"
 #include "vd/error.h"
 
@@ -38,7 +46,7 @@ namespace vd::qcow {
 
 class QcowImage;
 
-class FlushRequest : public std::enable_shared_from_this<FlushRequest> {
+class FlushRequest : public Request<FlushRequest> {
  public:
   // Called by the image once the gate has drained; ends in QcowImage::flush_finished.
   static void start(QcowImage& img);
@@ -46,28 +54,36 @@ class FlushRequest : public std::enable_shared_from_this<FlushRequest> {
   static Error run_sync(QcowImage& img);
 
  private:
-  FlushRequest(QcowImage& img, bool blocking) : img_(img), blocking_(blocking) {}
+  friend class Request<FlushRequest>;
+  FlushRequest(IoProvider& io, QcowImage& img, bool blocking, Completion done);
+  // The two kinds of file access the steps use.
+  void write(uint64_t offset, std::span<const std::byte> bytes, Completion then);
   void sync(void (FlushRequest::*next)());
+  void write_all(std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes, const char* structure,
+                 void (FlushRequest::*next)());
+  void write_header(void (FlushRequest::*next)());
+
   void sync_data();
   void mark_dirty();
   void write_refblocks();
+  void refblocks_written();
   void write_reftable();
   void commit_reftable();
+  void reftable_committed();
   void write_l2();
-  void handle_write_l2(Error e);
   void write_l1();
-  void write_header();
+  void l1_written();
+  void write_header_fields();
   void write_releases();
-  void finish_ok();
-  void finish(Error e);
+  void releases_written();
 
   QcowImage& img_;
   const bool blocking_;
-  Error result_;  // blocking mode: the outcome
   std::vector<std::pair<uint64_t, std::shared_ptr<L2Table>>> tables_;
   std::vector<std::vector<std::byte>> encoded_;
-  size_t l2_pending_ = 0;
-  Error l2_error_;
+  std::vector<std::byte> header_;
+  size_t pending_ = 0;
+  Error first_error_;
 };
 
 }  // namespace vd::qcow

@@ -46,7 +46,7 @@ void QcowImage::read_data(const Run& run, uint64_t guest, std::span<std::byte> b
   const uint64_t n = buf.size();
   if (!cipher_) {
     data_->async_read(IoKind::data, run.host_offset, buf, [this, n, host = run.host_offset, done](Error e) {
-      if (e) return done(e.legacy_wrap("'" + path_ + "': reading data at " + hex(host)), {});
+      if (e) return done(e.wrap("reading", "data", host).image(path_), {});
       done({}, ReadResult{n, true});
     });
     return;
@@ -58,7 +58,7 @@ void QcowImage::read_data(const Run& run, uint64_t guest, std::span<std::byte> b
   const uint64_t len = (head + n + kSector - 1) / kSector * kSector;
   auto bounce = std::make_shared<std::vector<std::byte>>(len);
   data_->async_read(IoKind::data, host0, *bounce, [=, this](Error e) {
-    if (e) return done(e.legacy_wrap("'" + path_ + "': reading data at " + hex(host0)), {});
+    if (e) return done(e.wrap("reading", "data", host0).image(path_), {});
     if (Error d = decrypt(guest0, host0, *bounce)) return done(d, {});
     std::memcpy(buf.data(), bounce->data() + head, n);
     done({}, ReadResult{n, true});
@@ -69,7 +69,7 @@ Error QcowImage::decrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf
   // Legacy AES derives the IV from the guest offset; LUKS in QCOW2 from the host offset.
   const uint64_t sector = (hdr_.crypt_method == kCryptLuks ? host : guest) / kSector;
   if (Error e = cipher_->decrypt(sector, buf))
-    return e.legacy_wrap("'" + path_ + "': decrypting data at " + hex(host));
+    return e.wrap("decrypting", "data", host).image(path_);
   return {};
 }
 
@@ -86,12 +86,12 @@ void QcowImage::read_compressed(const Run& run, uint64_t guest, std::span<std::b
   auto packed = std::make_shared<std::vector<std::byte>>(run.compressed_bytes);
   const uint64_t host = run.host_offset;
   data_->async_read(IoKind::data, host, *packed, [=, this](Error e) {
-    if (e) return done(e.legacy_wrap("'" + path_ + "': reading compressed cluster at " + hex(host)), {});
+    if (e) return done(e.wrap("reading", "compressed cluster", host).image(path_), {});
     auto cluster = std::make_shared<std::vector<std::byte>>(cs);
     const Codec codec = hdr_.compression_type == kCompressionZstd ? Codec::zstd : Codec::zlib;
     if (Error d = decompress_cluster(codec, *packed, *cluster))
-      return done(d.legacy_wrap("'" + path_ + "': compressed cluster at " + hex(host) + " (guest offset " +
-                         hex(run.cluster_start) + ")"),
+      return done(d.wrap("decompressing", "compressed cluster (guest offset " + hex(run.cluster_start) + ")", host)
+                      .image(path_),
                   {});
     std::memcpy(buf.data(), cluster->data() + in_cluster, n);
     zcache_host_ = host;
@@ -106,9 +106,11 @@ void QcowImage::read_compressed(const Run& run, uint64_t guest, std::span<std::b
 // clusters with a reference, counted up to a threshold, against the clusters the file really
 // occupies. Only then does block status look at the file's holes, so map agrees with
 // qemu-img's on every image (a compressed run or a freed cluster leaves holes too).
+// Computed once, at open (it reads refcounts, synchronously): block_status only asks.
 bool QcowImage::looks_preallocated() {
   if (prealloc_known_) return prealloc_;
   prealloc_known_ = true;
+  Refcounts::SyncLoads loads(refs_.get());
   if (hdr_.version == 1) return false;  // QEMU's qcow driver never asks
   auto len = file_->size();
   auto used = file_->allocated_size();
@@ -139,41 +141,42 @@ bool QcowImage::looks_preallocated() {
 
 void QcowImage::block_status(uint64_t offset, uint64_t length, ExtentHandler done) {
   if (offset > size_ || length > size_ - offset) {
-    io_.post([done, e = Error(Errc::out_of_range, "block status beyond the end of '" + path_ + "'")] {
+    io_.post([done, e = Error(Errc::out_of_range, "beyond the end of the image").image(path_).op("block status").at(offset)] {
       done(e, {});
     });
     return;
   }
   lookup(offset, length, [this, done](Error e, Run run) {
     Extent x;
-    if (!e) {
-      x.length = run.length;
-      x.encrypted = cipher_ != nullptr || hdr_.crypt_method != kCryptNone;
-      switch (run.kind) {
-        case Run::Kind::unallocated: x.kind = Extent::Kind::unallocated; break;
-        case Run::Kind::zero: x.kind = Extent::Kind::zero; break;
-        case Run::Kind::data:
-          x.kind = Extent::Kind::data;
-          x.host_offset = run.host_offset;
-          // Preallocated clusters never written are holes in the file: they read as zeros
-          // (qemu-img map says zero and data). Split the run where that changes.
-          if (!cipher_ && hdr_.crypt_method == kCryptNone && looks_preallocated()) {
-            if (auto fx = data_->extent_at(run.host_offset); fx && fx->length) {
-              x.length = std::min(x.length, fx->length);
-              x.zero_data = !fx->data;
-            } else if (fx) {
+    if (e) return io_.post([done, e] { done(e, {}); });
+    x.length = run.length;
+    x.encrypted = cipher_ != nullptr || hdr_.crypt_method != kCryptNone;
+    if (run.host_reserved) x.host_offset = run.host_offset;
+    switch (run.kind) {
+      case Run::Kind::unallocated: x.kind = Extent::Kind::unallocated; break;
+      case Run::Kind::zero: x.kind = Extent::Kind::zero; break;
+      case Run::Kind::compressed:
+        x.kind = Extent::Kind::data;
+        x.compressed = true;
+        break;
+      case Run::Kind::data:
+        x.kind = Extent::Kind::data;
+        x.host_offset = run.host_offset;
+        // Preallocated clusters never written are holes in the file: they read as zeros
+        // (qemu-img map says zero and data). Split the run where that changes.
+        if (!cipher_ && hdr_.crypt_method == kCryptNone && prealloc_)
+          return data_->async_extent_at(run.host_offset, [this, x, done](Error fe, FileExtent fx) mutable {
+            if (!fe && fx.length) {
+              x.length = std::min(x.length, fx.length);
+              x.zero_data = !fx.data;
+            } else if (!fe) {
               x.zero_data = true;  // past the end of the file: reads as zeros
             }
-          }
-          break;
-        case Run::Kind::compressed:
-          x.kind = Extent::Kind::data;
-          x.compressed = true;
-          break;
-      }
-      if (run.host_reserved) x.host_offset = run.host_offset;
+            done({}, x);  // the extent call completed asynchronously: not inline
+          });
+        break;
     }
-    io_.post([done, e, x] { done(e, x); });
+    io_.post([done, x] { done({}, x); });
   });
 }
 

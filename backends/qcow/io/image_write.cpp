@@ -5,6 +5,7 @@
 
 #include "backends/qcow/io/cluster_alloc.h"
 #include "backends/qcow/io/flush_request.h"
+#include "backends/qcow/io/l2_prepare.h"
 #include "backends/qcow/meta/header.h"
 #include "backends/qcow/image.h"
 #include "backends/qcow/io/write_request.h"
@@ -13,17 +14,16 @@
 namespace vd::qcow {
 
 Error QcowImage::refuse_write(const char* op) const {
-  if (flags_ & open_read_only)
-    return Error(Errc::read_only, std::string(op) + " refused: '" + path_ + "' is open read-only");
-  if (closed_) return Error(Errc::invalid_argument, std::string(op) + " on closed image '" + path_ + "'");
+  if (flags_ & open_read_only) return Error(Errc::read_only, "the image is open read-only").image(path_).op(op);
+  if (closed_) return Error(Errc::invalid_argument, "the image is closed").image(path_).op(op);
   return {};
 }
 
 namespace {
 Error range_error(const std::string& path, const char* op, uint64_t off, uint64_t len, uint64_t size) {
-  return Error(Errc::out_of_range, std::string(op) + " of " + std::to_string(len) + " bytes at " + hex(off) +
-                                       " is beyond the end of '" + path + "' (" + std::to_string(size) +
-                                       " bytes)");
+  return Error(Errc::out_of_range, std::to_string(len) + " bytes go beyond the end of the image (" +
+                                       std::to_string(size) + " bytes)")
+      .image(path).op(op).at(off);
 }
 }  // namespace
 
@@ -103,55 +103,6 @@ void QcowImage::flush_finished(Error e) {
   for (auto& g : gated) begin_write(std::move(g));
 }
 
-// ---- Clusters in flight -----------------------------------------------------------------
-
-void QcowImage::wait_cluster(uint64_t guest_cluster, std::function<void()> retry) {
-  busy_[guest_cluster].push_back(std::move(retry));
-}
-
-void QcowImage::mark_busy(uint64_t first, uint64_t count) {
-  for (uint64_t c = first; c < first + count; ++c) busy_.try_emplace(c);
-}
-
-void QcowImage::clear_busy(uint64_t first, uint64_t count) {
-  std::vector<std::function<void()>> wake;
-  for (uint64_t c = first; c < first + count; ++c) {
-    auto node = busy_.extract(c);
-    if (node.empty()) continue;
-    for (auto& w : node.mapped()) wake.push_back(std::move(w));
-  }
-  for (auto& w : wake) io_.post(std::move(w));
-}
-
-void QcowImage::begin_in_place(uint64_t first, uint64_t count) {
-  for (uint64_t c = first; c < first + count; ++c) ++in_place_[c];
-}
-
-void QcowImage::end_in_place(uint64_t first, uint64_t count) {
-  std::vector<std::function<void()>> wake;
-  for (uint64_t c = first; c < first + count; ++c) {
-    auto it = in_place_.find(c);
-    if (it == in_place_.end() || --it->second) continue;
-    in_place_.erase(it);
-    auto node = in_place_waiters_.extract(c);
-    if (node.empty()) continue;
-    for (auto& w : node.mapped()) wake.push_back(std::move(w));
-  }
-  for (auto& w : wake) io_.post(std::move(w));
-}
-
-void QcowImage::after_in_place(uint64_t first, uint64_t count, std::function<void()> go) {
-  for (uint64_t c = first; c < first + count; ++c) {
-    if (!in_place_.count(c)) continue;
-    // Wait for this one, then look at the rest again (the busy mark keeps new ones out).
-    in_place_waiters_[c].push_back([this, first, count, go = std::move(go)]() mutable {
-      after_in_place(first, count, std::move(go));
-    });
-    return;
-  }
-  go();
-}
-
 // ---- Tables -----------------------------------------------------------------------------
 
 L2Table& QcowImage::l2_for_update(uint64_t l2_offset) {
@@ -178,9 +129,39 @@ Result<uint64_t> QcowImage::allocate_clusters(uint64_t count) {
   }
   auto at = refs_->allocate(count);
   if (!at) return at.error();
-  if (Error e = check_allocation(*at, count * cs)) return e;
+  if (Error e = check_allocation(*at, count * cs)) {
+    (void)refs_->unallocate(*at, count);  // never referenced: free again at once
+    return e;
+  }
   grew_to(*at + count * cs);
   return at;
+}
+
+void QcowImage::refcount_step(std::function<Error()> attempt, Completion then) {
+  Error e;
+  {
+    Refcounts::AsyncLoads no_blocking(refs_.get());
+    e = attempt();
+  }
+  if (!refs_ || !Refcounts::is_miss(e)) return then(e);
+  auto block = refs_->take_miss();
+  if (!block) return then(Error(Errc::internal, "a refcount miss without a block").image(path_));
+  refs_->load_block(*block, [this, attempt = std::move(attempt), then = std::move(then)](Error le) mutable {
+    if (le) return then(le);
+    refcount_step(std::move(attempt), std::move(then));
+  });
+}
+
+void QcowImage::allocate_clusters_async(uint64_t count, std::function<void(Error, uint64_t)> done) {
+  auto at = std::make_shared<uint64_t>(0);
+  refcount_step(
+      [this, count, at]() -> Error {
+        auto r = allocate_clusters(count);
+        if (!r) return r.error();
+        *at = *r;
+        return {};
+      },
+      [at, done = std::move(done)](Error e) { done(e, e ? 0 : *at); });
 }
 
 // The file is as long as what has been allocated in it, written or not yet.
@@ -188,16 +169,16 @@ void QcowImage::grew_to(uint64_t end) {
   file_end_ = std::max(file_end_, end);
 }
 
+// Clusters allocated for a request that failed: free again at once (never referenced). The
+// file is not trimmed: a truncate would run on the pool after later allocations may have
+// been placed (and written) past these clusters, and the next allocation reuses them anyway.
 void QcowImage::rollback_clusters(uint64_t host, uint64_t count) {
   const uint64_t cs = layout_.cluster_size();
   if (hdr_.version == 1) {
     if (v1_end_ == host + count * cs) v1_end_ = host;
     return;
   }
-  (void)refs_->unallocate(host, count);
-  // Give back the space if the file grew for these clusters and nothing came after them.
-  auto sz = file_->size();
-  if (sz && *sz > host && refs_->allocated_end() <= host) (void)file_->set_size(host);
+  (void)refs_->unallocate(host, count);  // loaded: allocate placed them
 }
 
 void QcowImage::release_entry(uint64_t e, uint64_t /*bitmap*/) {
@@ -215,42 +196,31 @@ void QcowImage::release_entry(uint64_t e, uint64_t /*bitmap*/) {
 }
 
 void QcowImage::prepare_l2(uint64_t l1_index, std::function<void(Error, uint64_t)> done) {
-  if (auto it = l1_busy_.find(l1_index); it != l1_busy_.end()) {
-    // Another request is copying this table: retry once it is linked.
-    it->second.push_back([this, l1_index, done] { prepare_l2(l1_index, done); });
-    return;
+  L2PrepareRequest::start(*this, l1_index, std::move(done));
+}
+
+void QcowImage::install_l2(uint64_t l1_index, uint64_t old, uint64_t at, const L2Ptr& from) {
+  auto t = from ? std::make_shared<L2Table>(*from) : std::make_shared<L2Table>(layout_.l2_table_bytes() / 8, 0);
+  dirty_l2_[at] = t;
+  cache_.insert(at, t);
+  // Crash safety: the flush writes this table before the L1 entry pointing at it.
+  l1_[l1_index] = hdr_.version == 1 ? at : (at | kOflagCopied);
+  l2_moved(old, at);
+  mark_l1_dirty(l1_index);
+  // A table shared with a snapshot loses the reference the active L1 held.
+  if (old && refs_) refs_->release_later(old, layout_.cluster_size());
+}
+
+void QcowImage::link_entries(uint64_t l2_offset, uint64_t guest, std::span<const uint64_t> entries) {
+  L2Table& t = l2_for_update(l2_offset);
+  const uint64_t words = layout_.words_per_entry();
+  for (uint64_t k = 0; k * words < entries.size(); ++k) {
+    const uint64_t i = layout_.l2_index(guest + k * layout_.cluster_size()) * words;
+    const uint64_t old = t[i];
+    for (uint64_t w = 0; w < words; ++w) t[i + w] = entries[k * words + w];
+    // Invariant 2: the old cluster's reference is dropped only after the flush wrote this table.
+    if (old) release_entry(old, 0);
   }
-  const uint64_t entry = l1_[l1_index];
-  const uint64_t old = layout_.l2_offset(entry);
-  const bool writable = old && (hdr_.version == 1 || (entry & kOflagCopied));
-  if (writable)
-    return get_l2(l1_index, old, [done, old](Error e, L2Ptr) { done(e, old); });
-  auto link = [this, l1_index, old, done](L2Ptr from) {
-    const uint64_t cs = layout_.cluster_size();
-    const uint64_t clusters = (layout_.l2_table_bytes() + cs - 1) / cs;
-    auto at = allocate_clusters(clusters);
-    if (!at) return done(at.error(), 0);
-    auto t = from ? std::make_shared<L2Table>(*from)
-                  : std::make_shared<L2Table>(layout_.l2_table_bytes() / 8, 0);
-    dirty_l2_[*at] = t;
-    cache_.insert(*at, t);
-    // Crash safety: the flush writes this table before the L1 entry pointing at it.
-    l1_[l1_index] = hdr_.version == 1 ? *at : (*at | kOflagCopied);
-    l2_moved(old, *at);
-    mark_l1_dirty(l1_index);
-    // A table shared with a snapshot loses the reference the active L1 held.
-    if (old && refs_) refs_->release_later(old, cs);
-    done({}, *at);
-  };
-  if (!old) return link(nullptr);  // synchronous: nobody can interleave
-  l1_busy_[l1_index];
-  get_l2(l1_index, old, [this, l1_index, link, done](Error e, L2Ptr t) {
-    auto waiters = std::move(l1_busy_[l1_index]);
-    l1_busy_.erase(l1_index);
-    if (e) done(e, 0);
-    else link(std::move(t));
-    for (auto& w : waiters) io_.post(std::move(w));
-  });
 }
 
 Result<uint64_t> QcowImage::allocate_bytes(uint64_t length) {
@@ -294,6 +264,18 @@ Result<uint64_t> QcowImage::allocate_bytes(uint64_t length) {
   return at;
 }
 
+void QcowImage::allocate_bytes_async(uint64_t length, std::function<void(Error, uint64_t)> done) {
+  auto at = std::make_shared<uint64_t>(0);
+  refcount_step(
+      [this, length, at]() -> Error {
+        auto r = allocate_bytes(length);
+        if (!r) return r.error();
+        *at = *r;
+        return {};
+      },
+      [at, done = std::move(done)](Error e) { done(e, e ? 0 : *at); });
+}
+
 // ---- Content reads for fills ------------------------------------------------------------
 
 void QcowImage::read_through(uint64_t offset, std::span<std::byte> buf, Completion done) {
@@ -330,20 +312,26 @@ void QcowImage::read_through(uint64_t offset, std::span<std::byte> buf, Completi
 
 Error QcowImage::encrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf) const {
   const uint64_t sector = (hdr_.crypt_method == kCryptLuks ? host : guest) / 512;
-  if (Error e = cipher_->encrypt(sector, buf)) return e.legacy_wrap("'" + path_ + "': encrypting data for " + hex(host));
+  if (Error e = cipher_->encrypt(sector, buf)) return e.wrap("encrypting", "data", host).image(path_);
   return {};
 }
 
 // ---- Header -----------------------------------------------------------------------------
 
-Error QcowImage::write_metadata_header() {
+Result<std::vector<std::byte>> QcowImage::encode_metadata_header() {
   if (refs_) {
     hdr_.refcount_table_offset = refs_->table_offset();
     hdr_.refcount_table_clusters = refs_->table_clusters();
   }
   auto bytes = encode_header(hdr_);
-  if (!bytes) return bytes.error().legacy_wrap("'" + path_ + "': encoding the header");
-  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.legacy_wrap("'" + path_ + "': writing the header");
+  if (!bytes) return bytes.error().wrap("encoding", "the header").image(path_);
+  return bytes;
+}
+
+Error QcowImage::write_metadata_header() {
+  auto bytes = encode_metadata_header();
+  if (!bytes) return bytes.error();
+  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.wrap("writing", "the header", 0).image(path_);
   header_dirty_ = false;
   return {};
 }

@@ -16,13 +16,12 @@ constexpr uint64_t kMaxAllocBytes = 8ull << 20;
 
 void WriteRequest::start(QcowImage& img, uint64_t offset, std::span<const std::byte> data,
                          unsigned flags, Completion done) {
-  std::shared_ptr<WriteRequest> r(new WriteRequest(img, offset, data, flags, std::move(done)));
-  r->next();
+  launch(&WriteRequest::next, img.io(), std::move(done), img, offset, data, flags);
 }
 
-WriteRequest::WriteRequest(QcowImage& img, uint64_t offset, std::span<const std::byte> data,
-                           unsigned flags, Completion done)
-    : img_(img), pos_(offset), rest_(data), flags_(flags), done_(std::move(done)) {}
+WriteRequest::WriteRequest(IoProvider& io, Completion done, QcowImage& img, uint64_t offset,
+                           std::span<const std::byte> data, unsigned flags)
+    : Request(io, std::move(done)), img_(img), pos_(offset), rest_(data), flags_(flags) {}
 
 void WriteRequest::next() {
   if (rest_.empty()) return finish({});
@@ -35,12 +34,10 @@ void WriteRequest::handle_lookup(Error e, const Run& run) {
   if (e) return finish(e);
   const uint32_t cb = img_.layout().cluster_bits;
   const uint64_t first = pos_ >> cb, last = (pos_ + run.length - 1) >> cb;
-  for (uint64_t c = first; c <= last; ++c) {
-    if (img_.cluster_busy(c)) {
-      // Another request is allocating this cluster: look again once it is done.
-      img_.wait_cluster(c, [self = shared_from_this()] { self->next(); });
-      return;
-    }
+  if (uint64_t c; img_.clusters().any_held(first, last - first + 1, &c)) {
+    // Another request is allocating this cluster: look again once it is done.
+    img_.clusters().wait(c, [self = shared_from_this()] { self->next(); });
+    return;
   }
   if ((flags_ & write_compressed) && try_compressed(run)) return;
   if (run.kind == Run::Kind::data && run.copied) return write_in_place(run);
@@ -50,9 +47,9 @@ void WriteRequest::handle_lookup(Error e, const Run& run) {
 void WriteRequest::write_in_place(const Run& run) {
   const uint32_t cb = img_.layout().cluster_bits;
   const uint64_t first = pos_ >> cb, count = ((pos_ + run.length - 1) >> cb) - first + 1;
-  img_.begin_in_place(first, count);
+  img_.clusters().share(first, count);
   auto landed = [self = shared_from_this(), first, count, n = run.length](Error e) {
-    self->img_.end_in_place(first, count);
+    self->img_.clusters().unshare(first, count);
     self->advance(e, n);
   };
   // The L2 entry came from the image: a corrupt one may point at metadata.
@@ -61,7 +58,7 @@ void WriteRequest::write_in_place(const Run& run) {
   if (img_.cipher()) return write_in_place_encrypted(run, std::move(landed));
   img_.data_file().async_write(IoKind::data, run.host_offset, rest_.first(run.length),
                                [this, landed, host = run.host_offset](Error e) {
-                                 landed(e ? e.legacy_wrap("'" + img_.path() + "': writing data at " + hex(host)) : e);
+                                 landed(e ? e.wrap("writing", "data", host).image(img_.path()) : e);
                                });
 }
 
@@ -85,9 +82,9 @@ void WriteRequest::write_in_place_encrypted(const Run& run, std::function<void(E
   // (writers check busy clusters before they start: handle_lookup).
   const uint32_t cb = img_.layout().cluster_bits;
   const uint64_t first = pos_ >> cb, count = ((pos_ + n - 1) >> cb) - first + 1;
-  img_.mark_busy(first, count);
+  img_.clusters().lock(first, count);
   auto release = [self, first, count, landed](Error e) {
-    self->img_.clear_busy(first, count);
+    self->img_.clusters().unlock(first, count);
     landed(e);
   };
   img_.read_through(guest0, bounce_, [write, release](Error e) {
@@ -105,8 +102,8 @@ void WriteRequest::allocate(const Run& run) {
   // Extended L2 can end a run inside a cluster; the whole cluster is rewritten, so the data
   // for this request is what falls inside the allocated clusters.
   const uint64_t n = std::min<uint64_t>(rest_.size(), first + count * cs - pos_);
-  img_.mark_busy(first / cs, count);
-  img_.after_in_place(first / cs, count, [self = shared_from_this(), first, count, n] {
+  img_.clusters().lock(first / cs, count);
+  img_.clusters().when_unshared(first / cs, count, [self = shared_from_this(), first, count, n] {
     ClusterAllocRequest::start(self->img_, first, count, self->pos_, self->rest_.first(n),
                                [self, n](Error e) { self->advance(e, n); });
   });
@@ -122,17 +119,16 @@ bool WriteRequest::try_compressed(const Run& run) {
   uint64_t n = cs;
   if (rest_.size() < cs) n = rest_.size();
   if ((pos_ & (cs - 1)) || (n < cs && pos_ + n != img_.size())) {
-    finish(Error(Errc::invalid_argument, "'" + img_.path() + "': compressed write at " + hex(pos_) +
-                                             " is not a whole cluster"));
+    finish(Error(Errc::invalid_argument, "not a whole cluster").image(img_.path()).op("compressed write").at(pos_));
     return true;
   }
   const bool empty = (run.kind == Run::Kind::unallocated || run.kind == Run::Kind::zero) && !run.host_reserved;
   if (!empty) {
-    finish(Error(Errc::io, "'" + img_.path() + "': compressed write at " + hex(pos_) +
-                               " refused: the cluster is allocated (compression cannot overwrite)"));
+    finish(Error(Errc::io, "refused: the cluster is allocated (compression cannot overwrite)")
+               .image(img_.path()).op("compressed write").at(pos_));
     return true;
   }
-  img_.mark_busy(pos_ / cs, 1);
+  img_.clusters().lock(pos_ / cs, 1);
   CompressedWriteRequest::start(img_, pos_, rest_.first(n),
                                 [self = shared_from_this(), n](Error e) { self->advance(e, n); });
   return true;
@@ -143,11 +139,6 @@ void WriteRequest::advance(Error e, uint64_t n) {
   pos_ += n;
   rest_ = rest_.subspan(n);
   next();
-}
-
-void WriteRequest::finish(Error e) {
-  auto done = std::move(done_);
-  done(e);
 }
 
 }  // namespace vd::qcow

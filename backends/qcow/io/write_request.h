@@ -3,7 +3,8 @@
 //   - anything else goes through a ClusterAllocRequest (cluster_alloc.h), or, with
 //     write_compressed, through a compressed cluster write;
 //   - clusters another request is allocating are waited for, then looked up again.
-// Runs are handled one after another; the completion runs once, with the first error.
+// Runs are handled one after another; the completion runs once, with the first error, and
+// never inside the call that started the request (io/request.h).
 #pragma once
 
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "backends/qcow/io/request.h"
 #include "backends/qcow/meta/mapping.h"
 #include "vd/io.h"
 
@@ -19,14 +21,15 @@ namespace vd::qcow {
 
 class QcowImage;
 
-class WriteRequest : public std::enable_shared_from_this<WriteRequest> {
+class WriteRequest : public Request<WriteRequest> {
  public:
   static void start(QcowImage& img, uint64_t offset, std::span<const std::byte> data,
                     unsigned flags, Completion done);
 
  private:
-  WriteRequest(QcowImage& img, uint64_t offset, std::span<const std::byte> data, unsigned flags,
-               Completion done);
+  friend class Request<WriteRequest>;
+  WriteRequest(IoProvider& io, Completion done, QcowImage& img, uint64_t offset,
+               std::span<const std::byte> data, unsigned flags);
   void next();
   void handle_lookup(Error e, const Run& run);
   void write_in_place(const Run& run);
@@ -34,13 +37,11 @@ class WriteRequest : public std::enable_shared_from_this<WriteRequest> {
   void allocate(const Run& run);
   bool try_compressed(const Run& run);
   void advance(Error e, uint64_t n);
-  void finish(Error e);
 
   QcowImage& img_;
   uint64_t pos_;
   std::span<const std::byte> rest_;
   unsigned flags_;
-  Completion done_;
   std::vector<std::byte> bounce_;
 };
 

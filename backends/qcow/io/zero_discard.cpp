@@ -15,14 +15,14 @@ std::span<const std::byte> zero_buffer() {
 }
 }  // namespace
 
-void ZeroRequest::start(QcowImage& img, uint64_t offset, uint64_t length, unsigned, Mode mode,
+void ZeroRequest::start(QcowImage& img, uint64_t offset, uint64_t length, unsigned flags, Mode mode,
                         Completion done) {
-  std::shared_ptr<ZeroRequest> r(new ZeroRequest(img, offset, length, mode, std::move(done)));
-  r->run();
+  launch(&ZeroRequest::run, img.io(), std::move(done), img, offset, length, flags, mode);
 }
 
-ZeroRequest::ZeroRequest(QcowImage& img, uint64_t offset, uint64_t length, Mode mode, Completion done)
-    : img_(img), offset_(offset), length_(length), mode_(mode), done_(std::move(done)) {}
+ZeroRequest::ZeroRequest(IoProvider& io, Completion done, QcowImage& img, uint64_t offset, uint64_t length,
+                         unsigned flags, Mode mode)
+    : Request(io, std::move(done)), img_(img), offset_(offset), length_(length), flags_(flags), mode_(mode) {}
 
 void ZeroRequest::run() {
   const Header& h = img_.header();
@@ -91,12 +91,12 @@ void ZeroRequest::handle_table(Error e, uint64_t l2_offset) {
   if (e) return finish(e);
   const Layout& l = img_.layout();
   const uint64_t chunk_end = std::min(end_, (pos_ | (l.l2_coverage() - 1)) + 1);
-  for (uint64_t g = pos_; g < chunk_end; g += l.cluster_size()) {
-    const uint64_t c = g >> l.cluster_bits;
-    if (img_.cluster_busy(c)) {  // an allocation in flight: wait for it, then redo the chunk
-      img_.wait_cluster(c, [self = shared_from_this()] { self->next_chunk(); });
-      return;
-    }
+  const uint64_t first = pos_ >> l.cluster_bits;
+  const uint64_t count = ((chunk_end - 1) >> l.cluster_bits) - first + 1;
+  if (uint64_t c; img_.clusters().any_held(first, count, &c)) {
+    // An allocation in flight: wait for it, then redo the chunk.
+    img_.clusters().wait(c, [self = shared_from_this()] { self->next_chunk(); });
+    return;
   }
   apply(l2_offset);
 }
@@ -117,8 +117,15 @@ void ZeroRequest::apply(uint64_t l2_offset) {
     const uint64_t old = t[i], old_bitmap = l.extended_l2 ? t[i + 1] : 0;
     const bool allocated = (old & kOflagCompressed) || (old & kL2OffsetMask) ||
                            (img_.header().data_file && (old & kOflagCopied));
+    // Zero writes without zero_may_unmap keep an allocated cluster's host space (v3 zero
+    // flag or subcluster zero bits over it), as QEMU does; compressed data always goes.
+    const bool keep = mode_ == Mode::zero && v3 && allocated && !(flags_ & zero_may_unmap) &&
+                      !(old & kOflagCompressed);
     uint64_t e = old, bitmap = old_bitmap;
-    if (mode_ == Mode::zero || backing || allocated) {
+    if (keep) {
+      if (l.extended_l2) bitmap = all_zero;
+      else e = old | kOflagZero;
+    } else if (mode_ == Mode::zero || backing || allocated) {
       if (l.extended_l2) {
         e = 0;
         bitmap = all_zero;
@@ -129,24 +136,25 @@ void ZeroRequest::apply(uint64_t l2_offset) {
     if (e == old && bitmap == old_bitmap) continue;
     t[i] = e;
     if (l.extended_l2) t[i + 1] = bitmap;
+    if (keep) continue;
     if (allocated) img_.release_entry(old, old_bitmap);
-    if (allocated && punch_data_file)
-      if (Error pe = punch(g, std::min(l.cluster_size(), img_.size() - g))) return finish(pe);
+    if (allocated && punch_data_file) punches_.emplace_back(g, std::min(l.cluster_size(), img_.size() - g));
   }
   pos_ = chunk_end;
-  next_chunk();
+  punch();
 }
 
-Error ZeroRequest::punch(uint64_t offset, uint64_t length) {
-  if (Error e = img_.data_file().discard(offset, length))
-    return e.legacy_wrap("'" + img_.path() + "': deallocating " + std::to_string(length) + " bytes of the data file at " +
-                  hex(offset));
-  return {};
-}
-
-void ZeroRequest::finish(Error e) {
-  auto done = std::move(done_);
-  img_.io().post([done, e] { done(e); });
+// The external data file's clusters just deallocated in the table: punch them there too,
+// one after another, then the next L2 table.
+void ZeroRequest::punch() {
+  if (punches_.empty()) return next_chunk();
+  auto [off, len] = punches_.back();
+  punches_.pop_back();
+  img_.data_file().async_discard(off, len, [self = shared_from_this(), off, len](Error e) {
+    if (e) return self->finish(e.wrap("deallocating " + std::to_string(len) + " bytes of", "the data file", off)
+                                   .image(self->img_.path()));
+    self->punch();
+  });
 }
 
 }  // namespace vd::qcow

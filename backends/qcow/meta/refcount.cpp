@@ -5,6 +5,18 @@
 #include "backends/qcow/meta/format.h"
 
 namespace vd::qcow {
+namespace {
+constexpr const char* kMissText = "refcount block not loaded";
+}  // namespace
+
+// The second phase of an update or allocation: blocks it did not read count as full.
+struct Refcounts::Mutating {
+  Refcounts& r;
+  bool was;
+  explicit Mutating(Refcounts& rc) : r(rc), was(rc.placing_run_) { r.placing_run_ = true; }
+  ~Mutating() { r.placing_run_ = was; }
+};
+
 
 Refcounts::Refcounts(File& file, std::string path, Config config)
     : file_(file), path_(std::move(path)), cfg_(config) {}
@@ -19,7 +31,7 @@ Error Refcounts::load(uint64_t file_end) {
   const uint64_t bytes = uint64_t{cfg_.table_clusters} << cfg_.cluster_bits;
   std::vector<std::byte> raw(bytes);
   if (Error e = file_.read(IoKind::meta, cfg_.table_offset, raw))
-    return e.legacy_wrap("'" + path_ + "': reading the refcount table");
+    return e.wrap("reading", "the refcount table", cfg_.table_offset).image(path_);
   table_.resize(bytes / 8);
   for (size_t i = 0; i < table_.size(); ++i) table_[i] = load_be64(raw.data() + i * 8);
   file_end_ = file_end;
@@ -94,18 +106,47 @@ Result<Refcounts::Block*> Refcounts::block_for(uint64_t cluster, bool create) {
     return raw;
   }
   const uint64_t off = table_[b] & kReftableOffsetMask;
+  if (Error e = check_block_location(b, off)) return e;
+  if (sync_loads_) return read_block_now(b, off);
+  miss_ = b;  // the data path loads it asynchronously and tries again
+  return Error(Errc::busy, kMissText);
+}
+
+Error Refcounts::check_block_location(uint64_t b, uint64_t off) const {
   if (off & (cluster_size() - 1))
-    return Error(Errc::corrupt, "'" + path_ + "': Refblock offset " + hex(off) +
-                                    " unaligned (reftable index: " + hex(b) + ")");
+    return Error(Errc::corrupt, "Refblock offset " + hex(off) + " unaligned (reftable index: " + hex(b) + ")")
+        .image(path_).structure("refcount block").at(off);
   if (off > file_end_ || cluster_size() > file_end_ - off)
-    return Error(Errc::corrupt, "'" + path_ + "': Refblock at " + hex(off) + " (reftable index: " +
-                                    hex(b) + ") lies beyond the end of the file");
+    return Error(Errc::corrupt, "Refblock at " + hex(off) + " (reftable index: " + hex(b) +
+                                    ") lies beyond the end of the file")
+        .image(path_).structure("refcount block").at(off);
+  return {};
+}
+
+Result<Refcounts::Block*> Refcounts::read_block_now(uint64_t b, uint64_t off) {
   auto blk = std::make_unique<Block>(cluster_size());
-  if (Error e = file_.read(IoKind::meta, off, *blk))
-    return e.legacy_wrap("'" + path_ + "': reading refcount block at " + hex(off));
+  if (Error e = file_.read(IoKind::meta, off, *blk)) return e.wrap("reading", "refcount block", off).image(path_);
   Block* raw = blk.get();
   blocks_.emplace(b, std::move(blk));
   return raw;
+}
+
+bool Refcounts::is_miss(const Error& e) { return e.is(Errc::busy) && e.detail() == kMissText; }
+
+void Refcounts::load_block(uint64_t b, Completion done) {
+  if (blocks_.count(b) || b >= table_.size() || table_[b] == 0) return done({});
+  const uint64_t off = table_[b] & kReftableOffsetMask;
+  if (Error e = check_block_location(b, off)) return done(e);
+  auto& waiters = loads_[b];
+  waiters.push_back(std::move(done));
+  if (waiters.size() > 1) return;  // joined the load in flight
+  auto blk = std::make_shared<Block>(cluster_size());
+  file_.async_read(IoKind::meta, off, *blk, [this, b, off, blk](Error e) {
+    if (e) e = e.wrap("reading", "refcount block", off).image(path_);
+    else if (!blocks_.count(b)) blocks_.emplace(b, std::make_unique<Block>(std::move(*blk)));
+    auto node = loads_.extract(b);
+    for (auto& w : node.mapped()) w(e);
+  });
 }
 
 Result<uint64_t> Refcounts::get_cluster(uint64_t cluster) {
@@ -126,6 +167,10 @@ Error Refcounts::set_cluster(uint64_t cluster, uint64_t value) {
 
 Result<bool> Refcounts::cluster_free(uint64_t cluster) {
   auto v = get_cluster(cluster);
+  if (!v && placing_run_ && is_miss(v.error())) {
+    miss_.reset();
+    return false;  // cannot see that it is free: never hand it out
+  }
   if (!v) return v.error();
   return *v == 0;
 }
@@ -144,13 +189,14 @@ Error Refcounts::update(uint64_t offset, uint64_t length, int64_t delta) {
     auto v = get_cluster(c);
     if (!v) return v.error();
     if (delta < 0 && *v < static_cast<uint64_t>(-delta))
-      return Error(Errc::corrupt, "'" + path_ + "': refcount of cluster " + hex(c << cfg_.cluster_bits) +
-                                      " would drop below zero");
+      return Error(Errc::corrupt, "refcount of cluster " + hex(c << cfg_.cluster_bits) + " would drop below zero")
+          .image(path_).structure("refcount").at(c << cfg_.cluster_bits);
     if (delta > 0 && max_refcount() - *v < static_cast<uint64_t>(delta))
-      return Error(Errc::too_large, "'" + path_ + "': refcount of cluster " +
-                                        hex(c << cfg_.cluster_bits) + " would overflow");
+      return Error(Errc::too_large, "refcount of cluster " + hex(c << cfg_.cluster_bits) + " would overflow")
+          .image(path_).structure("refcount").at(c << cfg_.cluster_bits);
     values.push_back(*v + delta);
   }
+  Mutating mutating(*this);
   for (uint64_t c = first; c <= last; ++c) {
     if (Error e = set_cluster(c, values[c - first])) return e;
     if (values[c - first] == 0) free_hint_ = std::min(free_hint_, c);
@@ -186,7 +232,8 @@ Result<uint64_t> Refcounts::allocate(uint64_t count) {
         start = c + 1;
       }
     }
-    // Create the blocks that describe them, outside the run.
+    // Create the blocks that describe them, outside the run. From here on nothing may miss.
+    Mutating mutating(*this);
     avoid_lo_ = start;
     avoid_hi_ = start + count;
     for (uint64_t c = start; c < start + count; c += entries_per_block() - c % entries_per_block()) {
@@ -222,8 +269,9 @@ Error Refcounts::grow_table(uint64_t needed_entries) {
   uint64_t entries = std::max<uint64_t>(needed_entries + 2, table_.size() * 3 / 2);
   entries = (entries + epc - 1) / epc * epc;
   if (entries * 8 > kMaxRefcountTableBytes)
-    return Error(Errc::too_large, "'" + path_ + "': the refcount table would exceed " +
-                                      std::to_string(kMaxRefcountTableBytes >> 20) + " MiB");
+    return Error(Errc::too_large, "the refcount table would exceed " +
+                                      std::to_string(kMaxRefcountTableBytes >> 20) + " MiB")
+        .image(path_).structure("refcount table");
   const uint32_t clusters = static_cast<uint32_t>(entries / epc);
   // Enlarge in memory first so allocating the new table's clusters does not grow it again.
   table_.resize(entries, 0);
@@ -250,7 +298,7 @@ Error Refcounts::write_blocks() {
     if (guard_)
       if (Error e = guard_(off, cluster_size(), false)) return e;
     if (Error e = file_.write(IoKind::meta, off, *blocks_.at(b)))
-      return e.legacy_wrap("'" + path_ + "': writing refcount block at " + hex(off));
+      return e.wrap("writing", "refcount block", off).image(path_);
   }
   dirty_blocks_.clear();
   return {};
@@ -264,9 +312,29 @@ Error Refcounts::write_table(bool& table_moved) {
   if (guard_)
     if (Error e = guard_(cfg_.table_offset, raw.size(), true)) return e;
   if (Error e = file_.write(IoKind::meta, cfg_.table_offset, raw))
-    return e.legacy_wrap("'" + path_ + "': writing the refcount table at " + hex(cfg_.table_offset));
+    return e.wrap("writing", "the refcount table", cfg_.table_offset).image(path_);
   table_dirty_ = false;
   return {};
+}
+
+Result<std::vector<Refcounts::MetaWrite>> Refcounts::dirty_block_writes() {
+  std::vector<MetaWrite> out;
+  for (uint64_t b : dirty_blocks_) {
+    const uint64_t off = table_[b] & kReftableOffsetMask;
+    if (guard_)
+      if (Error e = guard_(off, cluster_size(), false)) return e;
+    out.push_back({off, *blocks_.at(b)});
+  }
+  return out;
+}
+
+Result<Refcounts::MetaWrite> Refcounts::table_write() {
+  table_bytes_.assign(uint64_t{cfg_.table_clusters} << cfg_.cluster_bits, std::byte{0});
+  for (size_t i = 0; i < table_.size() && i * 8 < table_bytes_.size(); ++i)
+    store_be64(table_bytes_.data() + i * 8, table_[i]);
+  if (guard_)
+    if (Error e = guard_(cfg_.table_offset, table_bytes_.size(), true)) return e;
+  return MetaWrite{cfg_.table_offset, table_bytes_};
 }
 
 void Refcounts::table_committed() {

@@ -10,11 +10,22 @@
 //      data) are held back and written only after the tables that dropped the references
 //      are on disk. A released cluster is reused only after that, so a crash can leak a
 //      cluster but never leave one referenced twice or referenced with refcount 0.
+//
+// Loading blocks: synchronous operations (open, check, snapshots, resize, create) read a
+// missing block at once through the synchronous File (the default). The data path never
+// blocks: its refcount steps run under `AsyncLoads` (QcowImage::refcount_step), where a
+// missing block is a *miss* — the call fails with `kMiss` before it changed
+// anything, `take_miss()` names the block, the request loads it with `load_block` (joined
+// like L2 loads: one read however many requests wait) and tries again. Loaded blocks stay.
+// Allocation scans only in its first phase can miss; once it places a run, it treats a block
+// that is not loaded as full (never hands out a cluster it cannot see is free).
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
+#include <span>
 #include <memory>
 #include <set>
 #include <string>
@@ -35,6 +46,31 @@ class Refcounts {
     uint32_t table_clusters = 0;
   };
   Refcounts(File& file, std::string path, Config config);
+
+  // The error a miss returns; the block to load is `take_miss()`.
+  static bool is_miss(const Error& e);
+  std::optional<uint64_t> take_miss() { return std::exchange(miss_, std::nullopt); }
+  // Loads refcount block `index` asynchronously (joined with a load in flight). Completes
+  // inline when it is already loaded; the caller is a request step, not a completion.
+  void load_block(uint64_t index, Completion done);
+  // Whether a missing block is read at once through the synchronous File (the default, for
+  // synchronous operations) or is a miss (within `AsyncLoads`, the data path's refcount steps).
+  class Loads {
+   public:
+    Loads(Refcounts* r, bool sync) : r_(r), was_(r && r->sync_loads_) { if (r_) r_->sync_loads_ = sync; }
+    ~Loads() { if (r_) r_->sync_loads_ = was_; }
+    Loads(const Loads&) = delete;
+    Loads& operator=(const Loads&) = delete;
+   private:
+    Refcounts* r_;
+    bool was_;
+  };
+  struct SyncLoads : Loads {
+    explicit SyncLoads(Refcounts* r) : Loads(r, true) {}
+  };
+  struct AsyncLoads : Loads {
+    explicit AsyncLoads(Refcounts* r) : Loads(r, false) {}
+  };
 
   // Reads the refcount table. `file_end` is the current file size.
   Error load(uint64_t file_end);
@@ -70,6 +106,17 @@ class Refcounts {
   Error write_blocks();
   bool table_dirty() const { return table_dirty_; }
   Error write_table(bool& table_moved);
+  // The same, for the asynchronous flush: what to write (offset, bytes; checked by the
+  // write guard), then `*_written()` once it is on disk. Nothing changes them meanwhile:
+  // writes are gated while a flush runs.
+  struct MetaWrite {
+    uint64_t offset;
+    std::span<const std::byte> bytes;
+  };
+  Result<std::vector<MetaWrite>> dirty_block_writes();
+  void blocks_written() { dirty_blocks_.clear(); }
+  Result<MetaWrite> table_write();  // bytes live until table_written()
+  void table_written() { table_dirty_ = false; }
   // After the header points at the new table: frees the old table's clusters.
   void table_committed();
   bool has_releases() const { return !releases_.empty(); }
@@ -102,6 +149,9 @@ class Refcounts {
   Error set_cluster(uint64_t cluster, uint64_t value);
   Error grow_table(uint64_t needed_entries);
   Result<bool> cluster_free(uint64_t cluster);  // refcount 0 (held-back releases are not 0 yet)
+  struct Mutating;
+  Error check_block_location(uint64_t index, uint64_t off) const;
+  Result<Block*> read_block_now(uint64_t index, uint64_t off);
 
   File& file_;
   std::string path_;
@@ -121,6 +171,11 @@ class Refcounts {
   uint64_t table_epoch_ = 0;
   std::vector<uint64_t> new_blocks_;  // placed since take_new_blocks
   WriteGuard guard_;
+  bool sync_loads_ = true;
+  bool placing_run_ = false;  // second phase of an allocation: an unloaded block counts as full
+  std::optional<uint64_t> miss_;
+  std::map<uint64_t, std::vector<Completion>> loads_;  // in flight, by table index
+  std::vector<std::byte> table_bytes_;                 // the table being written
 };
 
 }  // namespace vd::qcow
