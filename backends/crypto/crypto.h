@@ -1,5 +1,10 @@
 // Sector ciphers for encrypted QCOW images and LUKS volumes, on OpenSSL.
 //
+//   crypto_cipher.cpp   AES in XTS, CBC, CTR and ECB with the plain, plain64 and ESSIV IVs
+//   crypto_hash.cpp     hashes and PBKDF2 by their LUKS names
+//   crypto_legacy.cpp   legacy QCOW encryption (QCOW v1, QCOW2 crypt_method 1)
+//   (the LUKS1 header and key slots: luks.h)
+//
 // Data is encrypted in 512-byte sectors; each sector has its own IV derived from a sector
 // number. Which number is used depends on the container (checked against qemu-io 7.2 by
 // tests/qcow/crypto_test.cpp and luks_test.cpp):

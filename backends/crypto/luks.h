@@ -1,5 +1,13 @@
 // LUKS1 (cryptsetup's on-disk format, version 1), as QEMU uses it for raw LUKS volumes and
 // for QCOW2 crypt_method 2 (the header then lives in the crypto header extension's area).
+// Shared by the qcow and luks backends.
+//
+//   luks_header.cpp   parse and validate a header, serialize it
+//   luks_unlock.cpp   find the key slot a passphrase opens, recover the master key
+//   luks_af.cpp       the anti-forensic information splitter (AF split / merge)
+//   luks_create.cpp   a new header with one key slot, laid out as qemu-img does
+//   luks_info.cpp     qemu-img info's LUKS fields (luks images and QCOW2's "encrypt" block)
+//   (sector ciphers, hashes and PBKDF2: crypto.h)
 //
 // Layout (all integers big-endian; offsets relative to the start of the LUKS header):
 //    0  magic "LUKS\xba\xbe"      6  version (1)          8  cipher name[32] ("aes")

@@ -7,10 +7,10 @@
 //   image_io.cpp      LuksImage: the data path (sector-granular encrypt/decrypt)
 //   write_op.cpp      one guest write: lock its sectors, read-modify-write the partial ones
 //   sector_locks.cpp  serialises writes whose sectors overlap
-//   info.cpp          qemu-img info's LUKS fields (shared with anyone printing a LUKS header)
 //
-// The LUKS header, key slots and sector ciphers are the QCOW backend's (backends/qcow/luks.h,
-// crypto.h); this backend only places the payload in the file. QEMU's rules (block/crypto.c):
+// The LUKS header, key slots, sector ciphers and qemu-img info's LUKS fields are shared with
+// the QCOW backend (backends/crypto: luks.h, crypto.h); this backend only places the payload
+// in the file. QEMU's rules (block/crypto.c):
 //   - virtual size = the file size rounded up to whole sectors, minus the payload offset;
 //   - sector n of the guest disk is encrypted with the IV of sector number n (payload-relative);
 //   - create makes the file payload_offset + size bytes long (the size not rounded);
