@@ -111,6 +111,9 @@ class MemFile final : public File {
   void async_discard(uint64_t offset, uint64_t length, Completion done) override {
     boost::asio::post(ex_, [done = std::move(done), e = discard(offset, length)]() { done(e); });
   }
+  void async_allocate(uint64_t offset, uint64_t length, Completion done) override {
+    boost::asio::post(ex_, [done = std::move(done), e = allocate(offset, length)]() { done(e); });
+  }
   void async_set_size(uint64_t size, Completion done) override {
     boost::asio::post(ex_, [done = std::move(done), e = set_size(size)]() { done(e); });
   }

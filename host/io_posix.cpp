@@ -233,6 +233,9 @@ class PosixFile final : public File {
   void async_discard(uint64_t offset, uint64_t length, Completion done) override {
     submit([offset, length](const Fd& f) { return discard_fd(f, offset, length); }, std::move(done));
   }
+  void async_allocate(uint64_t offset, uint64_t length, Completion done) override {
+    submit([offset, length](const Fd& f) { return allocate_fd(f, offset, length); }, std::move(done));
+  }
   void async_set_size(uint64_t size, Completion done) override {
     submit([size](const Fd& f) { return truncate_fd(f, size); }, std::move(done));
   }

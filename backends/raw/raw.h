@@ -86,14 +86,13 @@ class RawImage final : public Image {
   void post(Completion done, Error e);
   void zero_range(uint64_t offset, uint64_t length, unsigned flags, bool unmap_only,
                   Completion done);
-  Error zero_now(uint64_t offset, uint64_t length, bool unmap);
+  void zero_now(uint64_t offset, uint64_t length, bool unmap, Completion done);
   void guarded_write(uint64_t offset, std::span<const std::byte> buf, unsigned flags,
                      Completion done);
   void write_checked(uint64_t offset, std::span<const std::byte> buf, unsigned flags,
                      std::shared_ptr<std::byte[]> sector, Completion done);
   void write_data(uint64_t offset, std::span<const std::byte> buf, unsigned flags,
                   Completion done);
-  Result<FileExtent> file_extent(uint64_t offset);
 
   const Backend& backend_;
   std::string path_;

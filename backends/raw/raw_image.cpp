@@ -4,6 +4,7 @@
 // Completions are never run inline: errors detected before any I/O and the results of
 // synchronous file calls (discard, zeroing) are delivered through IoProvider::post.
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "backends/raw/raw.h"
@@ -137,26 +138,33 @@ void RawImage::zero_range(uint64_t offset, uint64_t length, unsigned flags, bool
   if (!e) e = check_range(op, offset, length);
   if (e || length == 0) return post(std::move(done), e);
   const bool unmap = flags & zero_may_unmap;
-  if (!guarded(offset, length)) return post(std::move(done), zero_now(offset, length, unmap));
+  if (!guarded(offset, length)) return zero_now(offset, length, unmap, std::move(done));
   sector0_.enter([this, offset, length, unmap, done = std::move(done)]() mutable {
     const size_t sector_len = static_cast<size_t>(std::min<uint64_t>(kSectorSize, size_));
-    std::byte sector[kSectorSize] = {};
-    Error err = file_->read(IoKind::data, 0, std::span(sector, sector_len));
-    const size_t end = static_cast<size_t>(std::min<uint64_t>(offset + length, sector_len));
-    std::fill(sector + offset, sector + end, std::byte{0});
-    if (!err) err = guard_sector0(std::span(sector, sector_len));
-    if (!err) err = zero_now(offset, length, unmap);
-    sector0_.leave();
-    post(std::move(done), std::move(err));
+    auto sector = std::make_shared<std::array<std::byte, kSectorSize>>();
+    file_->async_read(IoKind::data, 0, std::span(sector->data(), sector_len),
+                      [this, offset, length, unmap, sector, sector_len, done = std::move(done)](Error err) mutable {
+                        const size_t end = static_cast<size_t>(std::min<uint64_t>(offset + length, sector_len));
+                        std::fill(sector->begin() + static_cast<std::ptrdiff_t>(offset),
+                                  sector->begin() + static_cast<std::ptrdiff_t>(end), std::byte{0});
+                        if (!err) err = guard_sector0(std::span(sector->data(), sector_len));
+                        auto leave = [this, done = std::move(done)](Error e) mutable {
+                          sector0_.leave();
+                          done(std::move(e));
+                        };
+                        if (err) return leave(std::move(err));
+                        zero_now(offset, length, unmap, std::move(leave));
+                      });
   });
 }
 
 // Without unmap the range must stay allocated: punch, then reserve it again (what
 // FALLOC_FL_ZERO_RANGE does in one call, which the File seam does not offer).
-Error RawImage::zero_now(uint64_t offset, uint64_t length, bool unmap) {
-  if (Error e = file_->discard(offset, length)) return e;
-  if (unmap) return {};
-  return file_->allocate(offset, length);
+void RawImage::zero_now(uint64_t offset, uint64_t length, bool unmap, Completion done) {
+  file_->async_discard(offset, length, [this, offset, length, unmap, done = std::move(done)](Error e) mutable {
+    if (e || unmap) return done(std::move(e));
+    file_->async_allocate(offset, length, std::move(done));
+  });
 }
 
 void RawImage::flush(Completion done) {
@@ -169,28 +177,29 @@ void RawImage::block_status(uint64_t offset, uint64_t length, ExtentHandler done
   Error e = check_open("block_status");
   if (!e) e = check_range("block_status", offset, length);
   Extent ext{length, Extent::Kind::data, offset, false, false};
-  if (!e && length) {
-    // Holes of a sparse file read as zeros: report them so map and convert skip them.
-    auto fx = file_extent(offset);
-    if (fx && fx->length) {
-      ext.length = std::min(length, fx->length);
-      if (!fx->data) ext.kind = Extent::Kind::zero;  // still at its place in the file
-    } else if (fx) {
+  if (e || !length) return post([done = std::move(done), ext](Error err) { done(err, err ? Extent{} : ext); }, e);
+  // Holes of a sparse file read as zeros: report them so map and convert skip them.
+  auto answer = [done = std::move(done), ext, length](Error err, FileExtent fx) mutable {
+    if (err) return done(err, {});
+    if (fx.length) {
+      ext.length = std::min(length, fx.length);
+      if (!fx.data) ext.kind = Extent::Kind::zero;  // still at its place in the file
+    } else {
       ext.kind = Extent::Kind::zero;  // the partial last sector, past the end of the file
     }
-  }
-  post([done = std::move(done), ext](Error err) { done(err, err ? Extent{} : ext); }, e);
-}
-
-// Answers from the cached extent when it covers `offset`; caches only read-only images,
-// whose holes nothing of ours can fill or punch.
-Result<FileExtent> RawImage::file_extent(uint64_t offset) {
+    done({}, ext);
+  };
+  // The cached extent of a read-only image (whose holes nothing of ours can fill or punch).
   const auto& c = extent_cache_;
-  if (c && offset >= c->start && offset < c->end) return FileExtent{c->data, c->end - offset};
-  auto fx = file_->extent_at(offset);
-  if (fx && fx->length && (flags_ & open_read_only))
-    extent_cache_ = CachedExtent{offset, offset + fx->length, fx->data};
-  return fx;
+  if (c && offset >= c->start && offset < c->end) {
+    const FileExtent fx{c->data, c->end - offset};
+    return post([answer = std::move(answer), fx](Error) mutable { answer({}, fx); }, {});
+  }
+  file_->async_extent_at(offset, [this, offset, answer = std::move(answer)](Error err, FileExtent fx) mutable {
+    if (!err && fx.length && (flags_ & open_read_only))
+      extent_cache_ = CachedExtent{offset, offset + fx.length, fx.data};
+    answer(err, fx);
+  });
 }
 
 // ---- Properties ----------------------------------------------------------------------------

@@ -62,7 +62,9 @@ class AsyncFile {
   // Deallocates the range so it reads as zeros (punch a hole); writes zeros where the
   // storage cannot punch.
   virtual void async_discard(uint64_t offset, uint64_t length, Completion done) = 0;
-  // Sets the file's length (a rollback gives back the space an allocation grew it by).
+  // Reserves space for the range (reads as zeros where it was not written).
+  virtual void async_allocate(uint64_t offset, uint64_t length, Completion done) = 0;
+  // Sets the file's length.
   virtual void async_set_size(uint64_t size, Completion done) = 0;
   // Whether `offset` starts data or a hole, and how far that goes (see File::extent_at).
   virtual void async_extent_at(uint64_t offset, ExtentCompletion done) = 0;

@@ -77,6 +77,11 @@ class CrashFile final : public vd::File {
       done(*alive ? discard(offset, length) : power_off("?", "discard"));
     });
   }
+  void async_allocate(uint64_t offset, uint64_t length, vd::Completion done) override {
+    boost::asio::post(ex_, [this, offset, length, done = std::move(done), alive = alive_] {
+      done(*alive ? allocate(offset, length) : power_off("?", "allocate"));
+    });
+  }
   void async_set_size(uint64_t size, vd::Completion done) override {
     boost::asio::post(ex_, [this, size, done = std::move(done), alive = alive_] {
       done(*alive ? set_size(size) : power_off("?", "resize"));

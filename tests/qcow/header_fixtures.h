@@ -51,6 +51,7 @@ class VecFile : public vd::File {
   void async_flush(vd::Completion done) override { done({}); }
   void async_discard(uint64_t o, uint64_t n, vd::Completion done) override { done(discard(o, n)); }
   void async_set_size(uint64_t n, vd::Completion done) override { done(set_size(n)); }
+  void async_allocate(uint64_t o, uint64_t n, vd::Completion done) override { done(allocate(o, n)); }
   void async_extent_at(uint64_t o, vd::ExtentCompletion done) override {
     auto r = extent_at(o);
     done(r.error(), r ? *r : vd::FileExtent{});

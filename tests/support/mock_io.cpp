@@ -78,6 +78,9 @@ void MockFile::install_defaults() {
   ON_CALL(*this, async_set_size(_, _)).WillByDefault([this](uint64_t s, vd::Completion d) {
     real_async_set_size(s, std::move(d));
   });
+  ON_CALL(*this, async_allocate(_, _, _)).WillByDefault([this](uint64_t o, uint64_t l, vd::Completion d) {
+    real_async_allocate(o, l, std::move(d));
+  });
   ON_CALL(*this, async_extent_at(_, _)).WillByDefault([this](uint64_t o, vd::ExtentCompletion d) {
     real_async_extent_at(o, std::move(d));
   });
@@ -153,6 +156,14 @@ void MockFile::real_async_set_size(uint64_t size, vd::Completion done) {
   Error fault = io_.fault_for(c);
   io_.complete(c, [inner = inner_, fault, size]() -> Error { return fault ? fault : inner->set_size(size); },
                std::move(done));
+}
+
+void MockFile::real_async_allocate(uint64_t offset, uint64_t length, vd::Completion done) {
+  auto c = io_.record(IoOp::allocate, true, IoKind::data, path_, offset, length);
+  Error fault = io_.fault_for(c);
+  io_.complete(c, [inner = inner_, fault, offset, length]() -> Error {
+    return fault ? fault : inner->allocate(offset, length);
+  }, std::move(done));
 }
 
 // Not counted as I/O by the sweeps (like size()), but recorded and holdable.

@@ -83,6 +83,7 @@ class MockFile : public vd::File {
   MOCK_METHOD(void, async_flush, (vd::Completion done), (override));
   MOCK_METHOD(void, async_discard, (uint64_t offset, uint64_t length, vd::Completion done), (override));
   MOCK_METHOD(void, async_set_size, (uint64_t size, vd::Completion done), (override));
+  MOCK_METHOD(void, async_allocate, (uint64_t offset, uint64_t length, vd::Completion done), (override));
   MOCK_METHOD(void, async_extent_at, (uint64_t offset, vd::ExtentCompletion done), (override));
   MOCK_METHOD(vd::Error, discard, (uint64_t offset, uint64_t length), (override));
   MOCK_METHOD(vd::Error, allocate, (uint64_t offset, uint64_t length), (override));
@@ -99,6 +100,7 @@ class MockFile : public vd::File {
   void real_async_flush(vd::Completion done);
   void real_async_discard(uint64_t offset, uint64_t length, vd::Completion done);
   void real_async_set_size(uint64_t size, vd::Completion done);
+  void real_async_allocate(uint64_t offset, uint64_t length, vd::Completion done);
   void real_async_extent_at(uint64_t offset, vd::ExtentCompletion done);
   vd::Error real_discard(uint64_t offset, uint64_t length);
   vd::Error real_allocate(uint64_t offset, uint64_t length);

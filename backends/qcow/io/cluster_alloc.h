@@ -28,7 +28,7 @@
 // The first error is the one reported; the completion runs exactly once, never inside start
 // (io/request.h). The cluster locks are released before it runs. A new L2 table stays
 // linked after a later failure: it is valid metadata and other requests may use it already.
-// Crash invariants (DESIGN.md): the data is on disk before the flush writes the L2 entry
+// Crash invariants (docs/design.md): the data is on disk before the flush writes the L2 entry
 // pointing at it, the L2 table before its L1 entry, the refcount before either
 // (flush_request.h); nothing here writes metadata.
 #pragma once

@@ -1,5 +1,5 @@
 // FlushRequest: makes everything written before the flush durable, writing the metadata the
-// writes changed in memory in the order of the crash invariants (DESIGN.md). Each step ends
+// writes changed in memory in the order of the crash invariants (docs/design.md). Each step ends
 // with a file flush, so no later step's writes can reach the disk before an earlier step's:
 //
 //   drain (the image gate: writes in flight finish, new ones wait)
