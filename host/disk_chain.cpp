@@ -21,8 +21,10 @@ void ChainState::post(std::function<void()> fn) {
 namespace {
 
 Error bad_read_result(const Image& img, uint64_t offset, uint64_t asked, uint64_t got) {
-  return Error(Errc::internal, "read of '" + img.path() + "' at " + hex(offset) + " for " +
-                                   hex(asked) + " bytes answered " + hex(got) + " bytes");
+  return Error(Errc::internal, "asked for " + hex(asked) + " bytes, answered " + hex(got) + " bytes")
+      .image(img.path())
+      .op("read")
+      .at(offset);
 }
 
 // One read of a range from one level down. Owned by its single pending completion
@@ -127,9 +129,10 @@ void status_chain(ChainState& chain, size_t level, uint64_t offset, uint64_t len
   img.block_status(offset, n, [&chain, &img, level, offset, n, done](Error e, Extent x) {
     if (e) return done(std::move(e), {});
     if (x.length == 0 || x.length > n) {
-      return done(Error(Errc::internal, "block status of '" + img.path() + "' at " +
-                                            hex(offset) + " answered " + hex(x.length) +
-                                            " bytes for " + hex(n)),
+      return done(Error(Errc::internal, "answered " + hex(x.length) + " bytes for " + hex(n))
+                      .image(img.path())
+                      .op("block status")
+                      .at(offset),
                   {});
     }
     // Held here, or held by nobody below (no parent, or a parent shorter than this offset):

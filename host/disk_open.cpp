@@ -48,7 +48,8 @@ class ChainOpener {
   Error parent_error(Errc kind, const std::string& name, const std::string& why) const;
   // The same context around an error from opening or probing the parent (keeps its kind).
   Error parent_error(const Error& cause, const std::string& name) const {
-    return Error(cause.code(), parent_error(Errc::io, name, cause.message()).message());
+    return cause.wrap("Could not open backing file '" + name + "' (chain: " + chain_text() + ")")
+        .image(chain_.back()->path());
   }
   std::string chain_text() const;
 
@@ -67,8 +68,8 @@ std::string ChainOpener::chain_text() const {
 
 Error ChainOpener::parent_error(Errc kind, const std::string& name,
                                 const std::string& why) const {
-  return Error(kind, "Could not open backing file '" + name + "' of '" +
-                         chain_.back()->path() + "' (chain: " + chain_text() + "): " + why);
+  return Error(kind, "Could not open backing file '" + name + "' (chain: " + chain_text() + "): " + why)
+      .image(chain_.back()->path());
 }
 
 Error ChainOpener::open_image(const std::string& path, const Backend& backend, unsigned flags,
@@ -91,8 +92,7 @@ Error ChainOpener::open_top(const std::string& path) {
   if (opts_.format) {
     backend = registry_.find(*opts_.format);
     if (!backend) {
-      return Error(Errc::not_found, "Could not open '" + path + "': unknown format '" +
-                                        *opts_.format + "'");
+      return Error(Errc::not_found, "unknown format '" + *opts_.format + "'").image(path);
     }
     flags |= open_format_given;
   } else {
@@ -101,7 +101,8 @@ Error ChainOpener::open_top(const std::string& path) {
     backend = *probed;
   }
   Error e = open_image(path, *backend, flags, true);
-  return e ? e.legacy_wrap("Could not open '" + path + "'") : Error();
+  if (e && e.path().empty()) return Error(e).image(path);  // name the image when its error does not
+  return e;
 }
 
 Error ChainOpener::open_parent(bool& ended) {
@@ -117,7 +118,7 @@ Error ChainOpener::open_parent(bool& ended) {
   std::string path = resolve_parent(child.path(), *name);
   if (seen_.count(canonical_key(path))) {
     return parent_error(Errc::invalid_argument, *name,
-                        "'" + path + "' is already in the chain: the backing chain loops");
+                        "the image is already in the chain: the backing chain loops");
   }
   if (!io_.exists(path)) return parent_error(Errc::not_found, *name, "No such file or directory");
 

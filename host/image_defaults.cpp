@@ -5,8 +5,9 @@ namespace vd {
 
 namespace {
 Error no_snapshots(const Image& img) {
-  return Error(Errc::not_supported, "'" + img.path() + "': the " + std::string(img.backend().name()) +
-                                        " format does not support internal snapshots");
+  return Error(Errc::not_supported, "the " + std::string(img.backend().name()) +
+                                        " format does not support internal snapshots")
+      .image(img.path());
 }
 }  // namespace
 

@@ -29,17 +29,15 @@ std::mutex& mem_mutex() {
   return mu;
 }
 
-std::string at(const char* what, const std::string& path, uint64_t offset) {
-  return std::string(what) + " of '" + path + "' at " + hex(offset);
-}
-
 // Grows `bytes` to hold [offset, offset+len); refuses sizes beyond the cap.
 Error ensure_size(std::vector<std::byte>& bytes, const std::string& path, const char* what,
                   uint64_t offset, uint64_t len) {
   if (offset > kMaxFileSize || len > kMaxFileSize - offset) {
-    return Error(Errc::no_space, at(what, path, offset) + ": " + hex(len) +
-                                     " bytes there exceed the in-memory file limit of " +
-                                     hex(kMaxFileSize));
+    return Error(Errc::no_space, hex(len) + " bytes there exceed the in-memory file limit of " +
+                                     hex(kMaxFileSize))
+        .image(path)
+        .op(what)
+        .at(offset);
   }
   if (bytes.size() < offset + len) bytes.resize(static_cast<size_t>(offset + len));
   return {};
@@ -125,7 +123,7 @@ class MemFile final : public File {
  private:
   static Error do_read(const Node& node, const std::string& path,
                        unsigned mode, uint64_t offset, std::span<std::byte> buf) {
-    if (!(mode & file_read)) return Error::from_errno(EBADF, at("read", path, offset));
+    if (!(mode & file_read)) return Error::from_errno(EBADF, "read", path, offset);
     std::lock_guard lock(mem_mutex());
     const auto& b = *node;
     size_t have = offset < b.size() ? static_cast<size_t>(std::min<uint64_t>(
@@ -138,7 +136,7 @@ class MemFile final : public File {
 
   static Error do_write(const Node& node, const std::string& path,
                         unsigned mode, uint64_t offset, std::span<const std::byte> buf) {
-    if (!(mode & file_write)) return Error::from_errno(EBADF, at("write", path, offset));
+    if (!(mode & file_write)) return Error::from_errno(EBADF, "write", path, offset);
     if (buf.empty()) return {};
     std::lock_guard lock(mem_mutex());
     if (auto e = ensure_size(*node, path, "write", offset, buf.size())) return e;
@@ -148,7 +146,7 @@ class MemFile final : public File {
 
   Error writable(const char* what, uint64_t offset) const {
     if (mode_ & file_write) return {};
-    return Error::from_errno(EBADF, at(what, path_, offset));
+    return Error::from_errno(EBADF, what, path_, offset);
   }
 
   Node node_;
@@ -163,17 +161,16 @@ MemIoProvider::MemIoProvider(boost::asio::any_io_executor completions)
     : ex_(std::move(completions)) {}
 
 Result<std::unique_ptr<File>> MemIoProvider::open(const std::string& path, unsigned mode) {
-  const std::string what = "open of '" + path + "'";
   if ((mode & file_create) && !(mode & file_write)) {
-    return Error(Errc::invalid_argument, what + ": creating a file needs write mode");
+    return Error(Errc::invalid_argument, "creating a file needs write mode").image(path).op("open");
   }
   std::lock_guard lock(mem_mutex());
   auto it = files_.find(path);
   if (it == files_.end()) {
-    if (!(mode & file_create)) return Error::from_errno(ENOENT, what);
+    if (!(mode & file_create)) return Error::from_errno(ENOENT, "open", path);
     it = files_.emplace(path, std::make_shared<Bytes>()).first;
   } else if ((mode & file_create) && (mode & file_exclusive)) {
-    return Error::from_errno(EEXIST, what);
+    return Error::from_errno(EEXIST, "open", path);
   }
   Node node = it->second;
   if ((mode & file_create) && (mode & file_truncate)) node->clear();
@@ -182,7 +179,7 @@ Result<std::unique_ptr<File>> MemIoProvider::open(const std::string& path, unsig
 
 Error MemIoProvider::remove(const std::string& path) {
   std::lock_guard lock(mem_mutex());
-  if (files_.erase(path) == 0) return Error::from_errno(ENOENT, "remove of '" + path + "'");
+  if (files_.erase(path) == 0) return Error::from_errno(ENOENT, "remove", path);
   return {};
 }
 

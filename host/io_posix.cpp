@@ -40,16 +40,14 @@ struct Fd {
   Fd& operator=(const Fd&) = delete;
 };
 
-std::string at(const std::string& what, const std::string& path, uint64_t offset) {
-  return what + " of '" + path + "' at " + hex(offset);
-}
-
 // Offsets must fit off_t together with the length: refuse before the kernel sees them.
 Error check_span(const Fd& f, const char* what, uint64_t offset, uint64_t len) {
   constexpr uint64_t max_off = static_cast<uint64_t>(INT64_MAX);
   if (offset > max_off || len > max_off - offset) {
-    return Error(Errc::out_of_range, at(what, f.path, offset) + ": range of " + hex(len) +
-                                         " bytes exceeds the largest file offset");
+    return Error(Errc::out_of_range, "range of " + hex(len) + " bytes exceeds the largest file offset")
+        .image(f.path)
+        .op(what)
+        .at(offset);
   }
   return {};
 }
@@ -63,7 +61,7 @@ Error read_all(const Fd& f, uint64_t offset, std::span<std::byte> buf) {
     ssize_t n = ::pread(f.fd, buf.data() + done, want, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Error::from_errno(errno, at("read", f.path, offset + done));
+      return Error::from_errno(errno, "read", f.path, offset + done);
     }
     if (n == 0) {  // end of file: the rest reads as zeros
       std::memset(buf.data() + done, 0, buf.size() - done);
@@ -82,10 +80,10 @@ Error write_all(const Fd& f, uint64_t offset, std::span<const std::byte> buf) {
     ssize_t n = ::pwrite(f.fd, buf.data() + done, want, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Error::from_errno(errno, at("write", f.path, offset + done));
+      return Error::from_errno(errno, "write", f.path, offset + done);
     }
     // A zero-byte write makes no progress; treat it as the storage being full.
-    if (n == 0) return Error::from_errno(ENOSPC, at("write", f.path, offset + done));
+    if (n == 0) return Error::from_errno(ENOSPC, "write", f.path, offset + done);
     done += static_cast<size_t>(n);
   }
   return {};
@@ -94,7 +92,7 @@ Error write_all(const Fd& f, uint64_t offset, std::span<const std::byte> buf) {
 Error flush_fd(const Fd& f) {
   while (::fdatasync(f.fd) != 0) {
     if (errno == EINTR) continue;
-    return Error::from_errno(errno, "flush of '" + f.path + "'");
+    return Error::from_errno(errno, "flush", f.path);
   }
   return {};
 }
@@ -102,7 +100,7 @@ Error flush_fd(const Fd& f) {
 Result<uint64_t> size_of(const Fd& f) {
   // lseek works for block devices too, where st_size is 0.
   off_t end = ::lseek(f.fd, 0, SEEK_END);
-  if (end < 0) return Error::from_errno(errno, "size of '" + f.path + "'");
+  if (end < 0) return Error::from_errno(errno, "size", f.path);
   return static_cast<uint64_t>(end);
 }
 
@@ -124,7 +122,7 @@ Error fallocate_retry(const Fd& f, int mode, uint64_t offset, uint64_t len, int&
   while (::fallocate(f.fd, mode, static_cast<off_t>(offset), static_cast<off_t>(len)) != 0) {
     if (errno == EINTR) continue;
     err = errno;
-    return Error::from_errno(err, at(mode ? "discard" : "allocate", f.path, offset));
+    return Error::from_errno(err, mode ? "discard" : "allocate", f.path, offset);
   }
   return {};
 }
@@ -198,7 +196,7 @@ class PosixFile final : public File {
 
   Result<uint64_t> allocated_size() override {
     struct stat st {};
-    if (::fstat(fd_->fd, &st) != 0) return Error::from_errno(errno, "stat of '" + fd_->path + "'");
+    if (::fstat(fd_->fd, &st) != 0) return Error::from_errno(errno, "stat", fd_->path);
     return static_cast<uint64_t>(st.st_blocks) * 512;
   }
 
@@ -289,24 +287,23 @@ PosixIoProvider::PosixIoProvider(boost::asio::any_io_executor completions,
     : ex_(std::move(completions)), pool_(pool) {}
 
 Result<std::unique_ptr<File>> PosixIoProvider::open(const std::string& path, unsigned mode) {
-  const std::string what = "open of '" + path + "'";
   if ((mode & file_create) && !(mode & file_write)) {
-    return Error(Errc::invalid_argument, what + ": creating a file needs write mode");
+    return Error(Errc::invalid_argument, "creating a file needs write mode").image(path).op("open");
   }
   int fd;
   do {
     fd = ::open(path.c_str(), open_flags(mode), 0644);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return Error::from_errno(errno, what);
+  if (fd < 0) return Error::from_errno(errno, "open", path);
   auto owned = std::make_shared<Fd>(fd, path);
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return Error::from_errno(errno, what);
-  if (S_ISDIR(st.st_mode)) return Error::from_errno(EISDIR, what);
+  if (::fstat(fd, &st) != 0) return Error::from_errno(errno, "open", path);
+  if (S_ISDIR(st.st_mode)) return Error::from_errno(EISDIR, "open", path);
   return std::unique_ptr<File>(std::make_unique<PosixFile>(std::move(owned), ex_, pool_));
 }
 
 Error PosixIoProvider::remove(const std::string& path) {
-  if (::unlink(path.c_str()) != 0) return Error::from_errno(errno, "remove of '" + path + "'");
+  if (::unlink(path.c_str()) != 0) return Error::from_errno(errno, "remove", path);
   return {};
 }
 

@@ -21,7 +21,7 @@ std::string loader_message() {
 }
 
 Error plugin_error(Errc kind, const std::string& path, const std::string& what) {
-  return Error(kind, "Could not load backend plugin '" + path + "': " + what);
+  return Error(kind, what).image(path).op("loading backend plugin");
 }
 
 // Checks the table a plugin returned before anything from it is registered, so a bad
@@ -94,7 +94,7 @@ Error Registry::load_plugin(const std::string& path) {
     }
   }
   for (uint32_t i = 0; i < table->count; ++i) {
-    if (Error e = add(table->backends[i])) return e.legacy_wrap("load plugin '" + path + "'");
+    if (Error e = add(table->backends[i])) return e.wrap("loading backend plugin").image(path);
   }
   libraries_.push_back(std::move(library));
   return {};
@@ -109,7 +109,7 @@ const Backend* Registry::find(std::string_view name) const {
 
 Result<const Backend*> Registry::probe(const std::string& path, IoProvider& io) const {
   auto file = io.open(path, file_read);
-  if (!file) return file.error().legacy_wrap("Could not open '" + path + "'");
+  if (!file) return file.error().wrap("probing the format").image(path);
   for (const Backend* b : order_) {
     if (b->probe(**file)) return b;
   }

@@ -78,9 +78,11 @@ Error sync_image_read(Runtime& rt, Image& img, uint64_t offset, std::span<std::b
     const ReadResult got = *result;
     // A read must make progress and stay inside the request, or this loop never ends.
     if (got.length == 0 || got.length > buf.size()) {
-      return Error(Errc::internal, "read of '" + img.path() + "' at " + hex(offset) +
-                                       " returned length " + hex(got.length) + " for " +
-                                       hex(buf.size()) + " bytes requested");
+      return Error(Errc::internal, "returned length " + hex(got.length) + " for " + hex(buf.size()) +
+                                       " bytes requested")
+          .image(img.path())
+          .op("read")
+          .at(offset);
     }
     if (!got.allocated) std::memset(buf.data(), 0, static_cast<size_t>(got.length));
     offset += got.length;

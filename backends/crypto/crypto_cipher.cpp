@@ -154,10 +154,10 @@ Result<std::unique_ptr<SectorCipher>> OsslCipher::make(const CipherSpec& spec,
   auto c = std::make_unique<OsslCipher>();
   c->ivgen_ = spec.ivgen;
   c->key_bytes_ = spec.key_bytes;
-  if (Error e = c->setup_data(spec, key)) return e.legacy_wrap(where);
+  if (Error e = c->setup_data(spec, key)) return e.wrap("setting up", "cipher for " + where);
   if (spec.mode == "ecb") c->ivgen_ = IvGen::none;  // "ecb-plain64" carries an unused IV
   if (c->ivgen_ == IvGen::essiv) {
-    if (Error e = c->setup_essiv(spec, key)) return e.legacy_wrap(where);
+    if (Error e = c->setup_essiv(spec, key)) return e.wrap("setting up", "ESSIV for " + where);
   }
   return std::unique_ptr<SectorCipher>(std::move(c));
 }

@@ -129,12 +129,12 @@ Result<LuksVolume> luks_create(File& f, uint64_t offset, std::string_view passph
   uint32_t slot_iter = options.iterations, mk_iter = options.iterations;
   if (!slot_iter) {
     auto it = calibrate(options.hash, options.cipher.key_bytes, options.iter_time_ms);
-    if (!it) return it.error().legacy_wrap(path);
+    if (!it) return it.error().wrap("calibrating", "PBKDF2 iterations").image(path);
     slot_iter = *it;
     mk_iter = std::max(kMinIterations, slot_iter / 8);
   }
   auto info = new_header(options, slot_iter, mk_iter);
-  if (!info) return info.error().legacy_wrap(path);
+  if (!info) return info.error().wrap("creating", "LUKS header", offset).image(path);
   std::vector<std::byte> mk(info->key_bytes);
   Error err = random(mk);
   if (!err) err = pbkdf2(info->hash_spec, mk, info->mk_salt, mk_iter, info->mk_digest);
@@ -149,7 +149,7 @@ Result<LuksVolume> luks_create(File& f, uint64_t offset, std::string_view passph
   Result<std::unique_ptr<SectorCipher>> cipher = err ? Result<std::unique_ptr<SectorCipher>>(err)
                                                      : make_sector_cipher(info->cipher, mk, path);
   OPENSSL_cleanse(mk.data(), mk.size());
-  if (!cipher) return cipher.error().legacy_wrap("creating LUKS header at " + hex(offset));
+  if (!cipher) return cipher.error().wrap("creating", "LUKS header", offset).image(path);
   return LuksVolume{std::move(*info), std::move(*cipher), 0};
 }
 

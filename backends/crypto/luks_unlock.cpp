@@ -48,19 +48,21 @@ Result<bool> try_slot(File& f, uint64_t offset, const LuksInfo& info, const Luks
                       const std::string& where) {
   SecretBuffer slot_key(info.key_bytes);
   if (Error e = pbkdf2(info.hash_spec, bytes(passphrase), s.salt, s.iterations, slot_key.span()))
-    return e.legacy_wrap(where);
+    return e.wrap("deriving", "LUKS slot key").image(where);
   auto cipher = make_sector_cipher(info.cipher, slot_key.span(), where);
   if (!cipher) return cipher.error();
   uint64_t at = offset + uint64_t{s.key_offset} * kLuksSectorSize;
   SecretBuffer material(info.material_bytes(s));
   if (Error e = f.read(IoKind::meta, at, material.span()))
-    return e.legacy_wrap(where + ": reading LUKS key material at " + hex(at));
-  if (Error e = (*cipher)->decrypt(0, material.span())) return e.legacy_wrap(where);
+    return e.wrap("reading", "LUKS key material", at).image(where);
+  if (Error e = (*cipher)->decrypt(0, material.span()))
+    return e.wrap("decrypting", "LUKS key material", at).image(where);
   auto split = material.span().first(size_t{info.key_bytes} * s.stripes);
-  if (Error e = luks_af_merge(info.hash_spec, split, s.stripes, mk)) return e.legacy_wrap(where);
+  if (Error e = luks_af_merge(info.hash_spec, split, s.stripes, mk))
+    return e.wrap("merging", "LUKS key material", at).image(where);
   std::array<std::byte, kLuksDigestSize> digest;
   if (Error e = pbkdf2(info.hash_spec, mk, info.mk_salt, info.mk_iterations, digest))
-    return e.legacy_wrap(where);
+    return e.wrap("deriving", "LUKS master key digest").image(where);
   return CRYPTO_memcmp(digest.data(), info.mk_digest.data(), kLuksDigestSize) == 0;
 }
 
@@ -85,7 +87,7 @@ Result<LuksInfo> read_header(File& f, uint64_t offset, uint64_t length, const st
                                     std::to_string(length) + " bytes");
   std::array<std::byte, kLuksHeaderSize> raw;
   if (Error e = f.read(IoKind::meta, offset, raw))
-    return e.legacy_wrap(where + ": reading LUKS header at " + hex(offset));
+    return e.wrap("reading", "LUKS header", offset).image(where);
   return luks_parse(raw, where);
 }
 
@@ -119,7 +121,7 @@ Result<LuksVolume> luks_unlock(File& f, uint64_t offset, uint64_t length,
     return LuksVolume{std::move(*info), std::move(*cipher), i};
   }
   if (skipped) return skipped;
-  return Error(Errc::wrong_passphrase, path + ": Invalid password, cannot unlock any keyslot");
+  return Error(Errc::wrong_passphrase, "Invalid password, cannot unlock any keyslot").image(path);
 }
 
 }  // namespace vd::qcow

@@ -14,7 +14,7 @@ namespace {
 constexpr unsigned char kMagic[6] = {'L', 'U', 'K', 'S', 0xba, 0xbe};
 
 Error corrupt(const std::string& path, const std::string& what) {
-  return Error(Errc::corrupt, path + ": LUKS volume: " + what);
+  return Error(Errc::corrupt, "LUKS volume: " + what).image(path);
 }
 
 Result<qcow::LuksInfo> read_header(File& file, uint64_t file_size, const std::string& path) {
@@ -23,7 +23,7 @@ Result<qcow::LuksInfo> read_header(File& file, uint64_t file_size, const std::st
                              " bytes, shorter than a LUKS header (" +
                              std::to_string(qcow::kLuksHeaderSize) + " bytes at 0x0)");
   std::array<std::byte, qcow::kLuksHeaderSize> raw;
-  if (Error e = file.read(IoKind::meta, 0, raw)) return e.legacy_wrap(path + ": reading the LUKS header at 0x0");
+  if (Error e = file.read(IoKind::meta, 0, raw)) return e.wrap("reading", "LUKS header", 0).image(path);
   return qcow::luks_parse(raw, path);
 }
 
@@ -46,8 +46,8 @@ Result<std::shared_ptr<const qcow::SectorCipher>> unlock(File& file, const qcow:
                                                          const std::string& path) {
   if (opts.flags & open_info_only) return std::shared_ptr<const qcow::SectorCipher>();
   if (!opts.passphrase)
-    return Error(Errc::wrong_passphrase,
-                 "'" + path + "' is encrypted: a passphrase is needed (--passphrase-file)");
+    return Error(Errc::wrong_passphrase, "the image is encrypted: a passphrase is needed (--passphrase-file)")
+        .image(path);
   // The key material must lie in the LUKS area, i.e. before the payload.
   auto volume = qcow::luks_unlock(file, 0, info.payload_offset, *opts.passphrase, path);
   if (!volume) return volume.error();
@@ -98,7 +98,7 @@ class LuksBackend final : public Backend {
   Result<std::unique_ptr<Image>> open(const std::string& path, const OpenOptions& opts,
                                       IoProvider& io) const override {
     if (opts.snapshot)
-      return Error(Errc::not_supported, "luks image '" + path + "' has no internal snapshots");
+      return Error(Errc::not_supported, "luks images have no internal snapshots").image(path);
     const bool ro = opts.flags & open_read_only;
     auto file = io.open(path, ro ? file_read : (file_read | file_write));
     if (!file) return file.error();
@@ -118,9 +118,9 @@ class LuksBackend final : public Backend {
     auto spec = parse_create_options(opts, path);
     if (!spec) return spec.error();
     auto header = qcow::luks_header_size(spec->luks);
-    if (!header) return header.error().legacy_wrap(path);
+    if (!header) return Error(header.error()).image(path);
     if (opts.size > static_cast<uint64_t>(INT64_MAX) - *header - kSectorSize)
-      return Error(Errc::too_large, path + ": size " + hex(opts.size) + " is too large");
+      return Error(Errc::too_large, "size " + hex(opts.size) + " is too large").image(path);
     // Like qemu-img create, an existing file is overwritten.
     auto file = io.open(path, file_read | file_write | file_create | file_truncate);
     if (!file) return file.error();
@@ -144,8 +144,8 @@ class LuksBackend final : public Backend {
     auto volume = qcow::luks_create(file, 0, *opts.passphrase, spec.luks, path);
     if (!volume) return volume.error();
     if (Error e = fill_payload(file, spec.prealloc, volume->info.payload_offset, opts.size))
-      return e.legacy_wrap("create of '" + path + "'");
-    if (Error e = file.flush()) return e.legacy_wrap("create of '" + path + "'");
+      return e.wrap("create").image(path);
+    if (Error e = file.flush()) return e.wrap("create").image(path);
     return volume;
   }
 };

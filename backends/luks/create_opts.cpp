@@ -10,7 +10,7 @@ namespace vd::luks {
 namespace {
 
 Error bad(const std::string& path, const std::string& what) {
-  return Error(Errc::invalid_argument, path + ": " + what);
+  return Error(Errc::invalid_argument, what).image(path);
 }
 
 Error rejected(const std::string& path, const std::string& key, const std::string& value) {
@@ -103,7 +103,7 @@ Result<LuksCreateSpec> parse_create_options(const CreateOptions& opts, const std
   for (const auto& [key, value] : opts.options)
     if (Error e = parse_one(key, value, raw, s, path)) return e;
   if (opts.backing_file || opts.backing_format)
-    return Error(Errc::not_supported, path + ": Backing file not supported for file format 'luks'");
+    return Error(Errc::not_supported, "Backing file not supported for file format 'luks'").image(path);
   if (Error e = settle_cipher(raw, s, path)) return e;
   if (!opts.passphrase) return bad(path, "Parameter 'key-secret' is required for cipher");
   return s;

@@ -15,7 +15,7 @@ LuksImage::LuksImage(const Backend& backend, std::string path, std::unique_ptr<F
       size_(virtual_size(file_size, info_.payload_offset)) {}
 
 Result<uint64_t> LuksImage::file_size() {
-  if (!file_) return Error(Errc::internal, "file size of '" + path_ + "' after it was closed");
+  if (!file_) return Error(Errc::internal, "file size after the image was closed").image(path_);
   return file_->allocated_size();
 }
 
@@ -40,23 +40,24 @@ Error LuksImage::set_lchs(const Geometry& g) {
 Error LuksImage::set_parent(const std::optional<std::string>& filename,
                             const std::optional<std::string>& format) {
   if (!filename && !format) return {};
-  return Error(Errc::not_supported, path_ + ": Backing file not supported for file format 'luks'");
+  return Error(Errc::not_supported, "Backing file not supported for file format 'luks'").image(path_);
 }
 
 // ---- Resize, check, close ------------------------------------------------------------------
 
 // QEMU truncates the file to payload offset + new size; the key is not needed for that.
 Error LuksImage::resize(uint64_t new_size) {
-  if (!file_) return Error(Errc::internal, "resize of '" + path_ + "' after it was closed");
+  if (!file_) return Error(Errc::internal, "resize after the image was closed").image(path_);
   if (flags_ & open_read_only)
-    return Error(Errc::read_only, "resize refused: '" + path_ + "' is open read-only");
+    return Error(Errc::read_only, "resize refused: the image is open read-only").image(path_);
   if (!locks_.idle())
-    return Error(Errc::busy, "resize of '" + path_ + "' refused: writes are in flight");
+    return Error(Errc::busy, "resize refused: writes are in flight").image(path_);
   const uint64_t payload = info_.payload_offset;
   if (new_size > static_cast<uint64_t>(INT64_MAX) - payload - (kSectorSize - 1))
-    return Error(Errc::too_large, path_ + ": size " + hex(new_size) + " is too large for a LUKS volume "
-                                  "with its payload at " + hex(payload));
-  if (Error e = file_->set_size(payload + new_size)) return e.legacy_wrap("resize of '" + path_ + "'");
+    return Error(Errc::too_large, "size " + hex(new_size) + " is too large for a LUKS volume with its payload at " +
+                                      hex(payload))
+        .image(path_);
+  if (Error e = file_->set_size(payload + new_size)) return e.wrap("resize").image(path_);
   size_ = virtual_size(payload + new_size, payload);
   return {};
 }

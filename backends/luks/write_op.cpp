@@ -60,7 +60,7 @@ class WriteOp : public std::enable_shared_from_this<WriteOp> {
     if (first_error_) return finish(first_error_);
     for (uint64_t s : edges_) {
       if (Error d = image_.cipher()->decrypt(s, sector_span(s)))
-        return finish(d.legacy_wrap("read-modify-write of '" + image_.path() + "' at " + hex(host(s))));
+        return finish(d.wrap("decrypting for read-modify-write", "sector", host(s)).image(image_.path()));
     }
     merge();
   }
@@ -82,7 +82,7 @@ class WriteOp : public std::enable_shared_from_this<WriteOp> {
 
   void write() {
     if (crypt_error_)
-      return finish(crypt_error_.legacy_wrap("encrypting for '" + image_.path() + "' at " + hex(host(first_))));
+      return finish(crypt_error_.wrap("encrypting", "sector", host(first_)).image(image_.path()));
     image_.file().async_write(IoKind::data, host(first_), bounce_,
                               [self = shared_from_this()](Error e) { self->written(std::move(e)); });
   }

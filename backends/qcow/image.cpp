@@ -30,13 +30,13 @@ Error QcowImage::set_lchs(const Geometry& g) {
 Error QcowImage::resize(uint64_t new_size) {
   if (Error e = refuse_write("resize")) return e;
   if (hdr_.version == 1)
-    return Error(Errc::not_supported, "'" + path_ + "': QCOW version 1 images cannot be resized");
+    return Error(Errc::not_supported, "QCOW version 1 images cannot be resized").image(path_);
   if (new_size % kSectorBytes)
-    return Error(Errc::invalid_argument, "'" + path_ + "': The new size must be a multiple of 512");
+    return Error(Errc::invalid_argument, "The new size must be a multiple of 512").image(path_);
   if (new_size < size_)
-    return Error(Errc::not_supported, "'" + path_ + "': shrinking QCOW2 images is not supported");
+    return Error(Errc::not_supported, "shrinking QCOW2 images is not supported").image(path_);
   if (writes_active_ || flushing_)
-    return Error(Errc::busy, "'" + path_ + "': resize while requests are in flight");
+    return Error(Errc::busy, "resize while requests are in flight").image(path_);
   if (Error e = grow_l1((new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage())) return e;
   hdr_.size = new_size;
   size_ = new_size;
@@ -48,7 +48,7 @@ Error QcowImage::resize(uint64_t new_size) {
 // points at it (write_l1 step), and the old one is freed after that.
 Error QcowImage::grow_l1(uint64_t needed) {
   const uint64_t cs = layout_.cluster_size();
-  if (needed * 8 > kMaxL1Bytes) return Error(Errc::too_large, "'" + path_ + "': Image is too big");
+  if (needed * 8 > kMaxL1Bytes) return Error(Errc::too_large, "Image is too big").image(path_);
   if (needed <= l1_.size()) return {};
   const uint64_t clusters = (needed * 8 + cs - 1) / cs;
   auto at = allocate_clusters(clusters);

@@ -12,9 +12,9 @@ Error QcowImage::set_parent(const std::optional<std::string>& filename,
                             const std::optional<std::string>& format) {
   if (Error e = refuse_write("changing the backing file")) return e;
   if (writes_active_ || flushing_)
-    return Error(Errc::busy, "'" + path_ + "': changing the backing file while requests are in flight");
+    return Error(Errc::busy, "changing the backing file while requests are in flight").image(path_);
   if (filename && filename->size() > kMaxBackingNameLength)
-    return Error(Errc::invalid_argument, "'" + path_ + "': Backing file name too long");
+    return Error(Errc::invalid_argument, "Backing file name too long").image(path_);
   Header next = hdr_;
   next.backing_file = filename;
   next.backing_format = filename ? format : std::nullopt;
@@ -23,13 +23,13 @@ Error QcowImage::set_parent(const std::optional<std::string>& filename,
     next.refcount_table_clusters = refs_->table_clusters();
   }
   auto bytes = encode_header(next);
-  if (!bytes) return bytes.error().legacy_wrap("'" + path_ + "': the new backing file name does not fit");
+  if (!bytes) return bytes.error().wrap("the new backing file name does not fit").image(path_);
   // QCOW v1 keeps its L1 table right after the header and name: the name must not grow into it.
   if (hdr_.version == 1 && bytes->size() > hdr_.l1_table_offset)
-    return Error(Errc::not_supported, "'" + path_ + "': the new backing file name does not fit before the L1 table");
+    return Error(Errc::not_supported, "the new backing file name does not fit before the L1 table").image(path_);
   if (Error e = FlushRequest::run_sync(*this)) return e;
   hdr_ = std::move(next);
-  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.legacy_wrap("'" + path_ + "': writing the header");
+  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.wrap("writing", "header").image(path_);
   return file_->flush();
 }
 

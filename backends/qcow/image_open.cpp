@@ -42,11 +42,11 @@ Error QcowImage::load(const OpenOptions& opts) {
   if (!h) return h.error();
   hdr_ = std::move(*h);
   if (hdr_.version == 1 && backend_.name() != "qcow")
-    return Error(Errc::wrong_format, "'" + path_ + "' is a QCOW version 1 image: open it as 'qcow'");
+    return Error(Errc::wrong_format, "the image is QCOW version 1: open it as 'qcow'").image(path_);
   if (hdr_.version != 1 && backend_.name() != "qcow2")
-    return Error(Errc::wrong_format, "'" + path_ + "' is a QCOW2 image: open it as 'qcow2'");
+    return Error(Errc::wrong_format, "the image is QCOW2: open it as 'qcow2'").image(path_);
   if ((hdr_.incompatible_features & kIncompatCorrupt) && !ro && !repairing)
-    return Error(Errc::corrupt, "'" + path_ + "': Image is corrupt; cannot be opened read/write");
+    return Error(Errc::corrupt, "Image is corrupt; cannot be opened read/write").image(path_);
   layout_ = Layout::from(hdr_);
   size_ = hdr_.size & ~(kSectorBytes - 1);  // QEMU sees whole sectors only
 
@@ -83,11 +83,11 @@ Error QcowImage::open_for_writing() {
   // open rebuilds them (the check clears the dirty bit once the image is consistent).
   if ((hdr_.incompatible_features & kIncompatDirty) && !(flags_ & open_no_repair)) {
     auto report = check_image(*this, RepairMode::all);
-    if (!report) return report.error().legacy_wrap("'" + path_ + "': Could not repair dirty image");
+    if (!report) return report.error().wrap("Could not repair dirty image").image(path_);
     if (report->check_errors || report->corruptions)
-      return Error(Errc::corrupt, "'" + path_ + "': Could not repair dirty image (" +
+      return Error(Errc::corrupt, "Could not repair dirty image (" +
                                       std::to_string(report->corruptions) + " corruptions, " +
-                                      std::to_string(report->check_errors) + " check errors remain)");
+                                      std::to_string(report->check_errors) + " check errors remain)").image(path_);
   }
   refs_ = std::make_unique<Refcounts>(
       *file_, path_,
@@ -99,7 +99,7 @@ Error QcowImage::open_for_writing() {
   if (keep != hdr_.autoclear_features) {
     hdr_.autoclear_features = keep;
     if (Error e = write_metadata_header()) return e;
-    if (Error e = file_->flush()) return e.legacy_wrap("'" + path_ + "': flush");
+    if (Error e = file_->flush()) return e.wrap("flush").image(path_);
   }
   return {};
 }
@@ -111,7 +111,7 @@ Error QcowImage::open_data_file() {
   if (p.is_relative()) p = fs::path(path_).parent_path() / p;
   const bool ro = flags_ & open_read_only;
   auto f = io_.open(p.string(), ro ? file_read : (file_read | file_write));
-  if (!f) return f.error().legacy_wrap("'" + path_ + "': could not open its external data file");
+  if (!f) return f.error().wrap("opening", "external data file").image(path_);
   data_file_ = std::move(*f);
   data_ = data_file_.get();
   return {};
@@ -127,8 +127,8 @@ Error QcowImage::open_encryption(const OpenOptions& opts) {
   }
   if (flags_ & open_info_only) return {};
   if (!opts.passphrase)
-    return Error(Errc::wrong_passphrase,
-                 "'" + path_ + "' is encrypted: a passphrase is needed (--passphrase-file)");
+    return Error(Errc::wrong_passphrase, "the image is encrypted: a passphrase is needed (--passphrase-file)")
+        .image(path_);
   if (hdr_.crypt_method == kCryptAes) {
     auto c = make_legacy_aes(*opts.passphrase);
     if (!c) return c.error();
@@ -145,13 +145,15 @@ Error QcowImage::open_encryption(const OpenOptions& opts) {
 Error QcowImage::load_l1(uint64_t offset, uint32_t entries, const char* what) {
   // The header check bounded entries by kMaxL1Bytes and the range by the file size.
   if (uint64_t{entries} * 8 > kMaxL1Bytes)
-    return Error(Errc::corrupt, "'" + path_ + "': " + what + " too large");
+    return Error(Errc::corrupt, std::string(what) + " too large").image(path_).structure(what).at(offset);
   if (offset + uint64_t{entries} * 8 > file_end_)
-    return Error(Errc::corrupt, "'" + path_ + "': " + what + " at " + hex(offset) +
-                                    " lies beyond the end of the file");
+    return Error(Errc::corrupt, std::string(what) + " at " + hex(offset) + " lies beyond the end of the file")
+        .image(path_)
+        .structure(what)
+        .at(offset);
   std::vector<std::byte> raw(uint64_t{entries} * 8);
   if (Error e = file_->read(IoKind::meta, offset, raw))
-    return e.legacy_wrap("'" + path_ + "': reading the " + what);
+    return e.wrap("reading", what, offset).image(path_);
   metadata_moved();
   l1_.resize(entries);
   for (uint32_t i = 0; i < entries; ++i) l1_[i] = load_be64(raw.data() + uint64_t{i} * 8);
@@ -166,7 +168,7 @@ Error QcowImage::select_snapshot(const std::string& name) {
     for (const auto& s : snapshots_)
       if (s.name == name) found = &s;
   if (!found)
-    return Error(Errc::not_found, "'" + path_ + "': no snapshot with id or name '" + name + "'");
+    return Error(Errc::not_found, "no snapshot with id or name '" + name + "'").image(path_);
   if (Error e = validate_snapshot(*found, hdr_, static_cast<size_t>(found - snapshots_.data()), file_end_, path_))
     return e;
   // The virtual size stays the image's current one, as qemu-img 7.2 reads a snapshot

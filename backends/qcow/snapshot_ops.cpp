@@ -39,7 +39,7 @@ Result<L2Ptr> QcowImage::l2_now(uint64_t l1_index, uint64_t l2_off) {
   if (Error e = check_l2_location(l1_index, l2_off)) return e;
   std::vector<std::byte> raw(layout_.l2_table_bytes());
   if (Error e = file_->read(IoKind::meta, l2_off, raw))
-    return e.legacy_wrap("'" + path_ + "': reading L2 table at " + hex(l2_off));
+    return e.wrap("reading", "L2 table", l2_off).image(path_);
   L2Ptr t = decode_l2(raw);
   cache_.insert(l2_off, t);
   return t;
@@ -74,8 +74,11 @@ Error QcowImage::walk_l1(std::vector<uint64_t>& l1, bool active, int addend,
   auto count = [&](uint64_t offset, uint64_t length, bool aligned, const char* what) -> Error {
     const uint64_t end = offset + length;
     if ((aligned && (offset & (cs - 1))) || end < offset || ((end - 1) & ~(cs - 1)) >= file_end_)
-      return Error(Errc::corrupt, "'" + path_ + "': " + what + " at " + hex(offset) +
-                                      " is unaligned or lies outside the image file");
+      return Error(Errc::corrupt, std::string(what) + " at " + hex(offset) +
+                                      " is unaligned or lies outside the image file")
+          .image(path_)
+          .structure(what)
+          .at(offset);
     return update(offset, length);
   };
   for (uint64_t i = 0; i < l1.size(); ++i) {
@@ -122,7 +125,7 @@ Result<size_t> QcowImage::find_snapshot(const std::string& id_or_name) const {
     if (snapshots_[i].id == id_or_name) return i;
   for (size_t i = 0; i < snapshots_.size(); ++i)
     if (snapshots_[i].name == id_or_name) return i;
-  return Error(Errc::not_found, "'" + path_ + "': no snapshot with id or name '" + id_or_name + "'");
+  return Error(Errc::not_found, "no snapshot with id or name '" + id_or_name + "'").image(path_);
 }
 
 // The snapshot an apply or delete works on (a copy: the table changes under it), after the
@@ -140,7 +143,7 @@ Result<std::vector<uint64_t>> QcowImage::read_snapshot_l1(const Snapshot& sn, ui
   std::vector<uint64_t> l1(std::max<uint64_t>(entries, sn.l1_size), 0);
   std::vector<std::byte> raw(uint64_t{sn.l1_size} * 8);
   if (Error e = file_->read(IoKind::meta, sn.l1_table_offset, raw))
-    return e.legacy_wrap("'" + path_ + "': reading the snapshot L1 table at " + hex(sn.l1_table_offset));
+    return e.wrap("reading", "snapshot L1 table", sn.l1_table_offset).image(path_);
   for (uint32_t i = 0; i < sn.l1_size; ++i) l1[i] = load_be64(raw.data() + uint64_t{i} * 8);
   return l1;
 }
@@ -148,11 +151,11 @@ Result<std::vector<uint64_t>> QcowImage::read_snapshot_l1(const Snapshot& sn, ui
 Error QcowImage::prepare_snapshot_op(const char* op) {
   if (Error e = refuse_write(op)) return e;
   if (hdr_.version < 2 || !refs_)
-    return Error(Errc::not_supported, "'" + path_ + "': QCOW version 1 images have no internal snapshots");
+    return Error(Errc::not_supported, "QCOW version 1 images have no internal snapshots").image(path_);
   if (data_file_)
-    return Error(Errc::not_supported, "'" + path_ + "': internal snapshots are not possible with an external data file");
+    return Error(Errc::not_supported, "internal snapshots are not possible with an external data file").image(path_);
   if (writes_active_ || flushing_)
-    return Error(Errc::busy, "'" + path_ + "': snapshot " + op + " while requests are in flight");
+    return Error(Errc::busy, std::string("snapshot ") + op + " while requests are in flight").image(path_);
   forget_packing();
   return FlushRequest::run_sync(*this);
 }
@@ -170,7 +173,7 @@ Error QcowImage::write_snapshot_table(std::vector<Snapshot> snaps) {
     auto at = allocate_clusters(div_up(table->size(), cs));
     if (!at) return at.error();
     if (Error e = file_->write(IoKind::meta, *at, *table))
-      return e.legacy_wrap("'" + path_ + "': writing the snapshot table at " + hex(*at));
+      return e.wrap("writing", "snapshot table", *at).image(path_);
     offset = *at;
   }
   hdr_.snapshots_offset = offset;
@@ -194,7 +197,7 @@ Error QcowImage::write_snapshot_table(std::vector<Snapshot> snaps) {
 Error QcowImage::snapshot_create(const std::string& name) {
   if (Error e = prepare_snapshot_op("create")) return e;
   if (snapshots_.size() >= kMaxSnapshots)
-    return Error(Errc::too_large, "'" + path_ + "': too many snapshots (" + std::to_string(kMaxSnapshots) + ")");
+    return Error(Errc::too_large, "too many snapshots (" + std::to_string(kMaxSnapshots) + ")").image(path_);
   const uint64_t cs = layout_.cluster_size();
   Snapshot sn;
   uint64_t max_id = 0;
@@ -215,7 +218,7 @@ Error QcowImage::snapshot_create(const std::string& name) {
     std::vector<std::byte> raw(l1_.size() * 8);
     for (size_t i = 0; i < l1_.size(); ++i) store_be64(raw.data() + i * 8, l1_[i]);
     if (Error e = file_->write(IoKind::meta, *at, raw))
-      return e.legacy_wrap("'" + path_ + "': writing the snapshot L1 table at " + hex(*at));
+      return e.wrap("writing", "snapshot L1 table", *at).image(path_);
     sn.l1_table_offset = *at;
   }
   // 2. One more reference to everything the active table reaches; durable before 3.

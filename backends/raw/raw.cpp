@@ -18,15 +18,15 @@ Result<Prealloc> parse_options(const std::string& path, const CreateOptions& opt
   for (const auto& [key, value] : opts.options) {
     if (key == "size") continue;  // the size itself, resolved by the caller into opts.size
     if (key != "preallocation") {
-      return Error(Errc::invalid_argument, path + ": Invalid parameter '" + key + "'");
+      return Error(Errc::invalid_argument, "Invalid parameter '" + key + "'").image(path);
     }
     if (value == "off") mode = Prealloc::off;
     else if (value == "falloc") mode = Prealloc::falloc;
     else if (value == "full") mode = Prealloc::full;
     else if (value == "metadata") {  // qemu-img's wording: raw has no metadata to preallocate
-      return Error(Errc::invalid_argument, path + ": Unsupported preallocation mode: metadata");
+      return Error(Errc::invalid_argument, "Unsupported preallocation mode: metadata").image(path);
     } else {
-      return Error(Errc::invalid_argument, path + ": invalid parameter value: " + value);
+      return Error(Errc::invalid_argument, "invalid parameter value: " + value).image(path);
     }
   }
   return mode;
@@ -72,7 +72,7 @@ class RawBackend final : public Backend {
   Result<std::unique_ptr<Image>> open(const std::string& path, const OpenOptions& opts,
                                       IoProvider& io) const override {
     if (opts.snapshot) {
-      return Error(Errc::not_supported, "raw image '" + path + "' has no internal snapshots");
+      return Error(Errc::not_supported, "raw images have no internal snapshots").image(path);
     }
     const bool ro = opts.flags & open_read_only;
     auto file = io.open(path, ro ? file_read : (file_read | file_write));
@@ -92,7 +92,7 @@ class RawBackend final : public Backend {
     // Like qemu-img create, an existing file is overwritten.
     auto file = io.open(path, file_read | file_write | file_create | file_truncate);
     if (!file) return file.error();
-    if (Error e = fill(**file, *mode, round_up_to_sector(opts.size))) return e.legacy_wrap("create of '" + path + "'");
+    if (Error e = fill(**file, *mode, round_up_to_sector(opts.size))) return e.wrap("create").image(path);
     file->reset();
     OpenOptions o;
     o.flags = open_format_given;  // created as raw: no guessing involved
@@ -103,13 +103,13 @@ class RawBackend final : public Backend {
   static Error check_create(const std::string& path, const CreateOptions& opts) {
     if (opts.backing_file || opts.backing_format) {
       return Error(Errc::not_supported,
-                   path + ": Backing file not supported for file format 'raw'");
+                   "Backing file not supported for file format 'raw'").image(path);
     }
     if (opts.passphrase) {
-      return Error(Errc::not_supported, path + ": raw images cannot be encrypted");
+      return Error(Errc::not_supported, "raw images cannot be encrypted").image(path);
     }
     if (opts.size > static_cast<uint64_t>(INT64_MAX)) {
-      return Error(Errc::too_large, path + ": size " + hex(opts.size) + " is too large");
+      return Error(Errc::too_large, "size " + hex(opts.size) + " is too large").image(path);
     }
     return {};
   }

@@ -152,7 +152,7 @@ int cmd_check(const Argv& argv) {
   if (!report) {
     if (report.error().is(vd::Errc::not_supported))
       return fail("This image format does not support checks", kExitNoChecks);
-    return fail(report.error().legacy_wrap("Check of '" + req.path + "' failed"));
+    return fail(report.error().wrap("check").image(req.path));
   }
   for (const auto& m : report->messages) std::cerr << m << "\n";
   if (output == "json") out << report_json(*report, req.path, fmt).pretty() << "\n";

@@ -99,7 +99,7 @@ int cmd_commit(const Argv& argv) {
   vd::Error err = commit(ctx.rt, **top, **base);
   vd::Error close_base = (*base)->close();
   vd::Error close_top = (*top)->close();
-  if (err) return fail(err.legacy_wrap("commit of '" + req.path + "'"));
+  if (err) return fail(err.wrap("commit").image(req.path));
   if (close_base) return fail(name_image(close_base, base_req.path));
   if (close_top) return fail(name_image(close_top, req.path));
   if (!args->has("quiet")) std::cout << "Image committed.\n";

@@ -195,7 +195,7 @@ class Comparison {
   bool reads_zeros(const Side& side, uint64_t offset, uint64_t len) {
     buf1_.resize(len);
     vd::Error e = rt_.wait([&](vd::Completion done) { side.disk->read(offset, buf1_, std::move(done)); });
-    if (e) return read_failed(offset, e.legacy_wrap(side.name));
+    if (e) return read_failed(offset, name_image(e, side.name));
     if (auto d = first_nonzero_sector(buf1_)) return mismatch(offset + *d);
     return true;
   }

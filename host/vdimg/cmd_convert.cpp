@@ -150,8 +150,7 @@ int cmd_convert(const Argv& argv) {
   if (progress) std::printf("    (100.00/100%%)\r\n");
   vd::Error close_err = (*dst)->close();
   (*src)->close();
-  if (err) return fail(err.legacy_wrap("error while converting '" + args->positional[0] + "' to '" +
-                                args->positional[1] + "'"));
+  if (err) return fail(err.wrap("converting to " + args->positional[1]).image(args->positional[0]));
   if (close_err) return fail(name_image(close_err, args->positional[1]));
   return kExitOk;
 }

@@ -55,7 +55,7 @@ vd::Result<uint64_t> backing_size(Context& ctx, const std::string& image,
   req.format = opts.backing_format;
   req.flags = vd::open_read_only | vd::open_info_only;
   auto disk = open_disk(ctx, req);
-  if (!disk) return disk.error().legacy_wrap("Could not open backing image '" + req.path + "'");
+  if (!disk) return disk.error().wrap("opening", "backing image").image(req.path);
   uint64_t size = (*disk)->size();
   (*disk)->close();
   return size;

@@ -113,7 +113,7 @@ int cmd_rebase(const Argv& argv) {
       nreq.path = resolve_relative(req.path, *name);
       nreq.format = fmt;
       auto d = open_disk(ctx, nreq);
-      if (!d) return fail(d.error().legacy_wrap("Could not open new backing file"));
+      if (!d) return fail(d.error().wrap("opening", "new backing file"));
       fresh = std::move(*d);
     }
     err = safe_rebase(ctx.rt, **top, fresh.get());
@@ -124,7 +124,7 @@ int cmd_rebase(const Argv& argv) {
   if (!err && (*top)->image(0).parent_filename() != name)
     err = vd::Error(vd::Errc::not_supported, "the image format did not record the new backing file");
   vd::Error close_err = (*top)->close();
-  if (err) return fail(err.legacy_wrap("Could not rebase '" + req.path + "'"));
+  if (err) return fail(err.wrap("rebase").image(req.path));
   if (close_err) return fail(name_image(close_err, req.path));
   return kExitOk;
 }

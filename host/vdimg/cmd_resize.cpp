@@ -78,7 +78,7 @@ int cmd_resize(const Argv& argv_in) {
   }
   vd::Error err = image.resize(*size);
   vd::Error close_err = (*disk)->close();
-  if (err) return fail(err.legacy_wrap("Failed to resize '" + req.path + "'"));
+  if (err) return fail(err.wrap("resize").image(req.path));
   if (close_err) return fail(name_image(close_err, req.path));
   if (!args->has("quiet")) std::cout << "Image resized.\n";
   return kExitOk;

@@ -1,3 +1,4 @@
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -43,24 +44,17 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
     return vd::Error(vd::Errc::not_found, "Unknown file format '" + *req.format + "'");
   std::error_code ec;
   if (!std::filesystem::exists(req.path, ec) && !ec) {
-    // qemu-img's wording: the image, then the file under it, could not be opened.
-    return vd::Error(vd::Errc::not_found, "Could not open '" + req.path + "': Could not open '" +
-                                              req.path + "': No such file or directory");
+    return vd::Error::from_errno(ENOENT, "open", req.path);
   }
   auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
-  if (!disk) {
-    // Make sure the image name appears even if the lower layer's message lacks it.
-    std::string msg = disk.error().message();
-    if (msg.find(req.path) == std::string::npos)
-      return disk.error().legacy_wrap("Could not open '" + req.path + "'");
-    return disk.error();
-  }
+  if (!disk) return name_image(disk.error(), req.path);
   return disk;
 }
 
+// The image is named once, by the error's path field; an error that has one keeps it.
 vd::Error name_image(const vd::Error& error, const std::string& path) {
-  if (!error || error.message().find(path) != std::string::npos) return error;
-  return error.legacy_wrap(path);
+  if (!error || !error.path().empty()) return error;
+  return vd::Error(error).image(path);
 }
 
 std::string format_name(const vd::Image& image) { return std::string(image.backend().name()); }

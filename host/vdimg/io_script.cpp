@@ -256,10 +256,10 @@ Error run_io_commands(Runtime& rt, Disk& disk, const std::vector<IoCommand>& com
                       std::ostream& out, bool quiet) {
   for (const auto& cmd : commands) {
     if (cmd.op != IoCommand::Op::flush)
-      if (auto err = check_range(disk, cmd)) return err.legacy_wrap(cmd.text);
+      if (auto err = check_range(disk, cmd)) return err.wrap(cmd.text);
     bool mismatch = false;
     auto start = std::chrono::steady_clock::now();
-    if (auto err = run_one(rt, disk, cmd, out, mismatch)) return err.legacy_wrap(cmd.text);
+    if (auto err = run_one(rt, disk, cmd, out, mismatch)) return err.wrap(cmd.text);
     std::chrono::duration<double> secs = std::chrono::steady_clock::now() - start;
     const char* verb = verb_of(cmd.op);
     if (verb && !quiet && !cmd.quiet) report(out, verb, cmd, secs.count());

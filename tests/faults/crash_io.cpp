@@ -21,7 +21,7 @@ void apply_change(std::vector<std::byte>& bytes, const Change& c) {
 }
 
 vd::Error power_off(const std::string& path, const char* what) {
-  return vd::Error::from_errno(EIO, std::string(what) + " of '" + path + "' after the power went off");
+  return vd::Error::from_errno(EIO, std::string(what) + " after the power went off", path);
 }
 
 class CrashFile final : public vd::File {

@@ -100,8 +100,9 @@ TEST_F(DiskOpenTest, MissingParentNamesFileChildAndChain) {
   ASSERT_FALSE(d);
   EXPECT_TRUE(d.error().is(vd::Errc::not_found));
   EXPECT_EQ(d.error().message(),
-            "Could not open backing file 'base.img' of '/m/mid.fake' "
+            "'/m/mid.fake': Could not open backing file 'base.img' "
             "(chain: /m/top.fake -> /m/mid.fake): No such file or directory");
+  EXPECT_EQ(d.error().path(), "/m/mid.fake");
 }
 
 TEST_F(DiskOpenTest, MissingTopIsNotFound) {

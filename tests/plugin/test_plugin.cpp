@@ -83,13 +83,13 @@ class PlugImage final : public vd::Image {
 
  private:
   vd::Error unsupported(const char* what) const {
-    return vd::Error(vd::Errc::not_supported, "'" + path_ + "': plugtest has no " + what);
+    return vd::Error(vd::Errc::not_supported, std::string("plugtest has no ") + what).image(path_);
   }
   void refuse(vd::Completion done) {
     // Completions are posted, never inline: borrow the file's executor with a flush.
-    std::string msg = "'" + path_ + "' is opened read-only";
-    file_->async_flush([done = std::move(done), msg](vd::Error) {
-      done(vd::Error(vd::Errc::read_only, msg));
+    vd::Error err = vd::Error(vd::Errc::read_only, "the image is opened read-only").image(path_);
+    file_->async_flush([done = std::move(done), err](vd::Error) {
+      done(err);
     });
   }
 
@@ -121,7 +121,7 @@ class PlugBackend final : public vd::Backend {
     std::byte head[16] = {};
     if (vd::Error e = (*file)->read(vd::IoKind::meta, 0, head)) return e;
     if (std::memcmp(head, kMagic, sizeof kMagic) != 0) {
-      return vd::Error(vd::Errc::wrong_format, "'" + path + "' is not a plugtest image");
+      return vd::Error(vd::Errc::wrong_format, "not a plugtest image").image(path);
     }
     uint64_t size = 0;
     for (int i = 7; i >= 0; --i) size = size << 8 | std::to_integer<uint64_t>(head[8 + i]);

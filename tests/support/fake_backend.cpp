@@ -47,7 +47,7 @@ std::vector<std::byte> encode(const Header& h) {
 }
 
 vd::Error bad(const std::string& path, const std::string& what) {
-  return vd::Error(vd::Errc::corrupt, "fake image '" + path + "': " + what);
+  return vd::Error(vd::Errc::corrupt, "fake image: " + what).image(path);
 }
 
 vd::Error validate(const Header& h, const std::string& path) {
@@ -65,7 +65,7 @@ vd::Result<Header> decode(vd::File& f) {
   std::vector<std::byte> raw(kMapOffset);
   if (vd::Error e = f.read(vd::IoKind::meta, 0, raw)) return e;
   if (std::memcmp(raw.data(), kMagic, sizeof kMagic) != 0) {
-    return vd::Error(vd::Errc::wrong_format, "'" + f.path() + "' is not a fake image");
+    return vd::Error(vd::Errc::wrong_format, "not a fake image").image(f.path());
   }
   Header h;
   h.size = get_le(&raw[8], 8);
@@ -133,7 +133,7 @@ class FakeImage final : public vd::Image {
     return s.empty() ? std::nullopt : std::optional<std::string>(s);
   }
   vd::Error unsupported(const char* what) const {
-    return vd::Error(vd::Errc::not_supported, "'" + path_ + "': fake has no " + what);
+    return vd::Error(vd::Errc::not_supported, std::string("fake has no ") + what).image(path_);
   }
   // Length of the prefix of [offset, offset + length) whose clusters share one state.
   uint64_t run(uint64_t offset, uint64_t length, bool& is_allocated) const;
@@ -234,13 +234,14 @@ uint64_t FakeImage::run(uint64_t offset, uint64_t length, bool& is_allocated) co
 }
 
 vd::Error FakeImage::check_request(uint64_t offset, uint64_t length, bool writing) const {
-  if (!file_) return vd::Error(vd::Errc::invalid_argument, "'" + path_ + "' is closed");
+  if (!file_) return vd::Error(vd::Errc::invalid_argument, "the image is closed").image(path_);
   if (writing && (flags_ & vd::open_read_only)) {
-    return vd::Error(vd::Errc::read_only, "'" + path_ + "' is opened read-only");
+    return vd::Error(vd::Errc::read_only, "the image is opened read-only").image(path_);
   }
   if (offset > h_.size || length > h_.size - offset) {
-    return vd::Error(vd::Errc::out_of_range, "'" + path_ + "': request at " + vd::hex(offset) +
-                                                 " beyond the virtual size");
+    return vd::Error(vd::Errc::out_of_range, "request at " + vd::hex(offset) + " beyond the virtual size")
+        .image(path_)
+        .at(offset);
   }
   return {};
 }
@@ -329,7 +330,7 @@ void FakeImage::block_status(uint64_t offset, uint64_t length, vd::ExtentHandler
 vd::Error FakeImage::set_parent(const std::optional<std::string>& filename,
                                 const std::optional<std::string>& format) {
   if (flags_ & vd::open_read_only) {
-    return vd::Error(vd::Errc::read_only, "'" + path_ + "' is opened read-only");
+    return vd::Error(vd::Errc::read_only, "the image is opened read-only").image(path_);
   }
   Header h = h_;
   h.parent = filename.value_or("");

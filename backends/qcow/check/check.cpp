@@ -16,13 +16,13 @@ Checker::Checker(QcowImage& img, RepairMode mode)
 // Writes made through the image reach the disk first: the check reads the disk only.
 Error Checker::prepare() {
   if (img_.hdr_.version == 1)
-    return Error(Errc::not_supported, "'" + path_ + "': QCOW version 1 images cannot be checked");
+    return Error(Errc::not_supported, "QCOW version 1 images cannot be checked").image(path_);
   const bool ro = img_.open_flags() & open_read_only;
   if (mode_ != RepairMode::none && ro)
-    return Error(Errc::read_only, "'" + path_ + "': repairing needs the image opened read-write");
+    return Error(Errc::read_only, "repairing needs the image opened read-write").image(path_);
   if (!ro) {
     if (img_.writes_active_ || img_.flushing_)
-      return Error(Errc::busy, "'" + path_ + "': check while requests are in flight");
+      return Error(Errc::busy, "check while requests are in flight").image(path_);
     if (img_.refs_)
       if (Error e = FlushRequest::run_sync(img_)) return e;
   }
@@ -122,7 +122,7 @@ Error Checker::finish(CheckReport& r) {
     if (Error e = mark_clean()) return e;
   }
   if (!changed_) return {};
-  if (Error e = file_.flush()) return e.legacy_wrap("'" + path_ + "': flush");  // COPIED fixes
+  if (Error e = file_.flush()) return e.wrap("flush").image(path_);  // COPIED fixes
   return reload_image();
 }
 

@@ -64,7 +64,7 @@ Error DiskRefcounts::load() {
   const uint64_t in_file = std::min(table_bytes_, (file_end_ - table_offset_)) / 8;
   std::vector<std::byte> raw(in_file * 8);
   if (Error e = file_.read(IoKind::meta, table_offset_, raw))
-    return e.legacy_wrap("'" + path_ + "': reading the refcount table at " + hex(table_offset_));
+    return e.wrap("reading", "refcount table", table_offset_).image(path_);
   for (uint64_t i = 0; i < in_file; ++i) table_[i] = load_be64(raw.data() + i * 8);
   return {};
 }
@@ -80,7 +80,7 @@ Result<std::vector<std::byte>*> DiskRefcounts::block(uint64_t index) {
   }
   std::vector<std::byte> b(uint64_t{1} << cluster_bits_);
   if (Error e = file_.read(IoKind::meta, off, b))
-    return e.legacy_wrap("'" + path_ + "': reading refcount block at " + hex(off));
+    return e.wrap("reading", "refcount block", off).image(path_);
   return &blocks_.emplace(index, std::move(b)).first->second;
 }
 
@@ -90,8 +90,10 @@ Result<uint64_t> DiskRefcounts::get(uint64_t cluster) {
   const uint64_t off = table_[index] & kReftableOffsetMask;
   if (!off) return uint64_t{0};
   if (off & ((uint64_t{1} << cluster_bits_) - 1))
-    return Error(Errc::corrupt, "'" + path_ + "': Refblock offset " + hex(off) +
-                                    " unaligned (reftable index: " + hex(index) + ")");
+    return Error(Errc::corrupt, "Refblock offset " + hex(off) + " unaligned (reftable index: " + hex(index) + ")")
+        .image(path_)
+        .structure("refcount block")
+        .at(off);
   auto b = block(index);
   if (!b) return b.error();
   if (!*b) return uint64_t{0};
@@ -103,7 +105,7 @@ Error DiskRefcounts::set(uint64_t cluster, uint64_t value) {
   auto b = index < table_.size() ? block(index) : Result<std::vector<std::byte>*>(nullptr);
   if (!b) return b.error();
   if (!*b)
-    return Error(Errc::corrupt, "'" + path_ + "': no refcount block for cluster " + hex(cluster << cluster_bits_));
+    return Error(Errc::corrupt, "no refcount block for cluster " + hex(cluster << cluster_bits_)).image(path_);
   set_refcount_entry(**b, order_, cluster % epb_, value);
   dirty_[index] = true;
   return {};
@@ -113,7 +115,7 @@ Error DiskRefcounts::write_dirty() {
   for (const auto& [index, unused] : dirty_) {
     const uint64_t off = table_[index] & kReftableOffsetMask;
     if (Error e = file_.write(IoKind::meta, off, blocks_.at(index)))
-      return e.legacy_wrap("'" + path_ + "': writing refcount block at " + hex(off));
+      return e.wrap("writing", "refcount block", off).image(path_);
   }
   dirty_.clear();
   return {};
@@ -187,7 +189,7 @@ Error Checker::fix_l1_copied(CheckReport& r, uint64_t index, uint64_t entry, uin
   store_be64(raw, fixed);
   if (Error e = file_.write(IoKind::meta, hdr_.l1_table_offset + index * 8, raw)) {
     ++r.check_errors;
-    return e.legacy_wrap("'" + path_ + "': writing the active L1 table");
+    return e.wrap("writing", "active L1 table").image(path_);
   }
   --r.corruptions;
   ++r.corruptions_fixed;
@@ -231,7 +233,7 @@ Error Checker::check_l2_copied(CheckReport& r, uint64_t l2_offset, bool repair) 
   for (uint64_t k = 0; k < t->size(); ++k) store_be64(raw.data() + k * 8, (*t)[k]);
   if (Error e = file_.write(IoKind::meta, l2_offset, raw)) {
     ++r.check_errors;
-    return e.legacy_wrap("'" + path_ + "': writing the L2 table at " + hex(l2_offset));
+    return e.wrap("writing", "L2 table", l2_offset).image(path_);
   }
   r.corruptions -= dirty;
   r.corruptions_fixed += dirty;

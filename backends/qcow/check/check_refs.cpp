@@ -37,7 +37,7 @@ Result<std::vector<uint64_t>> Checker::read_table(uint64_t offset, uint64_t entr
   std::vector<std::byte> raw(in_file * 8);
   if (in_file)
     if (Error e = file_.read(IoKind::meta, offset, raw))
-      return e.legacy_wrap("'" + path_ + "': reading the " + what + " at " + hex(offset));
+      return e.wrap("reading", what, offset).image(path_);
   std::vector<uint64_t> out(in_file);
   for (uint64_t i = 0; i < in_file; ++i) out[i] = load_be64(raw.data() + i * 8);
   return out;
@@ -229,7 +229,7 @@ Error Checker::count_bitmaps(CheckReport& r, RefArray& refs) {
   }
   std::vector<std::byte> dir(dir_size);
   if (Error e = file_.read(IoKind::meta, dir_offset, dir))
-    return e.legacy_wrap("'" + path_ + "': reading the bitmap directory at " + hex(dir_offset));
+    return e.wrap("reading", "bitmap directory", dir_offset).image(path_);
   for (uint64_t pos = 0; pos + kBitmapDirEntryHeader <= dir.size();) {
     const std::byte* p = dir.data() + pos;
     const uint64_t table_offset = load_be64(p);

@@ -42,8 +42,8 @@ Error Checker::rebuild_structures(RefArray& refs) {
     tclusters = tc;
   }
   if (tclusters * cs_ > kMaxRefcountTableBytes)
-    return Error(Errc::too_large, "'" + path_ + "': a rebuilt refcount table would exceed " +
-                                      std::to_string(kMaxRefcountTableBytes >> 20) + " MiB");
+    return Error(Errc::too_large, "a rebuilt refcount table would exceed " +
+                                      std::to_string(kMaxRefcountTableBytes >> 20) + " MiB").image(path_);
   const uint64_t end = start + nblocks + tclusters;
   refs.counts.resize(end, 0);
   std::fill(refs.counts.begin() + static_cast<ptrdiff_t>(start), refs.counts.end(), 1);
@@ -53,8 +53,8 @@ Error Checker::rebuild_structures(RefArray& refs) {
   std::vector<std::byte> table(tclusters * cs_);
   for (uint64_t b = 0; b < nblocks; ++b) store_be64(table.data() + b * 8, (start + b) * cs_);
   if (Error e = file_.write(IoKind::meta, table_at, table))
-    return e.legacy_wrap("'" + path_ + "': writing the new refcount table at " + hex(table_at));
-  if (Error e = file_.flush()) return e.legacy_wrap("'" + path_ + "': flush");
+    return e.wrap("writing", "new refcount table", table_at).image(path_);
+  if (Error e = file_.flush()) return e.wrap("flush").image(path_);
 
   std::byte field[12];
   store_be64(field, table_at);
@@ -83,7 +83,7 @@ Error Checker::write_refblocks(const RefArray& refs, uint64_t first_block_offset
       set_refcount_entry(block, hdr_.refcount_order, c - first, std::min(refs.counts[c], refcount_max_));
     const uint64_t at = first_block_offset + b * cs_;
     if (Error e = file_.write(IoKind::meta, at, block))
-      return e.legacy_wrap("'" + path_ + "': writing a new refcount block at " + hex(at));
+      return e.wrap("writing", "a new refcount block", at).image(path_);
   }
   return {};
 }
@@ -91,8 +91,8 @@ Error Checker::write_refblocks(const RefArray& refs, uint64_t first_block_offset
 // Header fields are rewritten in place, one small write each, and flushed at once.
 Error Checker::write_header_field(uint64_t offset, std::span<const std::byte> bytes) {
   if (Error e = file_.write(IoKind::meta, offset, bytes))
-    return e.legacy_wrap("'" + path_ + "': writing the header at " + hex(offset));
-  if (Error e = file_.flush()) return e.legacy_wrap("'" + path_ + "': flush");
+    return e.wrap("writing", "header", offset).image(path_);
+  if (Error e = file_.flush()) return e.wrap("flush").image(path_);
   return {};
 }
 
@@ -100,7 +100,7 @@ Error Checker::write_header_field(uint64_t offset, std::span<const std::byte> by
 Error Checker::mark_clean() {
   const uint64_t bits = kIncompatDirty | kIncompatCorrupt;
   if (hdr_.version < 3 || !(hdr_.incompatible_features & bits)) return {};
-  if (Error e = file_.flush()) return e.legacy_wrap("'" + path_ + "': flush");
+  if (Error e = file_.flush()) return e.wrap("flush").image(path_);
   std::byte field[8];
   store_be64(field, hdr_.incompatible_features & ~bits);
   if (Error e = write_header_field(kHeaderIncompatible, field)) return e;
@@ -146,7 +146,7 @@ Error Checker::rewrite_snapshot_table(CheckReport& s) {
   auto at = m.refs_->allocate(clusters);
   if (!at) return at.error();
   if (Error e = file_.write(IoKind::meta, *at, *table))
-    return e.legacy_wrap("'" + path_ + "': writing the snapshot table at " + hex(*at));
+    return e.wrap("writing", "snapshot table", *at).image(path_);
   const uint64_t old_offset = m.hdr_.snapshots_offset;
   const uint64_t old_clusters = div_up(old_offset % cs_ + stored_snapshot_table_size(snaps_), cs_);
   m.hdr_.snapshots_offset = *at;

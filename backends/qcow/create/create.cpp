@@ -63,7 +63,7 @@ Error write_bootstrap(File& f, const Header& h, const std::string& path) {
       buf[2 * cs + (c + 1) * (bits / 8) - 1] = std::byte{1};
     }
   }
-  if (Error e = f.write(IoKind::meta, 0, buf)) return e.legacy_wrap("'" + path + "': writing the new image");
+  if (Error e = f.write(IoKind::meta, 0, buf)) return e.wrap("writing", "new image").image(path);
   return {};
 }
 
@@ -73,7 +73,7 @@ Result<uint64_t> place(Refcounts& refs, uint64_t bytes, uint64_t cs) {
 
 Error create_qcow2(const std::string& path, const QcowCreateSpec& s, const CreateOptions& opts, IoProvider& io) {
   Header h = base_header(s, opts.size);
-  if (uint64_t{h.l1_size} * 8 > kMaxL1Bytes) return Error(Errc::too_large, "'" + path + "': Image is too big");
+  if (uint64_t{h.l1_size} * 8 > kMaxL1Bytes) return Error(Errc::too_large, "Image is too big").image(path);
   if (s.data_file) {
     // The data file is named relative to the image's folder; raw data files hold the
     // whole virtual disk at its own offsets.
@@ -81,7 +81,7 @@ Error create_qcow2(const std::string& path, const QcowCreateSpec& s, const Creat
     const auto slash = path.rfind('/');
     if (dp.empty() || (dp[0] != '/' && slash != std::string::npos)) dp = path.substr(0, slash + 1) + dp;
     auto df = io.open(dp, file_read | file_write | file_create | file_truncate);
-    if (!df) return df.error().legacy_wrap("'" + path + "': creating its data file");
+    if (!df) return df.error().wrap("creating", "data file").image(path);
     if (Error e = (*df)->set_size(s.data_file_raw ? opts.size : 0)) return e;
   }
   auto fr = io.open(path, file_read | file_write | file_create | file_truncate);
@@ -115,7 +115,7 @@ Error create_qcow2(const std::string& path, const QcowCreateSpec& s, const Creat
   h.refcount_table_offset = refs.table_offset();
   h.refcount_table_clusters = refs.table_clusters();
   auto bytes = encode_header(h);
-  if (!bytes) return bytes.error().legacy_wrap("'" + path + "'");
+  if (!bytes) return bytes.error().wrap("encoding", "header").image(path);
   if (Error e = f.write(IoKind::meta, 0, *bytes)) return e;
   if (moved) {  // the bootstrap table was outgrown: its cluster is free once the header moved
     refs.table_committed();
@@ -135,13 +135,13 @@ Error create_qcow1(const std::string& path, const QcowCreateSpec& s, const Creat
   h.crypt_method = s.crypt_method;
   h.backing_file = s.backing_file;
   const uint32_t shift = h.cluster_bits + h.l2_bits;
-  if (opts.size > (uint64_t{1} << 55)) return Error(Errc::too_large, "'" + path + "': Image too large");
+  if (opts.size > (uint64_t{1} << 55)) return Error(Errc::too_large, "Image too large").image(path);
   h.l1_size = static_cast<uint32_t>((opts.size + (1ull << shift) - 1) >> shift);
   auto head = encode_header(h);
-  if (!head) return head.error().legacy_wrap("'" + path + "'");
+  if (!head) return head.error().wrap("encoding", "header").image(path);
   h.l1_table_offset = (head->size() + 7) & ~uint64_t{7};
   head = encode_header(h);
-  if (!head) return head.error().legacy_wrap("'" + path + "'");
+  if (!head) return head.error().wrap("encoding", "header").image(path);
   auto fr = io.open(path, file_read | file_write | file_create | file_truncate);
   if (!fr) return fr.error();
   std::vector<std::byte> buf(h.l1_table_offset + (uint64_t{h.l1_size} * 8 + 511) / 512 * 512);
@@ -201,7 +201,7 @@ Result<std::unique_ptr<Image>> create_image(const Backend& backend, const std::s
   if (!img) return img.error();
   if (!v1 && spec->prealloc != Prealloc::off) {
     if (spec->data_file)
-      return Error(Errc::not_supported, "'" + path + "': preallocation with an external data file");
+      return Error(Errc::not_supported, "preallocation with an external data file").image(path);
     auto* q = static_cast<QcowImage*>(img->get());
     if (Error e = q->preallocate(static_cast<int>(spec->prealloc))) return e;
   }

@@ -12,7 +12,7 @@ namespace {
 constexpr const char* kV3Hint = " (use version=v3 or greater)";
 
 Error bad(const std::string& path, const std::string& what) {
-  return Error(Errc::invalid_argument, "'" + path + "': " + what);
+  return Error(Errc::invalid_argument, what).image(path);
 }
 
 Result<bool> on_off(const std::string& key, const std::string& v, const std::string& path) {

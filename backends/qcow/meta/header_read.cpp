@@ -138,7 +138,7 @@ Error read_qcow1_backing_name(File& f, uint64_t file_size, Header& h, const std:
                             " bytes beyond the end of the file at " + hex(file_size) + ")");
   std::vector<std::byte> buf(h.backing_file_size);
   if (Error e = f.read(IoKind::meta, h.backing_file_offset, buf))
-    return e.legacy_wrap("reading the backing file name of '" + path + "'");
+    return e.wrap("reading", "backing file name", h.backing_file_offset).image(path);
   std::string name = c_string(buf.data(), buf.size());
   if (!name.empty()) h.backing_file = std::move(name);
   return {};
@@ -190,9 +190,9 @@ Result<Header> parse_qcow2_header(std::span<const std::byte> head, const std::st
 
 Result<Header> read_header(File& f, const std::string& path, const ReadHeaderOptions& opts) {
   auto file_size = f.size();
-  if (!file_size) return file_size.error().legacy_wrap("size of '" + path + "'");
+  if (!file_size) return file_size.error().wrap("size").image(path);
   std::byte fixed[kV3FullHeaderSize] = {};
-  if (Error e = f.read(IoKind::meta, 0, fixed)) return e.legacy_wrap("reading the header of '" + path + "'");
+  if (Error e = f.read(IoKind::meta, 0, fixed)) return e.wrap("reading", "header", 0).image(path);
   if (load_be32(fixed) == kMagic && load_be32(fixed + kOffVersion) == 1)
     return read_qcow1(f, fixed, *file_size, path, opts);
 
@@ -203,7 +203,7 @@ Result<Header> read_header(File& f, const std::string& path, const ReadHeaderOpt
   std::vector<std::byte> c0(probe.cluster_size());
   size_t have = static_cast<size_t>(std::min<uint64_t>(c0.size(), *file_size));
   if (Error e = f.read(IoKind::meta, 0, std::span(c0).first(have)))
-    return e.legacy_wrap("reading the header cluster of '" + path + "'");
+    return e.wrap("reading", "header cluster", 0).image(path);
   auto h = parse_qcow2_header(c0, path);
   if (!h) return h;
   if (h->backing_file && h->backing_file_offset + h->backing_file_size > *file_size)

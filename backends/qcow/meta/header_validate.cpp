@@ -12,7 +12,7 @@ namespace vd::qcow {
 namespace detail {
 
 Error header_error(Errc e, const std::string& path, const std::string& what) {
-  return Error(e, "'" + path + "': " + what);
+  return Error(e, what).image(path);
 }
 
 std::string c_string(const std::byte* p, size_t len) {

@@ -26,8 +26,10 @@ struct Unit {
 };
 
 Error corrupt(const std::string& path, const std::string& what, uint64_t l2_offset, uint64_t index) {
-  return Error(Errc::corrupt, "'" + path + "': " + what + " (L2 offset: " + hex(l2_offset) +
-                                  ", L2 index: " + hex(index) + ")");
+  return Error(Errc::corrupt, what + " (L2 offset: " + hex(l2_offset) + ", L2 index: " + hex(index) + ")")
+      .image(path)
+      .structure("L2 table")
+      .at(l2_offset);
 }
 
 Result<Unit> decode_v1(const Layout& l, uint64_t e) {

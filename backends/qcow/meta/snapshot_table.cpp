@@ -29,7 +29,7 @@ class WindowReader {
       buf_.assign(std::max<size_t>(kWindow, out.size()), std::byte{0});
       start_ = rel;
       if (Error e = f_.read(IoKind::meta, base_ + rel, buf_))
-        return e.legacy_wrap("reading the snapshot table at " + hex(base_ + rel));
+        return e.wrap("reading", "snapshot table", base_ + rel);
     }
     std::copy_n(buf_.begin() + (rel - start_), out.size(), out.begin());
     return {};
@@ -195,7 +195,7 @@ Error validate_snapshot(const Snapshot& s, const Header& h, size_t index, uint64
                         const std::string& path) {
   std::string which = " (snapshot table entry " + std::to_string(index) + ", id '" + s.id + "')";
   if (Error e = validate_table(h, s.l1_table_offset, s.l1_size, 8, kMaxL1Bytes, "Snapshot L1 table", path))
-    return Error(e.code(), e.message() + which);
+    return Error(e.code(), e.detail() + which).image(e.path());
   uint64_t bytes = uint64_t{s.l1_size} * 8;
   if (file_size && bytes && (s.l1_table_offset > file_size || bytes > file_size - s.l1_table_offset))
     return header_error(Errc::corrupt, path,
