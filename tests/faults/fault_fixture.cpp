@@ -21,11 +21,13 @@ CheckOutcome qemu_check(const Files& files, const std::string& image, const std:
                         const std::optional<std::string>& passphrase) {
   TempDir dir;
   for (const auto& [name, bytes] : files) write_file(dir.file(name), bytes);
-  CmdResult r = passphrase ? run({"qemu-img", "check", "--object", "secret,id=sec0,data=" + *passphrase,
-                                  "--image-opts",
-                                  "driver=" + format + ",file.filename=" + dir.file(image) +
-                                      ",encrypt.key-secret=sec0"})
-                           : run({"qemu-img", "check", "-f", format, dir.file(image)});
+  // In the folder: qemu opens a relative external data file name from the working directory.
+  const std::string cmd =
+      "cd '" + dir.path() + "' && exec qemu-img check " +
+      (passphrase ? "--object secret,id=sec0,data=" + *passphrase + " --image-opts driver=" + format +
+                        ",file.filename=" + image + ",encrypt.key-secret=sec0"
+                  : "-f " + format + " " + image);
+  CmdResult r = run({"sh", "-c", cmd});
   return CheckOutcome{r.exit_code, r.out + r.err};
 }
 
