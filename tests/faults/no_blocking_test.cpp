@@ -373,6 +373,56 @@ TEST(NoBlocking, Luks) {
   run_case(c);
 }
 
+// Requests refused before any I/O (out of range, a compressed write that cannot be done)
+// still complete through the executor, never inside the call that made them (Rig::run
+// fails the test otherwise; whether each is refused is not what this test is about).
+TEST(NoBlocking, RefusedRequestsCompletePosted) {
+  VD_REQUIRE_QEMU();
+  struct Kind {
+    std::string name, script, top, format;
+  };
+  const std::vector<Kind> kinds = {
+      {"qcow2", "qemu-img create -q -f qcow2 -o cluster_size=4k top.qcow2 4M && " + fixture_writes("top.qcow2", "qcow2"),
+       "top.qcow2", "qcow2"},
+      {"raw", "qemu-img create -q -f raw top.raw 4M", "top.raw", "raw"},
+      {"qcow", "qemu-img create -q -f qcow top.qcow 4M", "top.qcow", "qcow"},
+  };
+  for (const auto& k : kinds) {
+    SCOPED_TRACE(k.name);
+    Rig rig(make_files(k.script, {k.top}));
+    OpenSpec spec;
+    spec.top = k.top;
+    spec.top_format = k.format;
+    ASSERT_FALSE(rig.open(spec));
+    const uint64_t end = rig.disk().size();
+    Bytes buf(4096);
+    {
+      SCOPED_TRACE("read past the end");
+      rig.run([&](vd::Completion c) { rig.disk().read(end, buf, std::move(c)); });
+    }
+    {
+      SCOPED_TRACE("write past the end");
+      rig.write(end - 512, buf);
+    }
+    {
+      SCOPED_TRACE("write_zeroes past the end");
+      rig.write_zeroes(end, 4096, 0);
+    }
+    {
+      SCOPED_TRACE("discard past the end");
+      rig.discard(end, 4096);
+    }
+    {
+      SCOPED_TRACE("compressed write of part of a cluster");
+      rig.write(2 * kMiB + 512, Bytes(512), vd::write_compressed);
+    }
+    {
+      SCOPED_TRACE("compressed write over an allocated cluster");
+      rig.write(0, fill(4096, 0x77), vd::write_compressed);
+    }
+  }
+}
+
 // 512-byte clusters with 16-bit refcounts: a refcount block covers 256 clusters (128 KiB), so
 // 6 MiB of data need dozens of them. Opened afresh, none is loaded: allocating into
 // unallocated space, discarding allocated space and flushing (which applies the released
