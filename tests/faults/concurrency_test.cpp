@@ -26,10 +26,11 @@ void concurrent_writes(const Files& files, const OpenSpec& spec, const std::vect
   std::vector<int> done(pieces.size(), 0);
   std::vector<vd::Error> errors(pieces.size());
   for (size_t i = 0; i < pieces.size(); ++i)
-    rig.disk().write(pieces[i].offset, pieces[i].data, 0, [&, i](vd::Error e) {
-      ++done[i];
-      errors[i] = e;
-    });
+    rig.start([&, i](vd::Completion c) { rig.disk().write(pieces[i].offset, pieces[i].data, 0, std::move(c)); },
+              [&, i](vd::Error e) {
+                ++done[i];
+                errors[i] = e;
+              });
   const bool finished = rig.drive([&] { return std::all_of(done.begin(), done.end(), [](int d) { return d > 0; }); }, seed);
   ASSERT_TRUE(finished) << "the writes stalled: " << rig.io.held() << " held\n" << calls_text(rig.io);
   rig.io.hold(false);
@@ -113,14 +114,16 @@ TEST(Concurrency, FlushAmongWritesInFlightPersistsTheModel) {
     rig.io.hold(true);
     int writes = 0, flushes = 0;
     for (size_t i = 0; i < pieces.size(); ++i) {
-      rig.disk().write(pieces[i].offset, pieces[i].data, 0, [&](vd::Error e) {
-        ++writes;
-        EXPECT_FALSE(e) << e.message();
-      });
-      if (i == pieces.size() / 2) rig.disk().flush([&](vd::Error e) {
-        ++flushes;
-        EXPECT_FALSE(e) << e.message();
-      });
+      rig.start([&, i](vd::Completion c) { rig.disk().write(pieces[i].offset, pieces[i].data, 0, std::move(c)); },
+                [&](vd::Error e) {
+                  ++writes;
+                  EXPECT_FALSE(e) << e.message();
+                });
+      if (i == pieces.size() / 2)
+        rig.start([&](vd::Completion c) { rig.disk().flush(std::move(c)); }, [&](vd::Error e) {
+          ++flushes;
+          EXPECT_FALSE(e) << e.message();
+        });
     }
     ASSERT_TRUE(rig.drive([&] { return writes == int(pieces.size()) && flushes == 1; }, seed))
         << calls_text(rig.io);

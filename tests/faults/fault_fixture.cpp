@@ -17,10 +17,17 @@ Files make_files(const std::string& script, const std::vector<std::string>& name
   return out;
 }
 
-CheckOutcome qemu_check(const Files& files, const std::string& image) {
+CheckOutcome qemu_check(const Files& files, const std::string& image, const std::string& format,
+                        const std::optional<std::string>& passphrase) {
   TempDir dir;
   for (const auto& [name, bytes] : files) write_file(dir.file(name), bytes);
-  CmdResult r = run({"qemu-img", "check", "-f", "qcow2", dir.file(image)});
+  // In the folder: qemu opens a relative external data file name from the working directory.
+  const std::string cmd =
+      "cd '" + dir.path() + "' && exec qemu-img check " +
+      (passphrase ? "--object secret,id=sec0,data=" + *passphrase + " --image-opts driver=" + format +
+                        ",file.filename=" + image + ",encrypt.key-secret=sec0"
+                  : "-f " + format + " " + image);
+  CmdResult r = run({"sh", "-c", cmd});
   return CheckOutcome{r.exit_code, r.out + r.err};
 }
 
@@ -44,34 +51,59 @@ Rig::~Rig() {
 }
 
 vd::Result<std::unique_ptr<vd::Disk>> open_chain(vd::IoProvider& io, const OpenSpec& spec) {
+  auto backend = [](const std::string& format) -> const vd::Backend& {
+    if (format == "raw") return vd::backends::raw();
+    if (format == "qcow") return vd::backends::qcow();
+    if (format == "luks") return vd::backends::luks();
+    return vd::backends::qcow2();
+  };
   std::vector<std::unique_ptr<vd::Image>> chain;
   vd::OpenOptions o;
   o.flags = vd::open_format_given;
   o.cache_bytes = spec.cache_bytes;
-  auto top = vd::backends::qcow2().open(spec.top, o, io);
+  o.passphrase = spec.passphrase;
+  auto top = backend(spec.top_format).open(spec.top, o, io);
   if (!top) return top.error();
   chain.push_back(std::move(*top));
   if (spec.base) {
-    const bool raw = spec.base->ends_with(".raw");
+    const std::string format = spec.base_format ? *spec.base_format : spec.base->ends_with(".raw") ? "raw" : "qcow2";
     vd::OpenOptions bo;
     bo.flags = vd::open_read_only | vd::open_format_given;
-    auto base = (raw ? vd::backends::raw() : vd::backends::qcow2()).open(*spec.base, bo, io);
+    auto base = backend(format).open(*spec.base, bo, io);
     if (!base) return base.error();
     chain.push_back(std::move(*base));
   }
   return vd::Disk::assemble(std::move(chain));
 }
 
-vd::Error run_on(boost::asio::io_context& ctx, const std::function<void(vd::Completion)>& start) {
-  int calls = 0;
-  vd::Error result;
-  start([&calls, &result](vd::Error e) {
-    if (calls++ == 0) result = e;
-  });
+Tracked track(vd::Completion done, MockIoProvider* io) {
+  Tracked t;
+  t.returned = std::make_shared<bool>(false);
+  t.calls = std::make_shared<int>(0);
+  if (io) io->begin_data_path();
+  t.done = [io, returned = t.returned, calls = t.calls, done = std::move(done)](vd::Error e) {
+    if (!*returned) ADD_FAILURE() << "completion ran inside the call that started it (completions must be posted)";
+    if (++*calls > 1) {
+      ADD_FAILURE() << "completion ran " << *calls << " times";
+      return;
+    }
+    if (io) io->end_data_path();
+    done(e);
+  };
+  return t;
+}
+
+vd::Error run_on(boost::asio::io_context& ctx, const std::function<void(vd::Completion)>& start,
+                 MockIoProvider* io) {
+  auto result = std::make_shared<vd::Error>();
+  Tracked t = track([result](vd::Error e) { *result = e; }, io);
+  start(t.done);
+  *t.returned = true;
   ctx.restart();
   ctx.run();
-  EXPECT_EQ(calls, 1) << "the completion must run exactly once";
-  return result;
+  EXPECT_EQ(*t.calls, 1) << "the completion must run exactly once";
+  if (*t.calls == 0 && io) io->end_data_path();  // no longer in flight for the checks to come
+  return *result;
 }
 
 Bytes read_disk(boost::asio::io_context& ctx, vd::Disk& disk) {
@@ -89,13 +121,30 @@ vd::Error Rig::open(const OpenSpec& spec) {
   return {};
 }
 
-vd::Error Rig::run(const std::function<void(vd::Completion)>& start) { return run_on(ctx, start); }
+vd::Error Rig::run(const std::function<void(vd::Completion)>& start) { return run_on(ctx, start, &io); }
 
-vd::Error Rig::write(uint64_t offset, const Bytes& data) {
-  return run([&](vd::Completion c) { disk_->write(offset, data, 0, std::move(c)); });
+void Rig::start(const std::function<void(vd::Completion)>& start, vd::Completion done) {
+  Tracked t = track(std::move(done), &io);
+  start(t.done);
+  *t.returned = true;
 }
-vd::Error Rig::write_zeroes(uint64_t offset, uint64_t length) {
-  return run([&](vd::Completion c) { disk_->write_zeroes(offset, length, vd::zero_may_unmap, std::move(c)); });
+
+vd::Error Rig::write(uint64_t offset, const Bytes& data, unsigned flags) {
+  return run([&](vd::Completion c) { disk_->write(offset, data, flags, std::move(c)); });
+}
+vd::Error Rig::write_zeroes(uint64_t offset, uint64_t length, unsigned flags) {
+  return run([&](vd::Completion c) { disk_->write_zeroes(offset, length, flags, std::move(c)); });
+}
+vd::Result<vd::DiskExtent> Rig::block_status(uint64_t offset, uint64_t length) {
+  vd::DiskExtent out;
+  vd::Error e = run([&](vd::Completion c) {
+    disk_->block_status(offset, length, [&out, c = std::move(c)](vd::Error err, vd::DiskExtent x) {
+      out = x;
+      c(err);
+    });
+  });
+  if (e) return e;
+  return out;
 }
 vd::Error Rig::discard(uint64_t offset, uint64_t length) {
   return run([&](vd::Completion c) { disk_->discard(offset, length, std::move(c)); });
@@ -104,10 +153,21 @@ vd::Error Rig::flush() {
   return run([&](vd::Completion c) { disk_->flush(std::move(c)); });
 }
 
-Bytes Rig::read_all() { return read_disk(ctx, *disk_); }
+Bytes Rig::read_all() {
+  Bytes out(disk_->size());
+  vd::Error e = run([&](vd::Completion c) { disk_->read(0, out, std::move(c)); });
+  EXPECT_FALSE(e) << e.message();
+  if (e) out.clear();
+  return out;
+}
 
 bool Rig::drive(const std::function<bool()>& done, uint32_t seed) {
   std::mt19937 rng(seed);
+  io.begin_data_path();
+  struct End {
+    MockIoProvider& io;
+    ~End() { io.end_data_path(); }
+  } end{io};
   ctx.restart();
   while (!done()) {
     const size_t ran = ctx.poll();

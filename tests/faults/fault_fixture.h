@@ -43,20 +43,38 @@ struct CheckOutcome {
   bool clean() const { return exit_code == 0; }
   bool clean_or_leaks() const { return exit_code == 0 || exit_code == 3; }
 };
-// Writes the files to a TempDir and runs `qemu-img check` on `image`.
-CheckOutcome qemu_check(const Files& files, const std::string& image);
+// Writes the files to a TempDir and runs `qemu-img check` on `image` (of `format`; with a
+// passphrase, an encrypted image opened with it as secret sec0).
+CheckOutcome qemu_check(const Files& files, const std::string& image, const std::string& format = "qcow2",
+                        const std::optional<std::string>& passphrase = std::nullopt);
 
 struct OpenSpec {
   std::string top = "top.qcow2";
   std::optional<std::string> base;  // read-only parent; ".raw" opens as raw, else qcow2
   uint64_t cache_bytes = 32ull << 20;
+  std::string top_format = "qcow2";       // "qcow2", "qcow", "raw" or "luks"
+  std::optional<std::string> base_format;  // overrides the guess from base's name
+  std::optional<std::string> passphrase;   // for an encrypted top
 };
 
 // Opens `spec` (top read-write, base read-only) on `io` and assembles the chain.
 vd::Result<std::unique_ptr<vd::Disk>> open_chain(vd::IoProvider& io, const OpenSpec& spec);
 // Starts an operation and runs `ctx` until it has nothing left; fails the test unless the
-// completion ran exactly once. Returns its error.
-vd::Error run_on(boost::asio::io_context& ctx, const std::function<void(vd::Completion)>& start);
+// completion ran exactly once, and not inside the call that started it (completions are
+// always posted). With `io`, the operation counts as a data-path request in flight on it
+// from the start until its completion runs (MockIoProvider::begin_data_path): a synchronous
+// file call meanwhile fails the test. Returns its error.
+vd::Error run_on(boost::asio::io_context& ctx, const std::function<void(vd::Completion)>& start,
+                 MockIoProvider* io = nullptr);
+// Wraps `done` for a data-path request started now: counts it in flight on `io` (if given)
+// until it runs, and fails the test if it runs inside the start call (until `*returned` is
+// set) or more than once. Used by run_on and Rig::start.
+struct Tracked {
+  vd::Completion done;                   // pass this to the operation
+  std::shared_ptr<bool> returned;        // set it once the start call returned
+  std::shared_ptr<int> calls;            // how often `done` ran
+};
+Tracked track(vd::Completion done, MockIoProvider* io);
 // The whole disk, read with `run_on`.
 Bytes read_disk(boost::asio::io_context& ctx, vd::Disk& disk);
 
@@ -74,16 +92,24 @@ class Rig {
 
   // Starts an operation and runs the executor until it has nothing left. Fails the test
   // unless the completion ran exactly once. Returns its error.
+  // Every operation started here counts as a data-path request in flight (see run_on).
   vd::Error run(const std::function<void(vd::Completion)>& start);
-  vd::Error write(uint64_t offset, const Bytes& data);
-  vd::Error write_zeroes(uint64_t offset, uint64_t length);
+  vd::Error write(uint64_t offset, const Bytes& data, unsigned flags = 0);
+  vd::Error write_zeroes(uint64_t offset, uint64_t length, unsigned flags = vd::zero_may_unmap);
   vd::Error discard(uint64_t offset, uint64_t length);
   vd::Error flush();
+  vd::Result<vd::DiskExtent> block_status(uint64_t offset, uint64_t length);
   // The whole disk through the chain (test failure and empty result on error).
   Bytes read_all();
 
+  // Starts a data-path operation without running the executor (for requests in flight
+  // together, with `drive`): it counts as in flight until `done` runs, and the test fails
+  // if `done` runs inside the start call or more than once.
+  void start(const std::function<void(vd::Completion)>& start, vd::Completion done);
+
   // With held completions: runs posted work and fires held requests (random order) until
-  // `done()` holds. False if everything stalled before that (a hang).
+  // `done()` holds. False if everything stalled before that (a hang). Everything that runs
+  // meanwhile counts as the data path (a synchronous file call fails the test).
   bool drive(const std::function<bool()>& done, uint32_t seed);
 
   Files snapshot();                     // current bytes of every file

@@ -76,7 +76,8 @@ TEST(WriteStep, L2ReloadFailureBeforeLinkRollsBackTheAllocation) {
   const Bytes data = pattern(4096, 5);
   int write_done = 0;
   vd::Error write_err;
-  rig.disk().write(16384, data, 0, [&](vd::Error e) { ++write_done, write_err = e; });
+  rig.start([&](vd::Completion c) { rig.disk().write(16384, data, 0, std::move(c)); },
+            [&](vd::Error e) { ++write_done, write_err = e; });
   auto data_write_held = [&] {
     for (size_t i = 0; i < rig.io.held(); ++i)
       if (rig.io.held_call(i).op == IoOp::write && rig.io.held_call(i).kind == IoKind::data) return true;
@@ -96,7 +97,7 @@ TEST(WriteStep, L2ReloadFailureBeforeLinkRollsBackTheAllocation) {
   ASSERT_TRUE(data_write_held());
   Bytes other(4096);
   int read_done = 0;
-  rig.disk().read(2u << 20, other, [&](vd::Error e) {
+  rig.start([&](vd::Completion c) { rig.disk().read(2u << 20, other, std::move(c)); }, [&](vd::Error e) {
     ++read_done;
     EXPECT_FALSE(e) << e.message();
   });

@@ -20,6 +20,7 @@ const char* to_string(IoOp op) {
     case IoOp::discard: return "discard";
     case IoOp::allocate: return "allocate";
     case IoOp::extent: return "extent";
+    case IoOp::allocated_size: return "allocated_size";
   }
   return "?";
 }
@@ -33,7 +34,7 @@ std::string IoCall::describe() const {
 }
 
 bool IoMatch::matches(const IoCall& c) const {
-  if (counted_only && (c.op == IoOp::size || c.op == IoOp::extent)) return false;
+  if (counted_only && (c.op == IoOp::size || c.op == IoOp::extent || c.op == IoOp::allocated_size)) return false;
   if (op && *op != c.op) return false;
   if (kind && !(c.op == IoOp::read || c.op == IoOp::write)) return false;
   if (kind && *kind != c.kind) return false;
@@ -86,6 +87,8 @@ void MockFile::install_defaults() {
   });
   ON_CALL(*this, discard(_, _)).WillByDefault([this](uint64_t o, uint64_t l) { return real_discard(o, l); });
   ON_CALL(*this, allocate(_, _)).WillByDefault([this](uint64_t o, uint64_t l) { return real_allocate(o, l); });
+  ON_CALL(*this, allocated_size()).WillByDefault([this] { return real_allocated_size(); });
+  ON_CALL(*this, extent_at(_)).WillByDefault([this](uint64_t o) { return real_extent_at(o); });
 }
 
 vd::Result<uint64_t> MockFile::real_size() {
@@ -189,13 +192,29 @@ Error MockFile::real_allocate(uint64_t offset, uint64_t length) {
   return inner_->allocate(offset, length);
 }
 
+vd::Result<uint64_t> MockFile::real_allocated_size() {
+  auto c = io_.record(IoOp::allocated_size, false, IoKind::meta, path_, 0, 0);
+  if (Error e = io_.fault_for(c)) return e;
+  return inner_->allocated_size();
+}
+
+vd::Result<vd::FileExtent> MockFile::real_extent_at(uint64_t offset) {
+  auto c = io_.record(IoOp::extent, false, IoKind::meta, path_, offset, 0);
+  if (Error e = io_.fault_for(c)) return e;
+  return inner_->extent_at(offset);
+}
+
 // ---- MockIoProvider ------------------------------------------------------------------------
 
 
 MockIoProvider::MockIoProvider(boost::asio::any_io_executor ex, vd::IoProvider* inner)
     : ex_(ex), mem_(ex), inner_(inner ? *inner : mem_) {}
 
-MockIoProvider::~MockIoProvider() = default;
+MockIoProvider::~MockIoProvider() {
+  if (sync_failures_ > kSyncFailuresNamed)
+    ADD_FAILURE() << "and " << (sync_failures_ - kSyncFailuresNamed)
+                  << " more synchronous calls while data-path requests were in flight";
+}
 
 vd::Result<std::unique_ptr<vd::File>> MockIoProvider::open(const std::string& path, unsigned mode) {
   auto f = inner_.open(path, mode);
@@ -229,6 +248,14 @@ void MockIoProvider::forget(MockFile* f) {
   }
 }
 
+void MockIoProvider::end_data_path() {
+  if (data_path_ == 0) {
+    ADD_FAILURE() << "end_data_path without a data-path request in flight";
+    return;
+  }
+  --data_path_;
+}
+
 void MockIoProvider::fail(const IoMatch& match, Error error, uint64_t skip, uint64_t times) {
   rules_.push_back(Rule{match, std::move(error), skip, times});
 }
@@ -249,8 +276,16 @@ void MockIoProvider::reset_counts() {
 IoCall MockIoProvider::record(IoOp op, bool async, IoKind kind, const std::string& path, uint64_t offset,
                               uint64_t length) {
   IoCall c{op, async, kind, path, offset, length, next_index_++};
-  if (op != IoOp::size && op != IoOp::extent) ++counted_;
+  if (op != IoOp::size && op != IoOp::extent && op != IoOp::allocated_size) ++counted_;
   calls_.push_back(c);
+  if (!async && data_path_ > 0) {
+    sync_on_data_path_.push_back(c);
+    // Every one fails the test; the first few name themselves, the rest are summed up at
+    // the end (a read loop can make thousands).
+    if (!allow_sync_ && ++sync_failures_ <= kSyncFailuresNamed)
+      ADD_FAILURE() << "synchronous " << c.describe() << " while " << data_path_
+                    << " data-path request(s) in flight: the data path must not block the executor";
+  }
   return c;
 }
 

@@ -7,6 +7,8 @@
 //   - records the call (`calls()`), so a test can find "the L2 write" or count I/Os;
 //   - consults the fault plan: any call (sync or async, data or meta, by offset, by path, the
 //     Nth one) can fail with any error, and a failed write or flush never reaches the file;
+//   - with a data-path request in flight (`begin_data_path`), fails the test on any
+//     synchronous call (the data path must never block the executor), unless `allow_sync`;
 //   - for asynchronous calls, either posts the completion to the executor (the default) or,
 //     with `hold(true)`, parks it: the test fires parked completions later, one by one, in
 //     any order. The I/O itself happens when the completion fires, as on a real device
@@ -33,7 +35,7 @@
 
 namespace vdtest {
 
-enum class IoOp : uint8_t { size, set_size, read, write, flush, discard, allocate, extent };
+enum class IoOp : uint8_t { size, set_size, read, write, flush, discard, allocate, extent, allocated_size };
 const char* to_string(IoOp op);
 
 // One call the backend made on a MockFile.
@@ -87,6 +89,8 @@ class MockFile : public vd::File {
   MOCK_METHOD(void, async_extent_at, (uint64_t offset, vd::ExtentCompletion done), (override));
   MOCK_METHOD(vd::Error, discard, (uint64_t offset, uint64_t length), (override));
   MOCK_METHOD(vd::Error, allocate, (uint64_t offset, uint64_t length), (override));
+  MOCK_METHOD(vd::Result<uint64_t>, allocated_size, (), (override));
+  MOCK_METHOD(vd::Result<vd::FileExtent>, extent_at, (uint64_t offset), (override));
 
   // The default actions: recorded, fault-checked, forwarded to the inner file.
   vd::Result<uint64_t> real_size();
@@ -104,6 +108,8 @@ class MockFile : public vd::File {
   void real_async_extent_at(uint64_t offset, vd::ExtentCompletion done);
   vd::Error real_discard(uint64_t offset, uint64_t length);
   vd::Error real_allocate(uint64_t offset, uint64_t length);
+  vd::Result<uint64_t> real_allocated_size();
+  vd::Result<vd::FileExtent> real_extent_at(uint64_t offset);
 
  private:
   void install_defaults();
@@ -157,6 +163,20 @@ class MockIoProvider : public vd::IoProvider {
   void fire_all_shuffled(std::mt19937& rng);
   void fire_all_in_order();
 
+  // ---- Data-path detector ----
+  // A data-path request (read, write, write_zeroes, discard, flush, block_status) is in
+  // flight between begin_data_path and end_data_path (a counter). While one is, every
+  // synchronous call on a MockFile (size, set_size, allocated_size, extent_at, read, write,
+  // flush, discard, allocate) is a test failure naming the call: the data path must never
+  // block its executor. Asynchronous calls are fine. `allow_sync(true)` turns the check off
+  // for tests that make synchronous calls mid-flight on purpose.
+  void begin_data_path() { ++data_path_; }
+  void end_data_path();
+  uint64_t data_path_in_flight() const { return data_path_; }
+  void allow_sync(bool on) { allow_sync_ = on; }
+  // The synchronous calls seen while a data-path request was in flight (also when allowed).
+  const std::vector<IoCall>& sync_on_data_path() const { return sync_on_data_path_; }
+
   // ---- For MockFile ----
   IoCall record(IoOp op, bool async, vd::IoKind kind, const std::string& path, uint64_t offset,
                 uint64_t length);
@@ -184,8 +204,10 @@ class MockIoProvider : public vd::IoProvider {
   std::vector<Rule> rules_;
   std::vector<IoCall> calls_;
   std::vector<Held> held_;
-  uint64_t next_index_ = 0, counted_ = 0, injected_ = 0;
-  bool hold_ = false;
+  std::vector<IoCall> sync_on_data_path_;
+  static constexpr uint64_t kSyncFailuresNamed = 20;
+  uint64_t next_index_ = 0, counted_ = 0, injected_ = 0, data_path_ = 0, sync_failures_ = 0;
+  bool hold_ = false, allow_sync_ = false;
 };
 
 // An injected I/O error whose message names the call, so a test can tell it from others.
