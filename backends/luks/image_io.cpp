@@ -71,7 +71,7 @@ void LuksImage::read_aligned(uint64_t offset, std::span<std::byte> buf, Completi
                       if (e) return done(std::move(e));
                       decrypt_then(io_, cipher_, offset / kSectorSize, buf,
                                    [this, host, done = std::move(done)](Error d) {
-                                     if (d) d = d.legacy_wrap("decrypting '" + path_ + "' at " + hex(host));
+                                     if (d) d = d.wrap("decrypting", "data", host).image(path_);
                                      done(std::move(d));
                                    });
                     });
@@ -82,7 +82,7 @@ void LuksImage::read_bounced(uint64_t offset, std::span<std::byte> buf, Completi
   const uint64_t end = (offset + buf.size() + kSectorSize - 1) / kSectorSize;
   auto bounce = std::make_shared<std::vector<std::byte>>(static_cast<size_t>((end - first) * kSectorSize));
   auto copy_out = [this, offset, first, buf, bounce, done = std::move(done)](Error d) mutable {
-    if (d) return done(d.legacy_wrap("decrypting '" + path_ + "' at " + hex(payload_offset() + first * kSectorSize)));
+    if (d) return done(d.wrap("decrypting", "data", payload_offset() + first * kSectorSize).image(path_));
     std::memcpy(buf.data(), bounce->data() + (offset - first * kSectorSize), buf.size());
     done({});
   };

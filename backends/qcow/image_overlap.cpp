@@ -55,7 +55,7 @@ Error QcowImage::mark_corrupt(const std::string& why) {
     hdr_.incompatible_features |= kIncompatCorrupt;
     (void)write_metadata_header();
   }
-  return Error(Errc::corrupt, "'" + path_ + "': Marking image as corrupt: " + why);
+  return Error(Errc::corrupt, "Marking image as corrupt: " + why).image(path_);
 }
 
 // An allocation that lands on known metadata: the refcounts must be wrong, and writing

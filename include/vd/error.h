@@ -93,8 +93,6 @@ class Error {
   //     -> "'a.qcow2': reading L2 table at 0x30000: <this message>"
   Error wrap(std::string op, std::string structure = {},
              std::optional<uint64_t> offset = std::nullopt) const;
-  // TRANSITION ONLY (being removed): free-text context "CONTEXT: <this message>".
-  Error legacy_wrap(const std::string& context) const { return wrap(context); }
 
  private:
   std::string render(const std::string& outer_path) const;

@@ -35,7 +35,7 @@ void QcowImage::get_l2(uint64_t l1_index, uint64_t l2_off, L2Handler done) {
 
   auto raw = std::make_shared<std::vector<std::byte>>(layout_.l2_table_bytes());
   file_->async_read(IoKind::meta, l2_off, *raw, [this, l2_off, raw](Error e) {
-    if (e) return finish_l2_load(l2_off, e.legacy_wrap("'" + path_ + "': reading L2 table at " + hex(l2_off)), nullptr);
+    if (e) return finish_l2_load(l2_off, e.wrap("reading", "L2 table", l2_off).image(path_), nullptr);
     L2Ptr table = decode_l2(*raw);
     cache_.insert(l2_off, table);
     finish_l2_load(l2_off, {}, std::move(table));
@@ -44,11 +44,12 @@ void QcowImage::get_l2(uint64_t l1_index, uint64_t l2_off, L2Handler done) {
 
 Error QcowImage::check_l2_location(uint64_t l1_index, uint64_t l2_off) const {
   if (layout_.version >= 2 && (l2_off & (layout_.cluster_size() - 1)))
-    return Error(Errc::corrupt, "'" + path_ + "': L2 table offset " + hex(l2_off) +
-                                    " unaligned (L1 index: " + hex(l1_index) + ")");
+    return Error(Errc::corrupt, "L2 table offset " + hex(l2_off) + " unaligned (L1 index: " + hex(l1_index) + ")")
+        .image(path_).structure("L2 table").at(l2_off);
   if (l2_off + layout_.l2_table_bytes() > file_end_ || l2_off < layout_.cluster_size())
-    return Error(Errc::corrupt, "'" + path_ + "': L2 table at " + hex(l2_off) + " (L1 index: " +
-                                    hex(l1_index) + ") lies outside the image file");
+    return Error(Errc::corrupt, "L2 table at " + hex(l2_off) + " (L1 index: " + hex(l1_index) +
+                                    ") lies outside the image file")
+        .image(path_).structure("L2 table").at(l2_off);
   return {};
 }
 
