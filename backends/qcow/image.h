@@ -103,8 +103,10 @@ class QcowImage final : public Image {
   void lookup(uint64_t guest, uint64_t max_len, RunHandler done);
   void get_l2(uint64_t l1_index, uint64_t l2_offset, L2Handler done);
   IoProvider& io() { return io_; }
-  File& file() { return *file_; }
-  File& data_file() { return *data_; }
+  // The request classes see the files only through the asynchronous interface: a blocking
+  // call on the data path does not compile.
+  AsyncFile& file() { return *file_; }
+  AsyncFile& data_file() { return *data_; }
   Refcounts* refcounts() { return refs_.get(); }
   bool has_parent() const { return parent_ != nullptr; }
   ParentReader* parent() { return parent_.get(); }
@@ -163,8 +165,9 @@ class QcowImage final : public Image {
   void end_write();
   void flush_finished(Error e);
   Error write_metadata_header();
-  // The header as the flush writes it (refcount table fields brought up to date).
-  Result<std::vector<std::byte>> encode_metadata_header();
+  // The header as the flush writes it. The refcount table fields follow a moved table only
+  // once it is committed (`commit_reftable`: the new table is durable).
+  Result<std::vector<std::byte>> encode_metadata_header(bool commit_reftable = false);
   // image_overlap.cpp: refuse an allocation, or a write of data or of a table, that would
   // land on other metadata (overlap.h), marking the image corrupt as QEMU does. `self` is
   // the kind of the table being written at `host` (it may overlap itself).
@@ -263,6 +266,7 @@ class QcowImage final : public Image {
   std::set<uint64_t> l1_dirty_;
   bool header_dirty_ = false;
   bool marked_dirty_ = false;  // this open set the dirty bit (lazy refcounts): clear on close
+  bool corrupt_unwritten_ = false;  // marked corrupt in memory; the next flush writes it first
   KeyedLocks clusters_{io_};
   KeyedLocks l1_tables_{io_};
   unsigned writes_active_ = 0;

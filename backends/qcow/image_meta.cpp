@@ -33,4 +33,26 @@ Error QcowImage::set_parent(const std::optional<std::string>& filename,
   return file_->flush();
 }
 
+// Header fields as the flush writes them. While a grown refcount table is not yet durable
+// the header keeps pointing at the old one (a table before the header that points at it).
+Result<std::vector<std::byte>> QcowImage::encode_metadata_header(bool commit_reftable) {
+  if (refs_ && (commit_reftable || !refs_->move_pending())) {
+    hdr_.refcount_table_offset = refs_->table_offset();
+    hdr_.refcount_table_clusters = refs_->table_clusters();
+  }
+  auto bytes = encode_header(hdr_);
+  if (!bytes) return bytes.error().wrap("encoding", "the header").image(path_);
+  return bytes;
+}
+
+// Synchronous (open, snapshots, rebase, check): no request is in flight.
+Error QcowImage::write_metadata_header() {
+  auto bytes = encode_metadata_header();
+  if (!bytes) return bytes.error();
+  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.wrap("writing", "the header", 0).image(path_);
+  header_dirty_ = false;
+  corrupt_unwritten_ = false;
+  return {};
+}
+
 }  // namespace vd::qcow

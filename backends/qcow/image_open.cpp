@@ -1,5 +1,7 @@
 // Opening a QCOW image: every header field and table location is validated (header.cpp)
 // before it is used, and nothing is sized from an unchecked field.
+#include <algorithm>
+
 #include <filesystem>
 
 #include "backends/qcow/check/check.h"
@@ -175,6 +177,45 @@ Error QcowImage::select_snapshot(const std::string& name) {
   // (convert -l): loading a snapshot's L1 does not change the disk's length, and what its
   // smaller L1 does not map reads as unallocated. snapshots() reports its own disk size.
   return load_l1(found->l1_table_offset, found->l1_size, "snapshot L1 table");
+}
+
+// QEMU consults the file's holes only for images that look metadata-preallocated: the file
+// occupies clearly less space than its length (allocated clusters are mostly holes).
+// QEMU's test for an image made with preallocation=metadata (qcow2_detect_metadata_preallocation):
+// clusters with a reference, counted up to a threshold, against the clusters the file really
+// occupies. Only then does block status look at the file's holes, so map agrees with
+// qemu-img's on every image (a compressed run or a freed cluster leaves holes too).
+// Computed once, at open (it reads refcounts, synchronously): block_status only asks.
+bool QcowImage::looks_preallocated() {
+  if (prealloc_known_) return prealloc_;
+  prealloc_known_ = true;
+  Refcounts::SyncLoads loads(refs_.get());
+  if (hdr_.version == 1) return false;  // QEMU's qcow driver never asks
+  auto len = file_->size();
+  auto used = file_->allocated_size();
+  if (!len || !used) return false;
+  const uint64_t cs = layout_.cluster_size();
+  const uint64_t real = *used / cs;
+  const uint64_t threshold = std::max(real * 10 / 9, real + 2);
+  const uint64_t end = (*len + cs - 1) / cs;
+  if (end < threshold) return false;
+  std::unique_ptr<Refcounts> own;  // read-only images keep no refcounts: read them here
+  Refcounts* refs = refs_.get();
+  if (!refs) {
+    own = std::make_unique<Refcounts>(*file_, path_,
+                                      Refcounts::Config{hdr_.cluster_bits, hdr_.refcount_order,
+                                                        hdr_.refcount_table_offset, hdr_.refcount_table_clusters});
+    if (own->load(file_end_)) return false;
+    refs = own.get();
+  }
+  uint64_t counted = 0;
+  for (uint64_t c = 0; c < end && counted < threshold; ++c) {
+    auto r = refs->get(c * cs);
+    if (!r) return false;
+    counted += *r != 0;
+  }
+  prealloc_ = counted >= threshold;
+  return prealloc_;
 }
 
 }  // namespace vd::qcow

@@ -50,10 +50,13 @@ void QcowImage::guard_refcounts() {
   });
 }
 
+// The corrupt bit is set in memory; the next flush (or close) writes the header first of all,
+// before anything else it has to write can fail on the same corruption. (No blocking write
+// here: this runs on the data path.)
 Error QcowImage::mark_corrupt(const std::string& why) {
-  if (hdr_.version >= 3 || hdr_.version == 2) {
+  if (hdr_.version >= 2 && !(hdr_.incompatible_features & kIncompatCorrupt)) {
     hdr_.incompatible_features |= kIncompatCorrupt;
-    (void)write_metadata_header();
+    corrupt_unwritten_ = true;
   }
   return Error(Errc::corrupt, "Marking image as corrupt: " + why).image(path_);
 }

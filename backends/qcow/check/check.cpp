@@ -11,7 +11,7 @@ namespace vd::qcow {
 Result<CheckReport> check_image(QcowImage& img, RepairMode mode) { return Checker(img, mode).run(); }
 
 Checker::Checker(QcowImage& img, RepairMode mode)
-    : img_(img), mode_(mode), file_(img.file()), path_(img.path()) {}
+    : img_(img), mode_(mode), file_(*img.file_), path_(img.path()) {}
 
 // Writes made through the image reach the disk first: the check reads the disk only.
 Error Checker::prepare() {

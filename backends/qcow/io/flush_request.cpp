@@ -17,6 +17,8 @@ Error FlushRequest::run_sync(QcowImage& img) {
   Refcounts::SyncLoads loads(img.refs_.get());
   std::shared_ptr<FlushRequest> r(new FlushRequest(img.io(), img, true, [&result](Error e) { result = e; }));
   r->sync_data();
+  // Blocking mode never waits for the executor; an unfinished flush here is a bug.
+  if (!r->finished()) return Error(Errc::internal, "a blocking flush did not complete").image(img.path());
   return result;
 }
 
@@ -64,13 +66,14 @@ void FlushRequest::write_all(std::vector<std::pair<uint64_t, std::span<const std
   landed(0, {});
 }
 
-void FlushRequest::write_header(void (FlushRequest::*next)()) {
-  auto bytes = img_.encode_metadata_header();
+void FlushRequest::write_header(void (FlushRequest::*next)(), bool commit_reftable) {
+  auto bytes = img_.encode_metadata_header(commit_reftable);
   if (!bytes) return finish(bytes.error());
   header_ = std::move(*bytes);
   write(0, header_, [self = shared_from_this(), next](Error e) {
     if (e) return self->finish(e.wrap("writing", "the header").image(self->img_.path()));
     self->img_.header_dirty_ = false;
+    self->img_.corrupt_unwritten_ = false;
     self->sync(next);
   });
 }
@@ -80,8 +83,11 @@ void FlushRequest::sync_data() { sync(&FlushRequest::mark_dirty); }
 // Lazy refcounts (v3 compatible bit 0): as QEMU does, the dirty bit is on disk before the
 // first metadata write after the image was clean, and is cleared only by a clean close. A
 // crash in between leaves an image that readers repair (refcounts rebuilt) before use.
+// A corrupt bit set on the data path (an overlap refusal) goes out here too, first.
 void FlushRequest::mark_dirty() {
   const bool lazy = img_.hdr_.compatible_features & kCompatLazyRefcounts;
+  if (img_.corrupt_unwritten_ && !(lazy && !img_.dirty() && img_.metadata_pending()))
+    return write_header(&FlushRequest::write_refblocks);
   if (!lazy || img_.dirty() || !img_.metadata_pending()) return write_refblocks();
   img_.hdr_.incompatible_features |= kIncompatDirty;
   img_.marked_dirty_ = true;
@@ -122,7 +128,7 @@ void FlushRequest::write_reftable() {
   });
 }
 
-void FlushRequest::commit_reftable() { write_header(&FlushRequest::reftable_committed); }
+void FlushRequest::commit_reftable() { write_header(&FlushRequest::reftable_committed, true); }
 
 // The header points at the new table on disk: the old table's clusters can be released
 // (after the tables, in write_releases).
@@ -196,7 +202,8 @@ void FlushRequest::write_header_fields() {
 void FlushRequest::write_releases() {
   Refcounts* refs = img_.refs_.get();
   if (!refs || !refs->has_releases()) return finish({});
-  img_.refcount_step([refs] { return refs->apply_releases(); }, [self = shared_from_this()](Error e) {
+  auto apply = [refs] { return refs->apply_releases(); };
+  auto write_blocks = [self = shared_from_this()](Error e) {
     if (e) return self->finish(e);
     Refcounts* r = self->img_.refs_.get();
     auto blocks = r->dirty_block_writes();
@@ -204,7 +211,11 @@ void FlushRequest::write_releases() {
     std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
     for (auto& w : *blocks) writes.emplace_back(w.offset, w.bytes);
     self->write_all(std::move(writes), "refcount block", &FlushRequest::releases_written);
-  });
+  };
+  // Blocking mode loads missing refcount blocks synchronously (run_sync's SyncLoads); the
+  // data path's flush through a refcount step, which loads them asynchronously.
+  if (blocking_) return write_blocks(apply());
+  img_.refcount_step(apply, write_blocks);
 }
 
 void FlushRequest::releases_written() {

@@ -6,7 +6,8 @@
 //     |
 //   sync_data ------ data of new clusters durable                 (invariant 1: data first)
 //     |
-//   mark_dirty ----- lazy refcounts only: the header's dirty bit, before any metadata
+//   mark_dirty ----- lazy refcounts: the header's dirty bit, before any metadata; a corrupt
+//     |              bit set by an overlap refusal goes out here too
 //     |
 //   write_refblocks  raised refcounts and new refcount blocks       (invariant 2: refcount
 //     |                                                              before the reference)
@@ -61,7 +62,7 @@ class FlushRequest : public Request<FlushRequest> {
   void sync(void (FlushRequest::*next)());
   void write_all(std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes, const char* structure,
                  void (FlushRequest::*next)());
-  void write_header(void (FlushRequest::*next)());
+  void write_header(void (FlushRequest::*next)(), bool commit_reftable = false);
 
   void sync_data();
   void mark_dirty();

@@ -5,7 +5,6 @@
 
 #include "backends/qcow/meta/compress.h"
 #include "backends/qcow/image.h"
-#include "backends/qcow/meta/refcount.h"
 
 namespace vd::qcow {
 namespace {
@@ -98,45 +97,6 @@ void QcowImage::read_compressed(const Run& run, uint64_t guest, std::span<std::b
     zcache_ = std::move(cluster);
     done({}, ReadResult{n, true});
   });
-}
-
-// QEMU consults the file's holes only for images that look metadata-preallocated: the file
-// occupies clearly less space than its length (allocated clusters are mostly holes).
-// QEMU's test for an image made with preallocation=metadata (qcow2_detect_metadata_preallocation):
-// clusters with a reference, counted up to a threshold, against the clusters the file really
-// occupies. Only then does block status look at the file's holes, so map agrees with
-// qemu-img's on every image (a compressed run or a freed cluster leaves holes too).
-// Computed once, at open (it reads refcounts, synchronously): block_status only asks.
-bool QcowImage::looks_preallocated() {
-  if (prealloc_known_) return prealloc_;
-  prealloc_known_ = true;
-  Refcounts::SyncLoads loads(refs_.get());
-  if (hdr_.version == 1) return false;  // QEMU's qcow driver never asks
-  auto len = file_->size();
-  auto used = file_->allocated_size();
-  if (!len || !used) return false;
-  const uint64_t cs = layout_.cluster_size();
-  const uint64_t real = *used / cs;
-  const uint64_t threshold = std::max(real * 10 / 9, real + 2);
-  const uint64_t end = (*len + cs - 1) / cs;
-  if (end < threshold) return false;
-  std::unique_ptr<Refcounts> own;  // read-only images keep no refcounts: read them here
-  Refcounts* refs = refs_.get();
-  if (!refs) {
-    own = std::make_unique<Refcounts>(*file_, path_,
-                                      Refcounts::Config{hdr_.cluster_bits, hdr_.refcount_order,
-                                                        hdr_.refcount_table_offset, hdr_.refcount_table_clusters});
-    if (own->load(file_end_)) return false;
-    refs = own.get();
-  }
-  uint64_t counted = 0;
-  for (uint64_t c = 0; c < end && counted < threshold; ++c) {
-    auto r = refs->get(c * cs);
-    if (!r) return false;
-    counted += *r != 0;
-  }
-  prealloc_ = counted >= threshold;
-  return prealloc_;
 }
 
 void QcowImage::block_status(uint64_t offset, uint64_t length, ExtentHandler done) {

@@ -316,24 +316,4 @@ Error QcowImage::encrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf
   return {};
 }
 
-// ---- Header -----------------------------------------------------------------------------
-
-Result<std::vector<std::byte>> QcowImage::encode_metadata_header() {
-  if (refs_) {
-    hdr_.refcount_table_offset = refs_->table_offset();
-    hdr_.refcount_table_clusters = refs_->table_clusters();
-  }
-  auto bytes = encode_header(hdr_);
-  if (!bytes) return bytes.error().wrap("encoding", "the header").image(path_);
-  return bytes;
-}
-
-Error QcowImage::write_metadata_header() {
-  auto bytes = encode_metadata_header();
-  if (!bytes) return bytes.error();
-  if (Error e = file_->write(IoKind::meta, 0, *bytes)) return e.wrap("writing", "the header", 0).image(path_);
-  header_dirty_ = false;
-  return {};
-}
-
 }  // namespace vd::qcow

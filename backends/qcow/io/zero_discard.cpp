@@ -119,8 +119,9 @@ void ZeroRequest::apply(uint64_t l2_offset) {
                            (img_.header().data_file && (old & kOflagCopied));
     // Zero writes without zero_may_unmap keep an allocated cluster's host space (v3 zero
     // flag or subcluster zero bits over it), as QEMU does; compressed data always goes.
+    // (External data files map 1:1 and keep their own rules, below.)
     const bool keep = mode_ == Mode::zero && v3 && allocated && !(flags_ & zero_may_unmap) &&
-                      !(old & kOflagCompressed);
+                      !(old & kOflagCompressed) && !img_.header().data_file;
     uint64_t e = old, bitmap = old_bitmap;
     if (keep) {
       if (l.extended_l2) bitmap = all_zero;
