@@ -141,6 +141,7 @@ class QcowImage final : public Image {
   // (asynchronously, joined) and runs it again. `then` may run inline: it is a request's
   // next step, never a completion.
   void refcount_step(std::function<Error()> attempt, Completion then);
+  void allocation_step(std::function<Result<uint64_t>()> attempt, std::function<void(Error, uint64_t)> done);
   void rollback_clusters(uint64_t host, uint64_t count);
   // Drops the reference an L2 entry held (after the flush wrote the tables without it).
   void release_entry(uint64_t entry, uint64_t bitmap);

@@ -1,5 +1,5 @@
 // vdimg compare: do two disks read the same? qemu-img compare's walk, messages and exit
-// codes: 0 identical, 1 different, 2 could not open, 3 block status failed, 4 read failed.
+// codes: 0 identical, 1 different, 2 on any error (qemu-img: 3 and 4 after the open).
 //
 // Both disks are walked by block status. Ranges both know to read as zeros are skipped;
 // ranges both hold are read and compared; a range only one holds must read as zeros there.
@@ -20,8 +20,8 @@ const char kUsage[] =
     "usage: vdimg compare [-f FMT] [-F FMT] [-s] [-p] [-q] [--passphrase-file FILE]\n"
     "                     [--b-passphrase-file FILE] IMAGE1 IMAGE2\n"
     "Compares the content of two disks (each through its backing chain).\n"
-    "Exit status: 0 identical, 1 different, 2 could not open, 3 block status failed,\n"
-    "4 read failed.\n"
+    "Exit status: 0 identical, 1 different, 2 on any error (qemu-img uses 3 and 4 for\n"
+    "errors after the open).\n"
     "  -f FMT   format of IMAGE1        -F FMT   format of IMAGE2\n"
     "  -s       strict: sizes and allocation status must match too\n"
     "  -q       quiet\n"
@@ -30,7 +30,7 @@ const char kUsage[] =
 
 constexpr int kExitDiffer = 1;
 constexpr int kExitOpen = 2;
-// qemu-img uses 3 and 4 for failures after the open; the vdimg contract (DESIGN.md) says
+// qemu-img uses 3 and 4 for failures after the open; the vdimg contract (docs/cli.md) says
 // every error exits 2.
 constexpr int kExitStatus = 2;
 constexpr int kExitRead = 2;

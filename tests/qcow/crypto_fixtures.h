@@ -10,13 +10,14 @@
 
 #include "backends/qcow/meta/format.h"
 #include "support/support.h"
+#include "support/sync_file.h"
 #include "vd/io.h"
 
 namespace vdtest::crypto {
 
 // A File over a byte vector: synchronous calls only matter to the LUKS code; the async
 // ones complete inline (fine for tests that never use them).
-class VecFile : public vd::File {
+class VecFile : public vdtest::SyncFile {
  public:
   explicit VecFile(std::vector<std::byte> data, std::string path = "mem.luks")
       : data_(std::move(data)), path_(std::move(path)) {}
@@ -38,21 +39,6 @@ class VecFile : public vd::File {
     return {};
   }
   vd::Error flush() override { return {}; }
-  void async_read(vd::IoKind k, uint64_t off, std::span<std::byte> buf, vd::Completion done) override {
-    done(read(k, off, buf));
-  }
-  void async_write(vd::IoKind k, uint64_t off, std::span<const std::byte> buf,
-                   vd::Completion done) override {
-    done(write(k, off, buf));
-  }
-  void async_flush(vd::Completion done) override { done({}); }
-  void async_discard(uint64_t o, uint64_t n, vd::Completion done) override { done(discard(o, n)); }
-  void async_set_size(uint64_t n, vd::Completion done) override { done(set_size(n)); }
-  void async_allocate(uint64_t o, uint64_t n, vd::Completion done) override { done(allocate(o, n)); }
-  void async_extent_at(uint64_t o, vd::ExtentCompletion done) override {
-    auto r = extent_at(o);
-    done(r.error(), r ? *r : vd::FileExtent{});
-  }
   vd::Error discard(uint64_t, uint64_t) override { return {}; }
   vd::Error allocate(uint64_t, uint64_t) override { return {}; }
   std::vector<std::byte>& data() { return data_; }

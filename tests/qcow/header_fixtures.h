@@ -11,6 +11,7 @@
 
 #include "backends/qcow/meta/header.h"
 #include "support/support.h"
+#include "support/sync_file.h"
 #include "vd/error.h"
 #include "vd/io.h"
 
@@ -18,7 +19,7 @@ namespace vdtest::qcowhdr {
 
 // A synchronous File over a byte vector (async calls complete inline: these tests never
 // use them). Reads past the end fill zeros, as the File contract says.
-class VecFile : public vd::File {
+class VecFile : public vdtest::SyncFile {
  public:
   VecFile(std::string path, std::vector<std::byte> bytes) : path_(std::move(path)), bytes_(std::move(bytes)) {}
   const std::string& path() const override { return path_; }
@@ -42,20 +43,6 @@ class VecFile : public vd::File {
     return {};
   }
   vd::Error flush() override { return {}; }
-  void async_read(vd::IoKind k, uint64_t o, std::span<std::byte> b, vd::Completion done) override {
-    done(read(k, o, b));
-  }
-  void async_write(vd::IoKind k, uint64_t o, std::span<const std::byte> b, vd::Completion done) override {
-    done(write(k, o, b));
-  }
-  void async_flush(vd::Completion done) override { done({}); }
-  void async_discard(uint64_t o, uint64_t n, vd::Completion done) override { done(discard(o, n)); }
-  void async_set_size(uint64_t n, vd::Completion done) override { done(set_size(n)); }
-  void async_allocate(uint64_t o, uint64_t n, vd::Completion done) override { done(allocate(o, n)); }
-  void async_extent_at(uint64_t o, vd::ExtentCompletion done) override {
-    auto r = extent_at(o);
-    done(r.error(), r ? *r : vd::FileExtent{});
-  }
   vd::Error discard(uint64_t, uint64_t) override { return {}; }
   vd::Error allocate(uint64_t, uint64_t) override { return {}; }
 

@@ -11,12 +11,7 @@ namespace {
 
 using vd::Errc;
 using namespace vd::qcow;
-using vd::load_be16;
-using vd::load_be32;
-using vd::load_be64;
-using vd::store_be16;
-using vd::store_be32;
-using vd::store_be64;
+using namespace vd;  // the big-endian helpers (backends/common/endian.h)
 
 class QcowHeaderImages : public ::testing::Test {
  protected:

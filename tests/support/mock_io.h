@@ -1,4 +1,4 @@
-// A GoogleMock I/O provider for fault tests (STYLE.md 7: mocks that delegate to a fake).
+// A GoogleMock I/O provider for fault tests (mocks that delegate to a fake, as librbd's MockTestMemIoCtxImpl).
 //
 // MockIoProvider hands out MockFiles. Every MockFile method is a MOCK_METHOD whose default
 // action (ON_CALL ... WillByDefault) forwards to a real file of an inner provider: by

@@ -29,7 +29,7 @@ void FlushRequest::write(uint64_t offset, std::span<const std::byte> bytes, Comp
 
 // A file flush (and the external data file's), then `next`: the barrier between two steps.
 void FlushRequest::sync(void (FlushRequest::*next)()) {
-  auto failed = [this](Error e, const char* what) { finish(e.wrap("flush", what).image(img_.path())); };
+  auto failed = [this](Error e, const char* what) { end(e.wrap("flush", what).image(img_.path())); };
   if (blocking_) {
     if (img_.data_file_)
       if (Error e = img_.data_file_->flush()) return failed(e, "of the data file");
@@ -59,7 +59,7 @@ void FlushRequest::write_all(std::vector<std::pair<uint64_t, std::span<const std
   auto landed = [self, next, structure](uint64_t off, Error e) {
     if (e && !self->first_error_) self->first_error_ = e.wrap("writing", structure, off).image(self->img_.path());
     if (--self->pending_ > 0) return;
-    if (self->first_error_) return self->finish(self->first_error_);
+    if (self->first_error_) return self->end(self->first_error_);
     self->sync(next);
   };
   for (auto& [off, bytes] : writes) write(off, bytes, [landed, off](Error e) { landed(off, e); });
@@ -68,10 +68,10 @@ void FlushRequest::write_all(std::vector<std::pair<uint64_t, std::span<const std
 
 void FlushRequest::write_header(void (FlushRequest::*next)(), bool commit_reftable) {
   auto bytes = img_.encode_metadata_header(commit_reftable);
-  if (!bytes) return finish(bytes.error());
+  if (!bytes) return end(bytes.error());
   header_ = std::move(*bytes);
   write(0, header_, [self = shared_from_this(), next](Error e) {
-    if (e) return self->finish(e.wrap("writing", "the header").image(self->img_.path()));
+    if (e) return self->end(e.wrap("writing", "the header").image(self->img_.path()));
     self->img_.header_dirty_ = false;
     self->img_.corrupt_unwritten_ = false;
     self->sync(next);
@@ -100,7 +100,7 @@ void FlushRequest::write_refblocks() {
   Refcounts* refs = img_.refs_.get();
   if (!refs || !refs->dirty()) return write_l2();
   auto blocks = refs->dirty_block_writes();
-  if (!blocks) return finish(blocks.error());
+  if (!blocks) return end(blocks.error());
   std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
   for (auto& w : *blocks) writes.emplace_back(w.offset, w.bytes);
   write_all(std::move(writes), "refcount block", &FlushRequest::refblocks_written);
@@ -118,9 +118,9 @@ void FlushRequest::write_reftable() {
   if (!refs->table_dirty() && !refs->move_pending()) return write_l2();
   if (!refs->table_dirty()) return commit_reftable();
   auto table = refs->table_write();
-  if (!table) return finish(table.error());
+  if (!table) return end(table.error());
   write(table->offset, table->bytes, [self = shared_from_this(), off = table->offset](Error e) {
-    if (e) return self->finish(e.wrap("writing", "the refcount table", off).image(self->img_.path()));
+    if (e) return self->end(e.wrap("writing", "the refcount table", off).image(self->img_.path()));
     Refcounts* r = self->img_.refs_.get();
     r->table_written();
     // The header may point at the new table only once the table is durable.
@@ -149,7 +149,7 @@ void FlushRequest::write_l2() {
     raw.resize(t.size() * 8);
     for (size_t k = 0; k < t.size(); ++k) store_be64(raw.data() + k * 8, t[k]);
     // Its offset came from the L1 table: a corrupt entry may point at other metadata.
-    if (Error e = img_.check_overlap(tables_[i].first, raw.size(), MetaKind::active_l2)) return finish(e);
+    if (Error e = img_.check_overlap(tables_[i].first, raw.size(), MetaKind::active_l2)) return end(e);
     writes.emplace_back(tables_[i].first, raw);
   }
   // Tables written are clean; they stay in the cache (a failed flush leaves them dirty, as
@@ -180,7 +180,7 @@ void FlushRequest::write_l1() {
     encoded_[i].assign(n * 8, std::byte{0});
     for (uint64_t k = 0; k < n; ++k) store_be64(encoded_[i].data() + k * 8, l1[first + k]);
     const uint64_t at = img_.hdr_.l1_table_offset + first * 8;
-    if (Error e = img_.check_overlap(at, encoded_[i].size(), MetaKind::active_l1)) return finish(e);
+    if (Error e = img_.check_overlap(at, encoded_[i].size(), MetaKind::active_l1)) return end(e);
     writes.emplace_back(at, encoded_[i]);
   }
   write_all(std::move(writes), "the L1 table", &FlushRequest::l1_written);
@@ -201,13 +201,13 @@ void FlushRequest::write_header_fields() {
 // points at the released clusters.
 void FlushRequest::write_releases() {
   Refcounts* refs = img_.refs_.get();
-  if (!refs || !refs->has_releases()) return finish({});
+  if (!refs || !refs->has_releases()) return end({});
   auto apply = [refs] { return refs->apply_releases(); };
   auto write_blocks = [self = shared_from_this()](Error e) {
-    if (e) return self->finish(e);
+    if (e) return self->end(e);
     Refcounts* r = self->img_.refs_.get();
     auto blocks = r->dirty_block_writes();
-    if (!blocks) return self->finish(blocks.error());
+    if (!blocks) return self->end(blocks.error());
     std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
     for (auto& w : *blocks) writes.emplace_back(w.offset, w.bytes);
     self->write_all(std::move(writes), "refcount block", &FlushRequest::releases_written);
@@ -218,9 +218,31 @@ void FlushRequest::write_releases() {
   img_.refcount_step(apply, write_blocks);
 }
 
+// The one exit of the steps. A step refused because the metadata overlaps (the image was just
+// marked corrupt) still gets the corrupt bit onto the disk before the flush reports failure.
+void FlushRequest::end(Error e) {
+  if (!e || !img_.corrupt_unwritten_ || corrupt_tried_) return finish(std::move(e));
+  corrupt_tried_ = true;
+  auto bytes = img_.encode_metadata_header();
+  if (!bytes) return finish(std::move(e));
+  header_ = std::move(*bytes);
+  write(0, header_, [self = shared_from_this(), e](Error we) {
+    if (!we) self->img_.corrupt_unwritten_ = false;
+    self->sync_then_finish(e);
+  });
+}
+
+void FlushRequest::sync_then_finish(Error e) {
+  if (blocking_) {
+    (void)img_.file_->flush();
+    return finish(std::move(e));
+  }
+  img_.file_->async_flush([self = shared_from_this(), e](Error) { self->finish(e); });
+}
+
 void FlushRequest::releases_written() {
   img_.refs_->blocks_written();
-  finish({});
+  end({});
 }
 
 }  // namespace vd::qcow

@@ -77,6 +77,8 @@ class FlushRequest : public Request<FlushRequest> {
   void write_header_fields();
   void write_releases();
   void releases_written();
+  void end(Error e);
+  void sync_then_finish(Error e);
 
   QcowImage& img_;
   const bool blocking_;
@@ -84,6 +86,7 @@ class FlushRequest : public Request<FlushRequest> {
   std::vector<std::vector<std::byte>> encoded_;
   std::vector<std::byte> header_;
   size_t pending_ = 0;
+  bool corrupt_tried_ = false;
   Error first_error_;
 };
 

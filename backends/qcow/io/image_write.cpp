@@ -152,16 +152,22 @@ void QcowImage::refcount_step(std::function<Error()> attempt, Completion then) {
   });
 }
 
-void QcowImage::allocate_clusters_async(uint64_t count, std::function<void(Error, uint64_t)> done) {
+// An allocation as a refcount step: its result travels in a cell the handler owns.
+void QcowImage::allocation_step(std::function<Result<uint64_t>()> attempt,
+                                std::function<void(Error, uint64_t)> done) {
   auto at = std::make_shared<uint64_t>(0);
   refcount_step(
-      [this, count, at]() -> Error {
-        auto r = allocate_clusters(count);
+      [attempt = std::move(attempt), at]() -> Error {
+        auto r = attempt();
         if (!r) return r.error();
         *at = *r;
         return {};
       },
       [at, done = std::move(done)](Error e) { done(e, e ? 0 : *at); });
+}
+
+void QcowImage::allocate_clusters_async(uint64_t count, std::function<void(Error, uint64_t)> done) {
+  allocation_step([this, count] { return allocate_clusters(count); }, std::move(done));
 }
 
 // The file is as long as what has been allocated in it, written or not yet.
@@ -265,15 +271,7 @@ Result<uint64_t> QcowImage::allocate_bytes(uint64_t length) {
 }
 
 void QcowImage::allocate_bytes_async(uint64_t length, std::function<void(Error, uint64_t)> done) {
-  auto at = std::make_shared<uint64_t>(0);
-  refcount_step(
-      [this, length, at]() -> Error {
-        auto r = allocate_bytes(length);
-        if (!r) return r.error();
-        *at = *r;
-        return {};
-      },
-      [at, done = std::move(done)](Error e) { done(e, e ? 0 : *at); });
+  allocation_step([this, length] { return allocate_bytes(length); }, std::move(done));
 }
 
 // ---- Content reads for fills ------------------------------------------------------------
