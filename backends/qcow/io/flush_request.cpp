@@ -62,7 +62,10 @@ void FlushRequest::write_all(std::vector<std::pair<uint64_t, std::span<const std
     if (self->first_error_) return self->end(self->first_error_);
     self->sync(next);
   };
-  for (auto& [off, bytes] : writes) write(off, bytes, [landed, off](Error e) { landed(off, e); });
+  for (const auto& w : writes) {
+    const uint64_t off = w.first;
+    write(off, w.second, [landed, off](Error e) { landed(off, e); });
+  }
   landed(0, {});
 }
 

@@ -149,7 +149,7 @@ void ZeroRequest::apply(uint64_t l2_offset) {
 // one after another, then the next L2 table.
 void ZeroRequest::punch() {
   if (punches_.empty()) return next_chunk();
-  auto [off, len] = punches_.back();
+  const uint64_t off = punches_.back().first, len = punches_.back().second;
   punches_.pop_back();
   img_.data_file().async_discard(off, len, [self = shared_from_this(), off, len](Error e) {
     if (e) return self->finish(e.wrap("deallocating " + std::to_string(len) + " bytes of", "the data file", off)
