@@ -43,6 +43,17 @@ const std::error_category& vd_category() noexcept {
 
 std::error_code make_error_code(Errc e) noexcept { return {static_cast<int>(e), vd_category()}; }
 
+const Error::Context& Error::ctx() const noexcept {
+  static const Context none;
+  return ctx_ ? *ctx_ : none;
+}
+
+Error::Context& Error::edit() {
+  if (!ctx_) ctx_ = std::make_shared<Context>();
+  else if (ctx_.use_count() > 1) ctx_ = std::make_shared<Context>(*ctx_);  // copies share until one changes
+  return *ctx_;
+}
+
 Error Error::from_errno(int err, std::string op, std::string path, std::optional<uint64_t> offset) {
   Errc kind = Errc::io;
   if (err == ENOENT) kind = Errc::not_found;
@@ -53,10 +64,11 @@ Error Error::from_errno(int err, std::string op, std::string path, std::optional
   else if (err == EINVAL) kind = Errc::invalid_argument;
   else if (err == EAGAIN || err == EWOULDBLOCK) kind = Errc::busy;
   Error e(kind, std::strerror(err));
-  e.op_ = std::move(op);
-  e.path_ = std::move(path);
-  e.offset_ = offset;
-  e.errno_ = err;
+  Context& c = e.edit();
+  c.op = std::move(op);
+  c.path = std::move(path);
+  c.offset = offset;
+  c.err = err;
   return e;
 }
 
@@ -68,28 +80,30 @@ Error Error::wrap(std::string op, std::string structure, std::optional<uint64_t>
   if (!code_) return *this;
   Error outer;
   outer.code_ = code_;
-  outer.errno_ = errno_;
-  outer.op_ = std::move(op);
-  outer.structure_ = std::move(structure);
-  outer.offset_ = offset;
-  outer.cause_ = std::make_shared<const Error>(*this);
+  Context& c = outer.edit();
+  c.err = system_errno();
+  c.op = std::move(op);
+  c.structure = std::move(structure);
+  c.offset = offset;
+  c.cause = std::make_shared<const Error>(*this);
   return outer;
 }
 
 // The one place messages are put together (see error.h).
 std::string Error::render(const std::string& outer_path) const {
+  const Context& c = ctx();
   std::string out;
-  if (!path_.empty() && path_ != outer_path) out = "'" + path_ + "': ";
-  std::string text = detail_;
-  if (!op_.empty()) {
-    std::string what = op_;
-    if (!structure_.empty()) what += " " + structure_;
-    if (offset_) what += " at " + hex(*offset_);
+  if (!c.path.empty() && c.path != outer_path) out = "'" + c.path + "': ";
+  std::string text = c.detail;
+  if (!c.op.empty()) {
+    std::string what = c.op;
+    if (!c.structure.empty()) what += " " + c.structure;
+    if (c.offset) what += " at " + hex(*c.offset);
     text = text.empty() ? what : what + ": " + text;
   }
-  const std::string& inner_path = path_.empty() ? outer_path : path_;
-  if (cause_) {
-    std::string why = cause_->render(inner_path);
+  const std::string& inner_path = c.path.empty() ? outer_path : c.path;
+  if (c.cause) {
+    std::string why = c.cause->render(inner_path);
     text = text.empty() ? why : text + ": " + why;
   }
   if (text.empty()) text = code_.message();

@@ -54,8 +54,8 @@ std::error_code make_error_code(Errc e) noexcept;
 class Error {
  public:
   Error() = default;
-  Error(Errc e, std::string detail) : code_(make_error_code(e)), detail_(std::move(detail)) {}
-  Error(std::error_code code, std::string detail) : code_(code), detail_(std::move(detail)) {}
+  Error(Errc e, std::string detail) : code_(make_error_code(e)) { if (!detail.empty()) edit().detail = std::move(detail); }
+  Error(std::error_code code, std::string detail) : code_(code) { if (!detail.empty()) edit().detail = std::move(detail); }
 
   // A failed system call: the kind follows errno (ENOENT not_found, ENOSPC no_space, ...),
   // the errno is kept, its text ends the message. `op` says what was done ("pread").
@@ -69,20 +69,20 @@ class Error {
   Errc kind() const noexcept;
 
   // ---- Context (setters chain: Error(...).image(p).structure("L2 table").at(off)) ----
-  Error& image(std::string path) { path_ = std::move(path); return *this; }
-  Error& op(std::string op) { op_ = std::move(op); return *this; }
-  Error& structure(std::string s) { structure_ = std::move(s); return *this; }
-  Error& at(uint64_t offset) { offset_ = offset; return *this; }
-  Error& sys_errno(int err) { errno_ = err; return *this; }
+  Error& image(std::string path) { edit().path = std::move(path); return *this; }
+  Error& op(std::string op) { edit().op = std::move(op); return *this; }
+  Error& structure(std::string s) { edit().structure = std::move(s); return *this; }
+  Error& at(uint64_t offset) { edit().offset = offset; return *this; }
+  Error& sys_errno(int err) { edit().err = err; return *this; }
 
-  const std::string& path() const noexcept { return path_; }
-  const std::string& operation() const noexcept { return op_; }
-  const std::string& structure_name() const noexcept { return structure_; }
-  const std::optional<uint64_t>& offset() const noexcept { return offset_; }
+  const std::string& path() const noexcept { return ctx().path; }
+  const std::string& operation() const noexcept { return ctx().op; }
+  const std::string& structure_name() const noexcept { return ctx().structure; }
+  const std::optional<uint64_t>& offset() const noexcept { return ctx().offset; }
   // The errno of the system call that failed, here or in a cause; 0 if none.
-  int system_errno() const noexcept { return errno_; }
-  const std::string& detail() const noexcept { return detail_; }
-  const Error* cause() const noexcept { return cause_.get(); }
+  int system_errno() const noexcept { return ctx().err; }
+  const std::string& detail() const noexcept { return ctx().detail; }
+  const Error* cause() const noexcept { return ctx().cause.get(); }
 
   // Full human-readable text (see above); the code's text if there is nothing else.
   std::string message() const;
@@ -95,14 +95,20 @@ class Error {
              std::optional<uint64_t> offset = std::nullopt) const;
 
  private:
+  // The context lives apart, shared and copied on write: a success (and an error being passed
+  // along) is two words plus a pointer, cheap to copy through every completion.
+  struct Context {
+    std::string detail, path, op, structure;
+    std::optional<uint64_t> offset;
+    int err = 0;
+    std::shared_ptr<const Error> cause;
+  };
+  const Context& ctx() const noexcept;
+  Context& edit();
   std::string render(const std::string& outer_path) const;
 
   std::error_code code_;
-  std::string detail_;
-  std::string path_, op_, structure_;
-  std::optional<uint64_t> offset_;
-  int errno_ = 0;
-  std::shared_ptr<const Error> cause_;
+  std::shared_ptr<Context> ctx_;
 };
 
 // Value or error (std::expected is C++23).
