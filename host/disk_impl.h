@@ -1,9 +1,9 @@
 // Internals of vd::Disk shared by host/disk.cpp, host/disk_chain.cpp and host/disk_open.cpp.
 //
-// Ownership: the Disk owns a ChainState, which owns the images (top first). The
-// ParentReaders attached to the images hold a plain pointer to that ChainState: an image
-// holding a shared_ptr to the chain that owns it would be a cycle. A Disk must therefore
-// outlive every request in flight on it or on its images (the usual Asio rule).
+// Ownership: the Disk and every request in flight share the Impl, which owns a ChainState,
+// which owns the images (top first). The ParentReaders attached to the images hold a plain
+// pointer to that ChainState: an image holding a shared_ptr to the chain that owns it would
+// be a cycle; the Impl outlives every request, so the images and the chain do too.
 #pragma once
 
 #include <functional>
@@ -14,6 +14,8 @@
 
 #include "vd/backend.h"
 #include "vd/disk.h"
+
+#include <boost/asio/any_io_executor.hpp>
 
 namespace vd::detail {
 
@@ -69,8 +71,28 @@ std::shared_ptr<ParentReader> make_parent_reader(ChainState& chain, size_t level
 
 namespace vd {
 
-struct Disk::Impl {
+struct Disk::Impl : std::enable_shared_from_this<Disk::Impl> {
+  enum class State { open, closing, closed };
+
   detail::ChainState chain;
+  boost::asio::any_io_executor ex;  // the images' executor; empty: run inline
+  State state = State::open;
+  bool close_when_idle = false;  // the Disk was destroyed with requests in flight
+  bool close_started = false;
+  size_t in_flight = 0;
+  std::vector<Completion> drain_waiters;
+  std::vector<Completion> close_waiters;
+
+  // Runs `fn` on the executor: at once when called there, else posted (any thread may call).
+  void run(std::function<void()> fn);
+  void post(std::function<void()> fn);
+  // On the executor: counts a request in and returns its completion, which counts it out
+  // and then runs `done`; after close, completes `done` (posted) with an error and returns
+  // an empty function.
+  Completion enter(const char* op, Completion done);
+  void idle_check();
+  void finish_close(Error flushed);
+  Error close_images();
 };
 
 }  // namespace vd

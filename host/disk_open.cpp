@@ -8,6 +8,7 @@
 #include <set>
 
 #include "host/disk_impl.h"
+#include "vd/runtime.h"
 #include "vd/disk.h"
 
 namespace vd {
@@ -156,7 +157,10 @@ Result<std::unique_ptr<Disk>> Disk::open(const std::string& path, const DiskOpen
     }
   }
   auto disk = assemble(opener.take());
-  if (disk) (*disk)->impl_->chain.io = &io;  // posts without borrowing an image call
+  if (disk) {
+    (*disk)->impl_->chain.io = &io;  // posts without borrowing an image call
+    if (auto* src = dynamic_cast<ExecutorSource*>(&io)) (*disk)->impl_->ex = src->completion_executor();
+  }
   return disk;
 }
 

@@ -19,9 +19,18 @@
 
 namespace vd {
 
-// Real files. Blocking calls run on `pool`; completions are posted to `completions`.
-class PosixIoProvider : public IoProvider {
+// A provider that can say which executor receives its completions: a Disk opened over it
+// dispatches its requests there (vd/disk.h, "Threads").
+class ExecutorSource {
  public:
+  virtual ~ExecutorSource() = default;
+  virtual boost::asio::any_io_executor completion_executor() const = 0;
+};
+
+// Real files. Blocking calls run on `pool`; completions are posted to `completions`.
+class PosixIoProvider : public IoProvider, public ExecutorSource {
+ public:
+  boost::asio::any_io_executor completion_executor() const override { return ex_; }
   PosixIoProvider(boost::asio::any_io_executor completions, boost::asio::thread_pool& pool);
   Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override;
   Error remove(const std::string& path) override;
@@ -35,8 +44,9 @@ class PosixIoProvider : public IoProvider {
 };
 
 // Files in memory, for tests and fuzzing. Async completions are posted to `completions`.
-class MemIoProvider : public IoProvider {
+class MemIoProvider : public IoProvider, public ExecutorSource {
  public:
+  boost::asio::any_io_executor completion_executor() const override { return ex_; }
   explicit MemIoProvider(boost::asio::any_io_executor completions);
   Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override;
   Error remove(const std::string& path) override;

@@ -73,7 +73,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_chain(vd::IoProvider& io, const OpenS
     if (!base) return base.error();
     chain.push_back(std::move(*base));
   }
-  return vd::Disk::assemble(std::move(chain));
+  return vd::Disk::assemble(std::move(chain), &io);
 }
 
 Tracked track(vd::Completion done, MockIoProvider* io) {

@@ -115,6 +115,7 @@ class Rig {
   Files snapshot();                     // current bytes of every file
   uint64_t file_size(const std::string& name);
   void drop_without_close();            // forget the disk without flushing (a crash)
+  void destroy_disk() { disk_.reset(); }  // the Disk object goes; requests in flight go on
 
   boost::asio::io_context ctx;
   MockIoProvider io;
