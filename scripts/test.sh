@@ -27,6 +27,11 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 900
 
+# Many threads on one Disk under ThreadSanitizer: only that test binary and the library.
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVD_TSAN=ON >/dev/null
+cmake --build build-tsan -j"$(nproc)" --target vd_threads_tests
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ctest --test-dir build-tsan -L threads --output-on-failure
+
 # Fuzzing: open/read and open/write over arbitrary image bytes (VD_FUZZ_SECONDS each).
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DVD_FUZZ=ON -DVD_TESTS=OFF -DVD_FUZZ_SECONDS="${VD_FUZZ_SECONDS:-60}" >/dev/null
