@@ -133,8 +133,9 @@ int vd_disk_open(vd_context* ctx, const char* path, const vd_open_options* opts,
  * issued once close has started are refused with VD_E_CLOSED; so is a second close. */
 int vd_disk_close(vd_disk* disk);
 
-/* Closes the disk if it is still open (the error is then only in vd_last_error_message) and
- * frees the handle. No other thread may use the handle any more. NULL is accepted. */
+/* Closes the disk if it is still open, as vd_disk_close, and frees the handle; returns the
+ * close's error (the handle is freed all the same). No other thread may use the handle any
+ * more. NULL is accepted. */
 int vd_disk_free(vd_disk* disk);
 
 /* ---- Properties (captured at open; callable from anywhere) ------------------------------ */

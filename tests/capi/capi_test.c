@@ -470,7 +470,7 @@ int main(void) {
     pthread_t th[CLOSE_THREADS];
     closer_writer w[CLOSE_THREADS];
     pthread_mutex_t mu;
-    int submitted = 0, accepted = 0, done_at_close;
+    int submitted = 0, accepted = 0, done_before, done_at_close;
     struct timespec nap = {0, 100000};
     CHECK(pthread_mutex_init(&mu, NULL) == 0);
     tracker_init(&tr);
@@ -488,6 +488,10 @@ int main(void) {
       submitted = w[0].submitted + w[1].submitted;
       pthread_mutex_unlock(&mu);
     }
+    pthread_mutex_lock(&mu);
+    submitted = w[0].submitted + w[1].submitted;
+    pthread_mutex_unlock(&mu);
+    done_before = tracker_done(&tr);
     CHECK_RC(vd_disk_close(top), VD_OK);
     done_at_close = tracker_done(&tr);
     for (t = 0; t < CLOSE_THREADS; ++t) CHECK(pthread_join(th[t], NULL) == 0);
@@ -501,7 +505,9 @@ int main(void) {
       }
     }
     CHECK(done_at_close == accepted && tracker_done(&tr) == accepted);
-    printf("close in flight: %d requests accepted before close, %s\n", accepted,
+    printf("close in flight: %d of %d accepted requests still running when close began; "
+           "%d accepted in all, %s\n",
+           submitted - done_before, submitted, accepted,
            w[0].refused || w[1].refused ? "later ones refused" : "none refused");
     tracker_destroy(&tr);
     pthread_mutex_destroy(&mu);
