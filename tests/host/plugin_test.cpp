@@ -1,6 +1,9 @@
-// Plugins: a shared object adds formats through vd_plugin_entry_v1 (vd/plugin.h).
+// Plugins: a shared object adds formats through VD_PLUGIN_ENTRY (vd/plugin.h); one built for
+// another plugin ABI is refused before anything of it is called. (The header fingerprint is checked by the ctest test abi.fingerprint.)
 #include <gtest/gtest.h>
 #include <stdlib.h>
+
+#include <filesystem>
 
 #include "support/support.h"
 #include "vd/plugin.h"
@@ -81,21 +84,71 @@ TEST(PluginTest, LibraryWithoutEntryPointIsRefused) {
   ASSERT_TRUE(e);
   EXPECT_TRUE(e.is(vd::Errc::not_supported)) << e.message();
   EXPECT_TRUE(contains(e.message(), "libz.so.1")) << e.message();
-  EXPECT_TRUE(contains(e.message(), VD_PLUGIN_ENTRY_V1)) << e.message();
+  EXPECT_TRUE(contains(e.message(), "not a vd plugin for ABI 2")) << e.message();
+  EXPECT_TRUE(contains(e.message(), VD_PLUGIN_ENTRY_NAME)) << e.message();
   EXPECT_TRUE(r.backends().empty());
 }
 
-TEST(PluginTest, WrongAbiVersionIsRefused) {
-  ScopedEnv env("VD_TEST_PLUGIN_ABI", "999");
+// A refused plugin leaves the registry as it was.
+void expect_refused(const std::string& plugin, const std::vector<std::string>& parts) {
   vd::Registry r = vd::Registry::builtin();
   size_t before = r.backends().size();
-  vd::Error e = r.load_plugin(vdtest::plugin_path());
+  vd::Error e = r.load_plugin(plugin);
   ASSERT_TRUE(e);
   EXPECT_TRUE(e.is(vd::Errc::not_supported)) << e.message();
-  EXPECT_TRUE(contains(e.message(), "999")) << e.message();
-  EXPECT_TRUE(contains(e.message(), vdtest::plugin_path())) << e.message();
+  EXPECT_TRUE(contains(e.message(), plugin)) << e.message();
+  for (const auto& part : parts) EXPECT_TRUE(contains(e.message(), part)) << e.message();
   EXPECT_EQ(r.backends().size(), before);
   EXPECT_EQ(r.find("plugtest"), nullptr);
+}
+
+TEST(PluginTest, AbiVersionIsInTheEntryPointName) {
+  EXPECT_STREQ(VD_PLUGIN_ENTRY_NAME, "vd_plugin_entry_v" VD_PLUGIN_STR(VD_PLUGIN_ABI_VERSION));
+  EXPECT_EQ(VD_PLUGIN_ABI_VERSION, 2);
+}
+
+TEST(PluginTest, PluginForOldAbiIsRefusedWithoutCallingIt) {
+  // Its vd_plugin_entry_v1 aborts if called: the name alone refuses it.
+  expect_refused(VD_TEST_PLUGIN_OLD_ABI_PATH,
+                 {"plugin was built for vd plugin ABI 1; this vd needs 2", "rebuild"});
+}
+
+TEST(PluginTest, PluginBuiltAgainstOtherHeadersIsRefused) {
+  expect_refused(VD_TEST_PLUGIN_OTHER_HEADERS_PATH,
+                 {"other vd plugin headers", "fnv1a64-0123456789abcdef",
+                  VD_PLUGIN_ABI_FINGERPRINT});
+}
+
+TEST(PluginTest, WrongAbiVersionInTableIsRefused) {
+  ScopedEnv env("VD_TEST_PLUGIN_ABI", "999");
+  expect_refused(vdtest::plugin_path(), {"plugin was built for vd plugin ABI 999; this vd needs 2"});
+}
+
+TEST(PluginTest, WrongTableSizeIsRefused) {
+  ScopedEnv env("VD_TEST_PLUGIN_STRUCT_SIZE", "16");
+  expect_refused(vdtest::plugin_path(), {"plugin table is 16 bytes"});
+}
+
+TEST(PluginTest, OtherCompilerAbiIsRefused) {
+  ScopedEnv env("VD_TEST_PLUGIN_COMPILER_ABI", "libc++ abi 1, 4-byte pointers");
+  expect_refused(vdtest::plugin_path(),
+                 {"another C++ runtime", "libc++ abi 1, 4-byte pointers", VD_PLUGIN_COMPILER_ABI});
+}
+
+TEST(PluginTest, LoadPluginsTakesFilesAndFolders) {
+  std::string folder = std::filesystem::path(vdtest::plugin_path()).parent_path();
+  vd::Registry r = vd::Registry::builtin();
+  vd::Error e = r.load_plugins("::" + folder + ":");  // empty entries are skipped
+  ASSERT_FALSE(e) << e.message();
+  EXPECT_NE(r.find("plugtest"), nullptr);
+
+  vd::Registry refused = vd::Registry::builtin();
+  size_t before = refused.backends().size();
+  std::string bad = std::filesystem::path(VD_TEST_PLUGIN_OLD_ABI_PATH).parent_path();
+  e = refused.load_plugins(bad);
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(contains(e.message(), "libvd_test_plugin_")) << e.message();
+  EXPECT_EQ(refused.backends().size(), before);
 }
 
 TEST(PluginTest, LoadingTwiceRefusesDuplicateName) {
