@@ -1,5 +1,6 @@
 // Plugins: a shared object adds formats through VD_PLUGIN_ENTRY (vd/plugin.h); one built for
-// another plugin ABI is refused before anything of it is called. (The header fingerprint is checked by the ctest test abi.fingerprint.)
+// another plugin ABI is refused before anything of it is called. Also vdimg's --plugin and
+// VD_PLUGIN_PATH. (The header fingerprint is checked by the ctest test abi.fingerprint.)
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -172,6 +173,61 @@ TEST(PluginTest, RegistryMoveKeepsPluginLoaded) {
   const vd::Backend* b = moved.find("plugtest");
   ASSERT_NE(b, nullptr);
   EXPECT_EQ(b->name(), "plugtest");  // calls into the library: still mapped
+}
+
+// ---- vdimg --plugin / VD_PLUGIN_PATH ----
+
+TEST(PluginTest, VdimgPluginOptionLoadsTheFormat) {
+  vdtest::TempDir dir;
+  std::string image = dir.file("a.plug");
+  auto created = vdtest::vdimg({"--plugin", vdtest::plugin_path(), "create", "-f", "plugtest",
+                                image, "1M"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  auto info = vdtest::vdimg({"--plugin=" + vdtest::plugin_path(), "info", image});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_TRUE(contains(info.out, "file format: plugtest")) << info.out;
+  EXPECT_TRUE(contains(info.out, "(1048576 bytes)")) << info.out;
+  // Without the plugin the format is unknown.
+  auto plain = vdtest::vdimg({"create", "-f", "plugtest", dir.file("b.plug"), "1M"});
+  EXPECT_NE(plain.exit_code, 0);
+}
+
+TEST(PluginTest, VdimgLoadsPluginsFromEnvironment) {
+  vdtest::TempDir dir;
+  std::string image = dir.file("a.plug");
+  std::string folder = std::filesystem::path(vdtest::plugin_path()).parent_path();
+  auto created = vdtest::run({"/usr/bin/env", "VD_PLUGIN_PATH=" + vdtest::plugin_path(),
+                              vdtest::vdimg_path(), "create", "-f", "plugtest", image, "64k"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  auto info = vdtest::run({"/usr/bin/env", "VD_PLUGIN_PATH=" + folder, vdtest::vdimg_path(),
+                           "info", image});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_TRUE(contains(info.out, "file format: plugtest")) << info.out;
+}
+
+TEST(PluginTest, VdimgRefusesMismatchedPluginAndExits) {
+  vdtest::TempDir dir;
+  std::string image = dir.file("a.raw");
+  vdtest::write_file(image, std::vector<std::byte>(4096));
+  auto r = vdtest::vdimg({"--plugin", VD_TEST_PLUGIN_OLD_ABI_PATH, "info", image});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.err, VD_TEST_PLUGIN_OLD_ABI_PATH)) << r.err;
+  EXPECT_TRUE(contains(r.err, "built for vd plugin ABI 1; this vd needs 2")) << r.err;
+  EXPECT_FALSE(contains(r.out, "image:")) << r.out;  // the command did not run
+
+  auto env = vdtest::run({"/usr/bin/env", std::string("VD_PLUGIN_PATH=") +
+                          VD_TEST_PLUGIN_OTHER_HEADERS_PATH, vdtest::vdimg_path(), "info", image});
+  EXPECT_NE(env.exit_code, 0);
+  EXPECT_TRUE(contains(env.err, "VD_PLUGIN_PATH")) << env.err;
+  EXPECT_TRUE(contains(env.err, VD_TEST_PLUGIN_OTHER_HEADERS_PATH)) << env.err;
+  EXPECT_TRUE(contains(env.err, "other vd plugin headers")) << env.err;
+}
+
+TEST(PluginTest, VdimgHelpMentionsPlugins) {
+  auto r = vdtest::vdimg({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.out, "--plugin PATH")) << r.out;
+  EXPECT_TRUE(contains(r.out, "VD_PLUGIN_PATH")) << r.out;
 }
 
 }  // namespace
