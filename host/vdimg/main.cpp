@@ -1,5 +1,7 @@
 // vdimg: qemu-img's commands over the vd backends. Dispatches to one function per
 // subcommand (cmd_*.cpp); each parses its own options and returns the process exit code.
+#include <cstddef>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -38,8 +40,13 @@ const Subcommand kCommands[] = {
 };
 
 int usage(std::ostream& out, int code) {
-  out << "usage: vdimg [--help | --version] COMMAND [command options]\n"
+  out << "usage: vdimg [--help | --version] [--plugin PATH]... COMMAND [command options]\n"
          "vd disk image utility (qemu-img's commands over the vd backends)\n\n"
+         "Global options (before COMMAND):\n"
+         "  --plugin PATH   load the backend plugin PATH (a .so file, or a folder of them)\n"
+         "                  before the command runs; repeatable\n"
+         "Environment:\n"
+         "  VD_PLUGIN_PATH  colon-separated plugin files or folders, loaded before --plugin\n\n"
          "Commands:\n";
   for (const auto& c : kCommands) out << "  " << c.synopsis << "\n";
   out << "\nSizes and offsets take the suffixes k, M, G, T, P, E (powers of 1024).\n"
@@ -47,10 +54,40 @@ int usage(std::ostream& out, int code) {
   return code;
 }
 
+// The plugins loaded for this run, checked against the built-in formats (a plugin may not
+// replace one). Lives until exit: the backends of every Context point into its libraries.
+vd::Registry& loaded() {
+  static vd::Registry registry = vd::Registry::builtin();
+  return registry;
+}
+
 }  // namespace
+
+vd::Registry vdimg::run_registry() {
+  vd::Registry r = vd::Registry::builtin();
+  for (const vd::Backend* b : loaded().backends()) {
+    if (!r.find(b->name())) (void)r.add(b);
+  }
+  return r;
+}
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  // Global options come before the command.
+  std::vector<std::string> plugins;
+  size_t i = 0;
+  for (; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--plugin") {
+      if (i + 1 >= args.size()) return vdimg::fail("option '--plugin' needs a PATH");
+      plugins.push_back(args[++i]);
+    } else if (a.rfind("--plugin=", 0) == 0) {
+      plugins.push_back(a.substr(std::strlen("--plugin=")));
+    } else {
+      break;
+    }
+  }
+  args.erase(args.begin(), args.begin() + static_cast<std::ptrdiff_t>(i));
   if (args.empty()) {
     usage(std::cerr, 1);
     return 1;
@@ -61,6 +98,18 @@ int main(int argc, char** argv) {
     std::cout << "vdimg version 0.1.0\n";
     return 0;
   }
+
+  if (const char* list = std::getenv("VD_PLUGIN_PATH")) {
+    if (vd::Error e = loaded().load_plugins(list)) {
+      return vdimg::fail("VD_PLUGIN_PATH: " + e.message());
+    }
+  }
+  for (const std::string& p : plugins) {
+    if (vd::Error e = loaded().load_plugins(p)) {
+      return vdimg::fail(e);  // names the plugin
+    }
+  }
+
   for (const auto& c : kCommands) {
     if (first == c.name) return c.run(vdimg::Argv(args.begin() + 1, args.end()));
   }

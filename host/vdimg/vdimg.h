@@ -20,10 +20,13 @@ namespace vdimg {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitError = 1;
 
-// The environment of one run: the runtime, the built-in registry and the -q flag.
+// The built-in formats plus those of the plugins main() loaded (--plugin, VD_PLUGIN_PATH).
+vd::Registry run_registry();
+
+// The environment of one run: the runtime, the registry and the -q flag.
 struct Context {
   vd::Runtime rt;
-  vd::Registry registry = vd::Registry::builtin();
+  vd::Registry registry = run_registry();
   bool quiet = false;
 };
 

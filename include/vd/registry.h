@@ -27,9 +27,16 @@ class Registry {
   // already registered.
   Error add(const Backend* backend);
 
-  // Loads backends from a shared object exporting vd_plugin_entry_v1 (vd/plugin.h). The
-  // library stays loaded for the registry's lifetime.
+  // Loads backends from a shared object exporting VD_PLUGIN_ENTRY (vd/plugin.h). The library
+  // stays loaded for the registry's lifetime. A plugin built for another plugin ABI (another
+  // entry point version, fingerprint, C++ runtime) is refused before any of its backends is
+  // called, and the registry is left unchanged; the error names the plugin.
   Error load_plugin(const std::string& path);
+
+  // Loads every plugin of a colon-separated list (VD_PLUGIN_PATH's syntax): each entry is a
+  // plugin file, or a folder whose *.so files are loaded in name order. Empty entries are
+  // skipped. Stops at the first error (plugins loaded before it stay loaded).
+  Error load_plugins(std::string_view list);
 
   const Backend* find(std::string_view name) const;
   const std::vector<const Backend*>& backends() const { return order_; }

@@ -1,6 +1,10 @@
-// Plugins: a shared object adds formats through vd_plugin_entry_v1 (vd/plugin.h).
+// Plugins: a shared object adds formats through VD_PLUGIN_ENTRY (vd/plugin.h); one built for
+// another plugin ABI is refused before anything of it is called. Also vdimg's --plugin and
+// VD_PLUGIN_PATH. (The header fingerprint is checked by the ctest test abi.fingerprint.)
 #include <gtest/gtest.h>
 #include <stdlib.h>
+
+#include <filesystem>
 
 #include "support/support.h"
 #include "vd/plugin.h"
@@ -81,21 +85,71 @@ TEST(PluginTest, LibraryWithoutEntryPointIsRefused) {
   ASSERT_TRUE(e);
   EXPECT_TRUE(e.is(vd::Errc::not_supported)) << e.message();
   EXPECT_TRUE(contains(e.message(), "libz.so.1")) << e.message();
-  EXPECT_TRUE(contains(e.message(), VD_PLUGIN_ENTRY_V1)) << e.message();
+  EXPECT_TRUE(contains(e.message(), "not a vd plugin for ABI 2")) << e.message();
+  EXPECT_TRUE(contains(e.message(), VD_PLUGIN_ENTRY_NAME)) << e.message();
   EXPECT_TRUE(r.backends().empty());
 }
 
-TEST(PluginTest, WrongAbiVersionIsRefused) {
-  ScopedEnv env("VD_TEST_PLUGIN_ABI", "999");
+// A refused plugin leaves the registry as it was.
+void expect_refused(const std::string& plugin, const std::vector<std::string>& parts) {
   vd::Registry r = vd::Registry::builtin();
   size_t before = r.backends().size();
-  vd::Error e = r.load_plugin(vdtest::plugin_path());
+  vd::Error e = r.load_plugin(plugin);
   ASSERT_TRUE(e);
   EXPECT_TRUE(e.is(vd::Errc::not_supported)) << e.message();
-  EXPECT_TRUE(contains(e.message(), "999")) << e.message();
-  EXPECT_TRUE(contains(e.message(), vdtest::plugin_path())) << e.message();
+  EXPECT_TRUE(contains(e.message(), plugin)) << e.message();
+  for (const auto& part : parts) EXPECT_TRUE(contains(e.message(), part)) << e.message();
   EXPECT_EQ(r.backends().size(), before);
   EXPECT_EQ(r.find("plugtest"), nullptr);
+}
+
+TEST(PluginTest, AbiVersionIsInTheEntryPointName) {
+  EXPECT_STREQ(VD_PLUGIN_ENTRY_NAME, "vd_plugin_entry_v" VD_PLUGIN_STR(VD_PLUGIN_ABI_VERSION));
+  EXPECT_EQ(VD_PLUGIN_ABI_VERSION, 2);
+}
+
+TEST(PluginTest, PluginForOldAbiIsRefusedWithoutCallingIt) {
+  // Its vd_plugin_entry_v1 aborts if called: the name alone refuses it.
+  expect_refused(VD_TEST_PLUGIN_OLD_ABI_PATH,
+                 {"plugin was built for vd plugin ABI 1; this vd needs 2", "rebuild"});
+}
+
+TEST(PluginTest, PluginBuiltAgainstOtherHeadersIsRefused) {
+  expect_refused(VD_TEST_PLUGIN_OTHER_HEADERS_PATH,
+                 {"other vd plugin headers", "fnv1a64-0123456789abcdef",
+                  VD_PLUGIN_ABI_FINGERPRINT});
+}
+
+TEST(PluginTest, WrongAbiVersionInTableIsRefused) {
+  ScopedEnv env("VD_TEST_PLUGIN_ABI", "999");
+  expect_refused(vdtest::plugin_path(), {"plugin was built for vd plugin ABI 999; this vd needs 2"});
+}
+
+TEST(PluginTest, WrongTableSizeIsRefused) {
+  ScopedEnv env("VD_TEST_PLUGIN_STRUCT_SIZE", "16");
+  expect_refused(vdtest::plugin_path(), {"plugin table is 16 bytes"});
+}
+
+TEST(PluginTest, OtherCompilerAbiIsRefused) {
+  ScopedEnv env("VD_TEST_PLUGIN_COMPILER_ABI", "libc++ abi 1, 4-byte pointers");
+  expect_refused(vdtest::plugin_path(),
+                 {"another C++ runtime", "libc++ abi 1, 4-byte pointers", VD_PLUGIN_COMPILER_ABI});
+}
+
+TEST(PluginTest, LoadPluginsTakesFilesAndFolders) {
+  std::string folder = std::filesystem::path(vdtest::plugin_path()).parent_path();
+  vd::Registry r = vd::Registry::builtin();
+  vd::Error e = r.load_plugins("::" + folder + ":");  // empty entries are skipped
+  ASSERT_FALSE(e) << e.message();
+  EXPECT_NE(r.find("plugtest"), nullptr);
+
+  vd::Registry refused = vd::Registry::builtin();
+  size_t before = refused.backends().size();
+  std::string bad = std::filesystem::path(VD_TEST_PLUGIN_OLD_ABI_PATH).parent_path();
+  e = refused.load_plugins(bad);
+  ASSERT_TRUE(e);
+  EXPECT_TRUE(contains(e.message(), "libvd_test_plugin_")) << e.message();
+  EXPECT_EQ(refused.backends().size(), before);
 }
 
 TEST(PluginTest, LoadingTwiceRefusesDuplicateName) {
@@ -119,6 +173,61 @@ TEST(PluginTest, RegistryMoveKeepsPluginLoaded) {
   const vd::Backend* b = moved.find("plugtest");
   ASSERT_NE(b, nullptr);
   EXPECT_EQ(b->name(), "plugtest");  // calls into the library: still mapped
+}
+
+// ---- vdimg --plugin / VD_PLUGIN_PATH ----
+
+TEST(PluginTest, VdimgPluginOptionLoadsTheFormat) {
+  vdtest::TempDir dir;
+  std::string image = dir.file("a.plug");
+  auto created = vdtest::vdimg({"--plugin", vdtest::plugin_path(), "create", "-f", "plugtest",
+                                image, "1M"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  auto info = vdtest::vdimg({"--plugin=" + vdtest::plugin_path(), "info", image});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_TRUE(contains(info.out, "file format: plugtest")) << info.out;
+  EXPECT_TRUE(contains(info.out, "(1048576 bytes)")) << info.out;
+  // Without the plugin the format is unknown.
+  auto plain = vdtest::vdimg({"create", "-f", "plugtest", dir.file("b.plug"), "1M"});
+  EXPECT_NE(plain.exit_code, 0);
+}
+
+TEST(PluginTest, VdimgLoadsPluginsFromEnvironment) {
+  vdtest::TempDir dir;
+  std::string image = dir.file("a.plug");
+  std::string folder = std::filesystem::path(vdtest::plugin_path()).parent_path();
+  auto created = vdtest::run({"/usr/bin/env", "VD_PLUGIN_PATH=" + vdtest::plugin_path(),
+                              vdtest::vdimg_path(), "create", "-f", "plugtest", image, "64k"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  auto info = vdtest::run({"/usr/bin/env", "VD_PLUGIN_PATH=" + folder, vdtest::vdimg_path(),
+                           "info", image});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_TRUE(contains(info.out, "file format: plugtest")) << info.out;
+}
+
+TEST(PluginTest, VdimgRefusesMismatchedPluginAndExits) {
+  vdtest::TempDir dir;
+  std::string image = dir.file("a.raw");
+  vdtest::write_file(image, std::vector<std::byte>(4096));
+  auto r = vdtest::vdimg({"--plugin", VD_TEST_PLUGIN_OLD_ABI_PATH, "info", image});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.err, VD_TEST_PLUGIN_OLD_ABI_PATH)) << r.err;
+  EXPECT_TRUE(contains(r.err, "built for vd plugin ABI 1; this vd needs 2")) << r.err;
+  EXPECT_FALSE(contains(r.out, "image:")) << r.out;  // the command did not run
+
+  auto env = vdtest::run({"/usr/bin/env", std::string("VD_PLUGIN_PATH=") +
+                          VD_TEST_PLUGIN_OTHER_HEADERS_PATH, vdtest::vdimg_path(), "info", image});
+  EXPECT_NE(env.exit_code, 0);
+  EXPECT_TRUE(contains(env.err, "VD_PLUGIN_PATH")) << env.err;
+  EXPECT_TRUE(contains(env.err, VD_TEST_PLUGIN_OTHER_HEADERS_PATH)) << env.err;
+  EXPECT_TRUE(contains(env.err, "other vd plugin headers")) << env.err;
+}
+
+TEST(PluginTest, VdimgHelpMentionsPlugins) {
+  auto r = vdtest::vdimg({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.out, "--plugin PATH")) << r.out;
+  EXPECT_TRUE(contains(r.out, "VD_PLUGIN_PATH")) << r.out;
 }
 
 }  // namespace

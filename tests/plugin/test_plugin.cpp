@@ -3,8 +3,10 @@
 // data, flat. It links no vd library: the few vd functions it calls (make_error_code via
 // vd::Error) resolve from the host executable, which exports its symbols.
 //
-// VD_TEST_PLUGIN_ABI in the environment overrides the ABI version the entry point reports,
-// so one module also tests that a wrong version is refused.
+// Built three times (tests/CMakeLists.txt): the good plugin, one that exports only the ABI 1
+// entry point (VD_TEST_PLUGIN_OLD_ABI) and one whose table records another header
+// fingerprint (VD_TEST_PLUGIN_FINGERPRINT). Environment variables override single fields of
+// the good plugin's table (see the entry point), so each check of the host is tested.
 #include <cstdlib>
 #include <cstring>
 
@@ -146,16 +148,34 @@ class PlugBackend final : public vd::Backend {
 };
 
 const PlugBackend kBackend;
-const vd::Backend* const kBackends[] = {&kBackend};
+[[maybe_unused]] const vd::Backend* const kBackends[] = {&kBackend};
 
 }  // namespace
 
-extern "C" __attribute__((visibility("default"))) const vd_plugin_v1* vd_plugin_entry_v1(void) {
-  static vd_plugin_v1 table;
-  const char* abi = std::getenv("VD_TEST_PLUGIN_ABI");
-  table.abi_version = abi ? static_cast<uint32_t>(std::strtoul(abi, nullptr, 10))
-                          : VD_PLUGIN_ABI_VERSION;
-  table.count = 1;
-  table.backends = kBackends;
+#if defined(VD_TEST_PLUGIN_OLD_ABI)
+// Built as a plugin for ABI 1 would be: it exports only the version-1 entry point. The host
+// must refuse it by the symbol's name alone; calling it is a bug, and aborts.
+extern "C" __attribute__((visibility("default"))) const void* vd_plugin_entry_v1(void) {
+  std::abort();
+}
+#else
+// Compile definitions fake a plugin built against other headers or another C++ runtime.
+#ifndef VD_TEST_PLUGIN_FINGERPRINT
+#define VD_TEST_PLUGIN_FINGERPRINT VD_PLUGIN_ABI_FINGERPRINT
+#endif
+
+VD_PLUGIN_EXPORT const vd_plugin_table* VD_PLUGIN_ENTRY(void) {
+  static vd_plugin_table table;
+  table = {VD_PLUGIN_TABLE_HEADER, 1, kBackends};  // afresh: the overrides below are per call
+  table.fingerprint = VD_TEST_PLUGIN_FINGERPRINT;
+  // The environment overrides single header fields, to test that each one is checked.
+  if (const char* abi = std::getenv("VD_TEST_PLUGIN_ABI")) {
+    table.abi_version = static_cast<uint32_t>(std::strtoul(abi, nullptr, 10));
+  }
+  if (const char* tag = std::getenv("VD_TEST_PLUGIN_COMPILER_ABI")) table.compiler_abi = tag;
+  if (const char* size = std::getenv("VD_TEST_PLUGIN_STRUCT_SIZE")) {
+    table.struct_size = static_cast<uint32_t>(std::strtoul(size, nullptr, 10));
+  }
   return &table;
 }
+#endif
