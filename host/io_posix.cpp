@@ -332,6 +332,7 @@ class PosixFile final : public File {
     auto work = boost::asio::prefer(ex_, boost::asio::execution::outstanding_work.tracked);
     boost::asio::post(pool_, [fd = fd_, offset, done = std::move(done), work = std::move(work)]() mutable {
       auto r = extent_of(*fd, offset);
+      fd.reset();  // see submit
       boost::asio::post(work, [done = std::move(done), r = std::move(r)]() {
         done(r.error(), r ? *r : FileExtent{});
       });
@@ -346,6 +347,10 @@ class PosixFile final : public File {
     boost::asio::post(pool_, [fd = fd_, job = std::move(job), done = std::move(done),
                               work = std::move(work)]() mutable {
       Error e = job(*fd);
+      // Let go of the file before its completion runs: a File destroyed once its requests
+      // completed is closed then, and its image locks with it (a reopen right after a close
+      // must not find them still held by a job object the pool has yet to destroy).
+      fd.reset();
       boost::asio::post(work, [done = std::move(done), e = std::move(e)]() { done(e); });
     });
   }
