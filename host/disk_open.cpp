@@ -124,7 +124,7 @@ Error ChainOpener::open_parent(bool& ended) {
   if (!io_.exists(path)) return parent_error(Errc::not_found, *name, "No such file or directory");
 
   // Parents are never written; they keep only the flags that do not imply writing.
-  unsigned flags = open_read_only | (opts_.flags & open_info_only);
+  unsigned flags = open_read_only | (opts_.flags & (open_info_only | open_force_share | open_no_lock));
   const Backend* backend = nullptr;
   auto format = child.parent_format();
   if (format && !format->empty()) {

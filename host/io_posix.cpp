@@ -183,6 +183,97 @@ Result<FileExtent> extent_of(const Fd& f, uint64_t offset) {
   return FileExtent{true, end - offset};
 }
 
+// ---- Image locking: QEMU's scheme (block/file-posix.c), so qemu and vd see each other ----
+//
+// QEMU names what a user of an image does with permissions, one bit each; byte
+// kLockPermBase + bit carries a shared (read) OFD lock of every open file that holds the
+// permission, byte kLockSharedBase + bit one of every open file that does not share it with
+// others. An open takes its locks first and then tests, with F_OFD_GETLK, the bytes of the
+// permissions it needs for locks of others who do not share them, and the bytes of the
+// permissions it does not share for locks of others who hold them; taking before testing
+// makes two racing opens see each other. OFD locks belong to the open file, so two opens in
+// one process conflict like two processes do, and closing the file releases them.
+constexpr int kLockPermBase = 100;
+constexpr int kLockSharedBase = 200;
+// QEMU 7.2's BLK_PERM_* bits (include/block/block-common.h), in their order.
+constexpr unsigned kPermConsistentRead = 1u << 0;
+constexpr unsigned kPermWrite = 1u << 1;
+constexpr unsigned kPermWriteUnchanged = 1u << 2;
+constexpr unsigned kPermResize = 1u << 3;
+constexpr unsigned kPermAll = (1u << 4) - 1;
+constexpr const char* kPermNames[] = {"consistent read", "write", "write unchanged", "resize"};
+
+// Puts a shared lock on one byte: 0 or the errno.
+int lock_byte(int fd, int byte) {
+  struct flock fl {};
+  fl.l_type = F_RDLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = byte;
+  fl.l_len = 1;
+  while (::fcntl(fd, F_OFD_SETLK, &fl) != 0) {
+    if (errno != EINTR) return errno;
+  }
+  return 0;
+}
+
+// Whether another open file holds a lock on one byte: 0 when none does, EAGAIN when one
+// does, otherwise the errno.
+int test_byte(int fd, int byte) {
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = byte;
+  fl.l_len = 1;
+  while (::fcntl(fd, F_OFD_GETLK, &fl) != 0) {
+    if (errno != EINTR) return errno;
+  }
+  return fl.l_type == F_UNLCK ? 0 : EAGAIN;
+}
+
+Error lock_error(const std::string& path, int err, const std::string& what) {
+  if (err == EAGAIN) {
+    return Error(Errc::busy, what + "\nIs another process using the image [" + path + "]?")
+        .image(path)
+        .sys_errno(err);
+  }
+  return Error::from_errno(err, what, path);
+}
+
+// Locks the open image as `mode` asks (file_lock, file_share_all; see vd/io.h). A file
+// system without OFD locks (EINVAL on the first lock) is used unlocked, as QEMU's
+// locking=auto does.
+Error lock_image(const Fd& f, unsigned mode) {
+  if (!(mode & file_lock)) return {};
+  if ((mode & file_write) && (mode & file_share_all)) {
+    return Error(Errc::invalid_argument, "force-share=on can only be used with read-only images").image(f.path);
+  }
+  const unsigned perm = kPermConsistentRead | ((mode & file_write) ? kPermWrite | kPermResize : 0u);
+  // What qemu shares on a node it opens without force-share, read-only or not.
+  const unsigned shared = (mode & file_share_all) ? kPermAll : kPermConsistentRead | kPermWriteUnchanged;
+  bool first = true;
+  for (int base : {kLockPermBase, kLockSharedBase}) {
+    const unsigned bits = base == kLockPermBase ? perm : kPermAll & ~shared;
+    for (int i = 0; i < 4; ++i) {
+      if (!(bits & (1u << i))) continue;
+      const int err = lock_byte(f.fd, base + i);
+      if (err == EINVAL && first) return {};  // no OFD locks here: no locking
+      if (err) return lock_error(f.path, err, "Failed to lock byte " + std::to_string(base + i));
+      first = false;
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    if (!(perm & (1u << i))) continue;
+    if (int err = test_byte(f.fd, kLockSharedBase + i))
+      return lock_error(f.path, err, std::string("Failed to get \"") + kPermNames[i] + "\" lock");
+  }
+  for (int i = 0; i < 4; ++i) {
+    if (shared & (1u << i)) continue;
+    if (int err = test_byte(f.fd, kLockPermBase + i))
+      return lock_error(f.path, err, std::string("Failed to get shared \"") + kPermNames[i] + "\" lock");
+  }
+  return {};
+}
+
 class PosixFile final : public File {
  public:
   PosixFile(std::shared_ptr<Fd> fd, boost::asio::any_io_executor ex,
@@ -241,6 +332,7 @@ class PosixFile final : public File {
     auto work = boost::asio::prefer(ex_, boost::asio::execution::outstanding_work.tracked);
     boost::asio::post(pool_, [fd = fd_, offset, done = std::move(done), work = std::move(work)]() mutable {
       auto r = extent_of(*fd, offset);
+      fd.reset();  // see submit
       boost::asio::post(work, [done = std::move(done), r = std::move(r)]() {
         done(r.error(), r ? *r : FileExtent{});
       });
@@ -255,6 +347,10 @@ class PosixFile final : public File {
     boost::asio::post(pool_, [fd = fd_, job = std::move(job), done = std::move(done),
                               work = std::move(work)]() mutable {
       Error e = job(*fd);
+      // Let go of the file before its completion runs: a File destroyed once its requests
+      // completed is closed then, and its image locks with it (a reopen right after a close
+      // must not find them still held by a job object the pool has yet to destroy).
+      fd.reset();
       boost::asio::post(work, [done = std::move(done), e = std::move(e)]() { done(e); });
     });
   }
@@ -275,7 +371,8 @@ int open_flags(unsigned mode) {
   if (mode & file_create) {
     flags |= O_CREAT;
     if (mode & file_exclusive) flags |= O_EXCL;
-    if (mode & file_truncate) flags |= O_TRUNC;
+    // A locked open truncates only once it holds its locks (an image in use stays intact).
+    if ((mode & file_truncate) && !(mode & file_lock)) flags |= O_TRUNC;
   }
   return flags;
 }
@@ -299,6 +396,10 @@ Result<std::unique_ptr<File>> PosixIoProvider::open(const std::string& path, uns
   struct stat st {};
   if (::fstat(fd, &st) != 0) return Error::from_errno(errno, "open", path);
   if (S_ISDIR(st.st_mode)) return Error::from_errno(EISDIR, "open", path);
+  if (Error e = lock_image(*owned, mode)) return e;
+  if ((mode & file_lock) && (mode & file_create) && (mode & file_truncate)) {
+    if (Error e = truncate_fd(*owned, 0)) return e;
+  }
   return std::unique_ptr<File>(std::make_unique<PosixFile>(std::move(owned), ex_, pool_));
 }
 

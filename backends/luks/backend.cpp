@@ -100,7 +100,7 @@ class LuksBackend final : public Backend {
     if (opts.snapshot)
       return Error(Errc::not_supported, "luks images have no internal snapshots").image(path);
     const bool ro = opts.flags & open_read_only;
-    auto file = io.open(path, ro ? file_read : (file_read | file_write));
+    auto file = io.open(path, (ro ? file_read : (file_read | file_write)) | image_lock_mode(opts.flags));
     if (!file) return file.error();
     auto size = (*file)->size();
     if (!size) return size.error();
@@ -122,7 +122,7 @@ class LuksBackend final : public Backend {
     if (opts.size > static_cast<uint64_t>(INT64_MAX) - *header - kSectorSize)
       return Error(Errc::too_large, "size " + hex(opts.size) + " is too large").image(path);
     // Like qemu-img create, an existing file is overwritten.
-    auto file = io.open(path, file_read | file_write | file_create | file_truncate);
+    auto file = io.open(path, file_read | file_write | file_create | file_truncate | file_lock);
     if (!file) return file.error();
     auto volume = format(**file, *spec, opts, path);
     if (!volume) {

@@ -30,7 +30,7 @@ Result<std::unique_ptr<Image>> QcowImage::open(const Backend& backend, const std
 
 Error QcowImage::load(const OpenOptions& opts) {
   const bool ro = flags_ & open_read_only;
-  auto f = io_.open(path_, ro ? file_read : (file_read | file_write));
+  auto f = io_.open(path_, (ro ? file_read : (file_read | file_write)) | image_lock_mode(flags_));
   if (!f) return f.error();
   file_ = std::move(*f);
   data_ = file_.get();
@@ -112,7 +112,7 @@ Error QcowImage::open_data_file() {
   fs::path p(*hdr_.data_file);
   if (p.is_relative()) p = fs::path(path_).parent_path() / p;
   const bool ro = flags_ & open_read_only;
-  auto f = io_.open(p.string(), ro ? file_read : (file_read | file_write));
+  auto f = io_.open(p.string(), (ro ? file_read : (file_read | file_write)) | image_lock_mode(flags_));
   if (!f) return f.error().wrap("opening", "external data file").image(path_);
   data_file_ = std::move(*f);
   data_ = data_file_.get();

@@ -75,7 +75,7 @@ class RawBackend final : public Backend {
       return Error(Errc::not_supported, "raw images have no internal snapshots").image(path);
     }
     const bool ro = opts.flags & open_read_only;
-    auto file = io.open(path, ro ? file_read : (file_read | file_write));
+    auto file = io.open(path, (ro ? file_read : (file_read | file_write)) | image_lock_mode(opts.flags));
     if (!file) return file.error();
     auto size = (*file)->size();
     if (!size) return size.error();
@@ -90,7 +90,7 @@ class RawBackend final : public Backend {
     auto mode = parse_options(path, opts);
     if (!mode) return mode.error();
     // Like qemu-img create, an existing file is overwritten.
-    auto file = io.open(path, file_read | file_write | file_create | file_truncate);
+    auto file = io.open(path, file_read | file_write | file_create | file_truncate | file_lock);
     if (!file) return file.error();
     if (Error e = fill(**file, *mode, round_up_to_sector(opts.size))) return e.wrap("create").image(path);
     file->reset();

@@ -21,7 +21,8 @@ const char kUsage[] =
     "Sends N requests (default 75000) of SIZE bytes (default 4 KiB), DEPTH in parallel\n"
     "(default 64), from OFFSET (default 0) advancing by STEP (default SIZE), wrapping at the end\n"
     "of the image. Reads unless -w; writes fill with --pattern (default 0).\n"
-    "-t (cache mode), -i (aio) and -n are accepted for qemu-img compatibility.\n";
+    "-t (cache mode), -i (aio) and -n are accepted for qemu-img compatibility.\n"
+    "  -U, --force-share  open even while another process writes IMAGE (not with -w)\n";
 
 struct BenchConfig {
   uint64_t count = 75000, depth = 64, size = 4096, step = 0, offset = 0, flush_interval = 0;
@@ -145,6 +146,7 @@ int cmd_bench(const Argv& argv) {
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = cfg.write ? 0u : vd::open_read_only;
+  req.force_share = args->has("force-share");
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   if (cfg.size > (*disk)->size() || cfg.offset > (*disk)->size() - cfg.size)

@@ -10,7 +10,7 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg check [-f FMT] [-r leaks|all] [--output=human|json] [-q]\n"
+    "usage: vdimg check [-f FMT] [-r leaks|all] [--output=human|json] [-q] [-U]\n"
     "                   [--passphrase-file FILE] IMAGE\n"
     "Checks the metadata of IMAGE (not its backing files, which must open) and optionally\n"
     "repairs it.\n"
@@ -21,7 +21,8 @@ const char kUsage[] =
     "  --output FMT  human (default) or json\n"
     "  --passphrase-file FILE  passphrase of an encrypted IMAGE; optional, since the check\n"
     "                reads only metadata (given, it must be right)\n"
-    "  -q            quiet\n";
+    "  -q            quiet\n"
+    "  -U, --force-share  check while another process writes IMAGE (not with -r)\n";
 
 constexpr int kExitCorrupt = 2;
 constexpr int kExitLeaks = 3;
@@ -131,6 +132,7 @@ int cmd_check(const Argv& argv) {
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = *mode == vd::RepairMode::none ? vd::open_read_only : vd::open_no_repair;
+  req.force_share = args->has("force-share");
   if (auto file = args->last("passphrase-file")) {
     auto pass = read_passphrase_file(*file);
     if (!pass) return fail(pass.error());

@@ -1,8 +1,9 @@
 // vdimg commit: writes what the top image holds into its backing file, so that the backing
 // file alone reads as the whole chain did. The top is left as it is (see commit()).
 //
-// The top's own extents are found with block_status (level 0) and copied through a second
-// Disk opened read-write on the backing file; only the immediate backing file is supported.
+// The top is opened alone; its own extents are found with block_status (level 0) and copied
+// through a second Disk opened read-write on the backing file; only the immediate backing
+// file is supported.
 #include <iostream>
 
 #include "host/vdimg/vdimg.h"
@@ -83,16 +84,26 @@ int cmd_commit(const Argv& argv) {
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = 0;
+  // The top alone: its chain would hold the backing file read-only, and that lock would
+  // keep out the read-write open of the backing file below (the top's own extents are all
+  // the copy reads).
+  req.no_backing = true;
   auto top = open_disk(ctx, req);
   if (!top) return fail(top.error());
-  if ((*top)->depth() < 2) return fail(req.path + ": Image does not have a backing file");
-  vd::Image& parent = (*top)->image(1);
-  if (auto b = args->last("base"); b && *b != parent.path() &&
-                                   resolve_relative(req.path, *b) != parent.path())
+  const vd::Image& top_image = (*top)->image(0);
+  auto parent_name = top_image.parent_filename();
+  if (!parent_name || parent_name->empty()) return fail(req.path + ": Image does not have a backing file");
+  const std::string parent_path = resolve_relative(req.path, *parent_name);
+  if (auto b = args->last("base"); b && *b != parent_path && resolve_relative(req.path, *b) != parent_path)
     return fail(req.path + ": only committing into the immediate backing file is supported");
   OpenRequest base_req;
-  base_req.path = parent.path();
-  base_req.format = format_name(parent);
+  base_req.path = parent_path;
+  base_req.format = top_image.parent_format();
+  if (!base_req.format || base_req.format->empty()) {
+    auto probed = ctx.registry.probe(parent_path, ctx.rt.files());
+    if (!probed) return fail(probed.error());
+    base_req.format = std::string((*probed)->name());
+  }
   base_req.flags = 0;
   auto base = open_disk(ctx, base_req);
   if (!base) return fail(base.error());

@@ -17,7 +17,7 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg compare [-f FMT] [-F FMT] [-s] [-p] [-q] [--passphrase-file FILE]\n"
+    "usage: vdimg compare [-f FMT] [-F FMT] [-s] [-p] [-q] [-U] [--passphrase-file FILE]\n"
     "                     [--b-passphrase-file FILE] IMAGE1 IMAGE2\n"
     "Compares the content of two disks (each through its backing chain).\n"
     "Exit status: 0 identical, 1 different, 2 on any error (qemu-img uses 3 and 4 for\n"
@@ -26,7 +26,8 @@ const char kUsage[] =
     "  -s       strict: sizes and allocation status must match too\n"
     "  -q       quiet\n"
     "  --passphrase-file FILE    passphrase of encrypted images (IMAGE1 and IMAGE2)\n"
-    "  --b-passphrase-file FILE  a different passphrase for IMAGE2\n";
+    "  --b-passphrase-file FILE  a different passphrase for IMAGE2\n"
+    "  -U, --force-share  open even while another process writes IMAGE1 or IMAGE2\n";
 
 constexpr int kExitDiffer = 1;
 constexpr int kExitOpen = 2;
@@ -277,6 +278,7 @@ int cmd_compare(const Argv& argv) {
   ra.format = args->last("a-format");
   rb.path = args->positional[1];
   rb.format = args->last("b-format");
+  ra.force_share = rb.force_share = args->has("force-share");
   if (auto err = read_passphrases(*args, ra, rb)) return fail(err, kExitOpen);
   auto a = open_disk(ctx, ra);
   if (!a) return fail(a.error(), kExitOpen);

@@ -13,7 +13,7 @@ namespace {
 
 const char kUsage[] =
     "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-W] [-B BACKING [-F FMT]]\n"
-    "                     [-l SNAPSHOT] [--passphrase-file FILE] SRC DST\n"
+    "                     [-l SNAPSHOT] [-U] [--passphrase-file FILE] SRC DST\n"
     "Copies SRC (through its backing chain) into a new image DST.\n"
     "  -f FMT                  format of SRC (probed when absent)\n"
     "  -O FMT                  format of DST (default raw)\n"
@@ -27,7 +27,8 @@ const char kUsage[] =
     "                          snapshot.id=X)\n"
     "  --passphrase-file FILE  passphrase of an encrypted SRC\n"
     "  --object secret,id=ID,data=KEY  DST's key, named by -o encrypt.key-secret=ID or key-secret=ID\n"
-    "  -q                      quiet\n";
+    "  -q                      quiet\n"
+    "  -U, --force-share       open SRC even while another process writes it\n";
 
 // -l accepts "NAME", "snapshot.name=NAME" and "snapshot.id=ID" (comma-separated).
 std::string snapshot_ref(const std::string& arg) {
@@ -101,6 +102,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args
   OpenRequest req;
   req.path = args.positional[0];
   req.format = args.last("format");
+  req.force_share = args.has("force-share");
   if (auto snap = args.last("l")) req.snapshot = snapshot_ref(*snap);
   else if (auto s = args.last("s")) req.snapshot = *s;
   if (auto file = args.last("passphrase-file")) {

@@ -54,6 +54,7 @@ vd::Result<uint64_t> backing_size(Context& ctx, const std::string& image,
   req.path = resolve_relative(image, *opts.backing_file);
   req.format = opts.backing_format;
   req.flags = vd::open_read_only | vd::open_info_only;
+  req.force_share = true;  // as qemu-img create: the backing file may be in use
   auto disk = open_disk(ctx, req);
   if (!disk) return disk.error().wrap("opening", "backing image").image(req.path);
   uint64_t size = (*disk)->size();

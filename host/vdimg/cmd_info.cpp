@@ -19,7 +19,7 @@ const char kUsage[] =
     "  -f, --format FMT   format of IMAGE (probed when absent)\n"
     "  --output FMT       human (default) or json\n"
     "  --backing-chain    describe every image of the chain\n"
-    "  -U, --force-share  accepted for qemu-img compatibility\n";
+    "  -U, --force-share  open even while another process writes IMAGE (read-only opens)\n";
 
 // What `info` says about one image of a chain.
 struct ImageInfo {
@@ -224,6 +224,7 @@ int cmd_info(const Argv& argv) {
   req.format = args->last("format");
   req.flags = vd::open_read_only | vd::open_info_only;
   req.no_backing = !chain;
+  req.force_share = args->has("force-share");
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
 

@@ -8,7 +8,7 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg io [-f FMT] [-r] [-q] [--passphrase-file FILE] -c CMD [-c CMD]... IMAGE\n"
+    "usage: vdimg io [-f FMT] [-r] [-U] [-q] [--passphrase-file FILE] -c CMD [-c CMD]... IMAGE\n"
     "Runs qemu-io style commands in order on IMAGE (through its backing chain) and stops at\n"
     "the first that fails. Commands:\n"
     "  read [-P BYTE] [-q] [-v] OFF LEN   with -P, fail unless every byte equals BYTE\n"
@@ -20,7 +20,8 @@ const char kUsage[] =
     "  -f FMT                  format of IMAGE (also lifts the raw probe guard)\n"
     "  -r, --read-only         open read-only\n"
     "  -q                      no report lines\n"
-    "  --passphrase-file FILE  passphrase of an encrypted image\n";
+    "  --passphrase-file FILE  passphrase of an encrypted image\n"
+    "  -U, --force-share       open even while another process writes IMAGE (with -r)\n";
 
 }  // namespace
 
@@ -48,6 +49,7 @@ int cmd_io(const Argv& argv) {
   if (read_only && vd::io_commands_write(commands))
     return fail(req.path + ": cannot write with -r (read-only)");
   req.flags = read_only ? vd::open_read_only : 0u;
+  req.force_share = args->has("force-share");
   if (auto file = args->last("passphrase-file")) {
     auto pass = read_passphrase_file(*file);
     if (!pass) return fail(pass.error());

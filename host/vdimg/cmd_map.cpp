@@ -23,6 +23,7 @@ const char kUsage[] =
     "  -f FMT        format of IMAGE\n"
     "  --output FMT  human (default) or json\n"
     "  --start-offset OFF, --max-length LEN   map only that range\n"
+    "  -U, --force-share  open even while another process writes IMAGE (read-only opens)\n"
     "The human layout lists only ranges with data and fails (exit 1) on compressed or\n"
     "encrypted data, which has no host offset to show, as qemu-img map does.\n";
 
@@ -197,6 +198,7 @@ int cmd_map(const Argv& argv) {
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = vd::open_read_only | vd::open_info_only;
+  req.force_share = args->has("force-share");
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   auto range = map_range(*args, (*disk)->size());

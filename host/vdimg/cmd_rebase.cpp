@@ -10,13 +10,14 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg rebase [-f FMT] [-u] [-q] -b BACKING [-F BACKING_FMT] IMAGE\n"
+    "usage: vdimg rebase [-f FMT] [-u] [-q] [-U] -b BACKING [-F BACKING_FMT] IMAGE\n"
     "Changes the backing file of IMAGE. BACKING \"\" removes it.\n"
     "  -f FMT          format of IMAGE\n"
     "  -b BACKING      new backing file (relative to IMAGE's folder)\n"
     "  -F BACKING_FMT  format of the new backing file\n"
     "  -u              unsafe: only change the recorded name, copy nothing\n"
-    "  -q              quiet\n";
+    "  -q              quiet\n"
+    "  -U, --force-share  open the new backing file even while another process writes it\n";
 
 constexpr uint64_t kChunk = 1ull << 20;
 constexpr uint64_t kGranule = 4096;
@@ -112,6 +113,7 @@ int cmd_rebase(const Argv& argv) {
       OpenRequest nreq;
       nreq.path = resolve_relative(req.path, *name);
       nreq.format = fmt;
+      nreq.force_share = args->has("force-share");
       auto d = open_disk(ctx, nreq);
       if (!d) return fail(d.error().wrap("opening", "new backing file"));
       fresh = std::move(*d);

@@ -64,6 +64,7 @@ int cmd_resize(const Argv& argv_in) {
   req.format = args->last("format");
   req.flags = 0;
   req.no_backing = true;
+  req.force_share = args->has("force-share");  // refused: resizing writes
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   vd::Image& image = (*disk)->image(0);

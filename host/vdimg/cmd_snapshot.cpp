@@ -9,23 +9,25 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg snapshot [-l | -c NAME | -a NAME | -d NAME] [-f FMT] [-q] IMAGE\n"
+    "usage: vdimg snapshot [-l | -c NAME | -a NAME | -d NAME] [-f FMT] [-q] [-U] IMAGE\n"
     "  -l   list the internal snapshots of IMAGE (default)\n"
     "  -c NAME   create a snapshot of the current state named NAME (ids are numbered)\n"
     "  -a NAME   apply: the current state becomes snapshot NAME (by id, else by name);\n"
     "            what was current and not in a snapshot is lost\n"
     "  -d NAME   delete the (first) snapshot named NAME\n"
-    "  -q        quiet\n";
+    "  -q        quiet\n"
+    "  -U, --force-share  list even while another process writes IMAGE (with -l only)\n";
 
 // Runs one of create/apply/delete on the image opened read-write (metadata only).
 int change_snapshot(const std::string& path, const std::optional<std::string>& format, const std::string& op,
-                    const std::string& name) {
+                    const std::string& name, bool force_share) {
   Context ctx;
   OpenRequest req;
   req.path = path;
   req.format = format;
   req.flags = vd::open_info_only;
   req.no_backing = true;
+  req.force_share = force_share;  // refused: a change needs the image read-write
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   vd::Image& img = (*disk)->image(0);
@@ -65,13 +67,14 @@ int cmd_snapshot(const Argv& argv) {
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
   const std::string& path = args->positional[0];
   for (const char* op : {"create", "apply", "delete"})
-    if (args->has(op)) return change_snapshot(path, args->last("format"), op, *args->last(op));
+    if (args->has(op)) return change_snapshot(path, args->last("format"), op, *args->last(op), args->has("force-share"));
   Context ctx;
   OpenRequest req;
   req.path = path;
   req.format = args->last("format");
   req.flags = vd::open_read_only | vd::open_info_only;
   req.no_backing = true;
+  req.force_share = args->has("force-share");
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   auto snaps = (*disk)->image(0).snapshots();

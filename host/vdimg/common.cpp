@@ -40,6 +40,12 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
   o.passphrase = req.passphrase;
   o.snapshot = req.snapshot;
   o.no_backing = req.no_backing;
+  if (req.force_share) {
+    if (!(req.flags & vd::open_read_only))
+      return vd::Error(vd::Errc::invalid_argument, "force-share=on can only be used with read-only images")
+          .image(req.path);
+    o.flags |= vd::open_force_share;
+  }
   if (req.format && !ctx.registry.find(*req.format))
     return vd::Error(vd::Errc::not_found, "Unknown file format '" + *req.format + "'");
   std::error_code ec;

@@ -49,8 +49,11 @@ struct OpenRequest {
   std::optional<std::string> passphrase;
   std::optional<std::string> snapshot;
   bool no_backing = false;
+  // -U/--force-share: share the image with writers (read-only opens only, as qemu-img).
+  bool force_share = false;
 };
 vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req);
+
 
 // Prefixes the image name unless the message already names it.
 vd::Error name_image(const vd::Error& error, const std::string& path);

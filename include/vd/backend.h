@@ -52,7 +52,19 @@ enum OpenFlags : unsigned {
   open_info_only = 1u << 2,
   // Do not repair a dirty image on a read-write open (used by check, which repairs itself).
   open_no_repair = 1u << 3,
+  // Share the image with writers in other processes (QEMU's force-share, qemu-img -U):
+  // read-only opens only. Parents of a disk inherit it.
+  open_force_share = 1u << 4,
+  // Take no image locks at all (QEMU's locking=off). Parents of a disk inherit it.
+  open_no_lock = 1u << 5,
 };
+
+// The FileMode lock bits (file_lock, file_share_all) an image's files are opened with
+// under the OpenFlags `flags`.
+constexpr unsigned image_lock_mode(unsigned flags) {
+  if (flags & open_no_lock) return 0;
+  return file_lock | ((flags & open_force_share) ? file_share_all : 0u);
+}
 
 struct OpenOptions {
   unsigned flags = 0;

@@ -33,6 +33,15 @@ enum FileMode : unsigned {
   file_create = 1u << 2,     // create if missing
   file_exclusive = 1u << 3,  // with file_create: fail if it exists
   file_truncate = 1u << 4,   // with file_create: truncate an existing file
+  // Image locking as QEMU does it (OFD locks on the bytes of its permissions, see
+  // docs/locking.md): the file is opened for consistent reads, and with file_write for writes
+  // and resizes too, which it shares with no other process; the open fails (Errc::busy) while
+  // another process holds the image in a way that conflicts. The locks last until the file is
+  // closed. Providers without locks ignore these bits.
+  file_lock = 1u << 5,
+  // With file_lock on a read-only open: share every permission (QEMU's force-share, qemu-img
+  // -U): the open succeeds while a writer holds the image, and never keeps one out.
+  file_share_all = 1u << 6,
 };
 
 // A run of data or of a hole in a file (where the storage knows holes).

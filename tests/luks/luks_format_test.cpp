@@ -200,7 +200,7 @@ TEST_F(LuksFormat, VdReadsWhatQemuIoWrote) {
   EXPECT_EQ(read(**img, 4096, 4096), filled(4096, 0x44));
   EXPECT_EQ(read(**img, 8192, 1000), filled(1000, 0));
   EXPECT_EQ(read(**img, 70001, 999), filled(999, 0x55));
-  auto v = vdimg({"io", "-f", "luks", "--passphrase-file", pass_, "-c", "read -P 0x44 9192 60440",
+  auto v = vdimg({"io", "-r", "-f", "luks", "--passphrase-file", pass_, "-c", "read -P 0x44 9192 60440",
                   "-c", "read -P 0x55 70001 999", file()});
   EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
 }

@@ -80,11 +80,11 @@ Error create_qcow2(const std::string& path, const QcowCreateSpec& s, const Creat
     std::string dp = *s.data_file;
     const auto slash = path.rfind('/');
     if (dp.empty() || (dp[0] != '/' && slash != std::string::npos)) dp = path.substr(0, slash + 1) + dp;
-    auto df = io.open(dp, file_read | file_write | file_create | file_truncate);
+    auto df = io.open(dp, file_read | file_write | file_create | file_truncate | file_lock);
     if (!df) return df.error().wrap("creating", "data file").image(path);
     if (Error e = (*df)->set_size(s.data_file_raw ? opts.size : 0)) return e;
   }
-  auto fr = io.open(path, file_read | file_write | file_create | file_truncate);
+  auto fr = io.open(path, file_read | file_write | file_create | file_truncate | file_lock);
   if (!fr) return fr.error();
   File& f = **fr;
   const uint64_t cs = h.cluster_size();
@@ -142,7 +142,7 @@ Error create_qcow1(const std::string& path, const QcowCreateSpec& s, const Creat
   h.l1_table_offset = (head->size() + 7) & ~uint64_t{7};
   head = encode_header(h);
   if (!head) return head.error().wrap("encoding", "header").image(path);
-  auto fr = io.open(path, file_read | file_write | file_create | file_truncate);
+  auto fr = io.open(path, file_read | file_write | file_create | file_truncate | file_lock);
   if (!fr) return fr.error();
   std::vector<std::byte> buf(h.l1_table_offset + (uint64_t{h.l1_size} * 8 + 511) / 512 * 512);
   std::memcpy(buf.data(), head->data(), head->size());
