@@ -37,7 +37,7 @@ struct DiskExtent {
 };
 using DiskExtentHandler = std::function<void(Error, DiskExtent)>;
 
-class Disk {
+class VD_API Disk {
  public:
   // Opens `path` and follows parent filenames (relative to each child's folder, or
   // absolute), honouring a recorded parent format and otherwise probing. Refuses loops,

@@ -20,7 +20,7 @@
 namespace vd {
 
 // Real files. Blocking calls run on `pool`; completions are posted to `completions`.
-class PosixIoProvider : public IoProvider {
+class VD_API PosixIoProvider : public IoProvider {
  public:
   PosixIoProvider(boost::asio::any_io_executor completions, boost::asio::thread_pool& pool);
   Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override;
@@ -35,7 +35,7 @@ class PosixIoProvider : public IoProvider {
 };
 
 // Files in memory, for tests and fuzzing. Async completions are posted to `completions`.
-class MemIoProvider : public IoProvider {
+class VD_API MemIoProvider : public IoProvider {
  public:
   explicit MemIoProvider(boost::asio::any_io_executor completions);
   Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override;
@@ -50,7 +50,7 @@ class MemIoProvider : public IoProvider {
   std::unordered_map<std::string, std::shared_ptr<std::vector<std::byte>>> files_;
 };
 
-class Runtime {
+class VD_API Runtime {
  public:
   // io_threads = 0 picks a default from the hardware.
   explicit Runtime(unsigned io_threads = 0);
@@ -72,8 +72,8 @@ class Runtime {
 
 // Synchronous helpers over one Image (whole request, looping over partial results). Ranges
 // the image does not hold read as zeros; use a Disk to read through a chain.
-Error sync_image_read(Runtime& rt, Image& img, uint64_t offset, std::span<std::byte> buf);
-Error sync_image_write(Runtime& rt, Image& img, uint64_t offset, std::span<const std::byte> buf,
+VD_API Error sync_image_read(Runtime& rt, Image& img, uint64_t offset, std::span<std::byte> buf);
+VD_API Error sync_image_write(Runtime& rt, Image& img, uint64_t offset, std::span<const std::byte> buf,
                        unsigned flags = 0);
 
 }  // namespace vd
