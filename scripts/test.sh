@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds with AddressSanitizer + UndefinedBehaviorSanitizer and
 # warnings as errors, and runs every test (unit, chain, CLI, qemu interop, faults) through
-# ctest; then builds the libFuzzer targets with clang and runs each for a bounded time.
+# ctest; then checks vd as a dependency (installed: find_package and pkg-config, static and
+# shared; and add_subdirectory); then builds the libFuzzer targets with clang and runs each
+# for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh build-test -DCMAKE_BUILD_TYPE=Debug -DVD_SANITIZE=ON -DVD_WERROR=ON
@@ -31,6 +33,11 @@ ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 900
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVD_TSAN=ON >/dev/null
 cmake --build build-tsan -j"$(nproc)" --target vd_threads_tests
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ctest --test-dir build-tsan -L threads --output-on-failure
+
+# Packaging: a Release build of the library alone installed into build-install/prefix-*, the
+# consumer program built against it with find_package(vd) and pkg-config, and a parent
+# project that add_subdirectory()s vd; each program runs on a qcow2 (tests/consumer/run.sh).
+tests/consumer/run.sh build-install
 
 # Fuzzing: open/read and open/write over arbitrary image bytes (VD_FUZZ_SECONDS each).
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

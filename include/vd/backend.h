@@ -33,13 +33,13 @@ struct Geometry {
 
 // Physical CHS for an image of `size` bytes when the image stores none (VirtualBox's rule:
 // 16 heads, 63 sectors, cylinders from the size, at most 16383).
-Geometry derive_pchs(uint64_t size);
+VD_API Geometry derive_pchs(uint64_t size);
 // Logical (BIOS) CHS for an image of `size` bytes: at most 1024 cylinders, 255 heads, 63
 // sectors, heads chosen as the BIOS translation does.
-Geometry derive_lchs(uint64_t size);
+VD_API Geometry derive_lchs(uint64_t size);
 // For formats that keep a geometry set by the caller: ok when unset (all 0, derive again) or
 // within CHS limits (heads 1..max_heads, sectors 1..63); else invalid_argument naming `path`.
-Error check_geometry(const std::string& path, const char* kind, const Geometry& g, uint32_t max_heads);
+VD_API Error check_geometry(const std::string& path, const char* kind, const Geometry& g, uint32_t max_heads);
 
 // ---- Options and flags -----------------------------------------------------------------
 
@@ -133,7 +133,7 @@ using ExtentHandler = std::function<void(Error, Extent)>;
 
 // Reads the content below an image (its parent chain) for copy-on-write of partial
 // clusters. Past the end of the parent it reads zeros. Completion posted, never inline.
-class ParentReader {
+class VD_API ParentReader {
  public:
   virtual ~ParentReader() = default;
   virtual void read(uint64_t offset, std::span<std::byte> buf, Completion done) = 0;
@@ -178,7 +178,7 @@ class Backend;
 
 // ---- One open image ----------------------------------------------------------------------
 
-class Image {
+class VD_API Image {
  public:
   virtual ~Image() = default;
 
@@ -253,7 +253,7 @@ struct OptionHelp {
   std::string help;
 };
 
-class Backend {
+class VD_API Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;  // "qcow2", "qcow", "raw"

@@ -66,8 +66,8 @@ using DiskExtentHandler = std::function<void(Error, DiskExtent)>;
 // boost::system::error_code as an error (co_await with use_awaitable throws
 // boost::system::system_error, redirect_error stores it). The value is the vd::Errc; the
 // full message of the last failure is lost there, so use the callback forms to get it.
-const boost::system::error_category& asio_category() noexcept;
-boost::system::error_code to_asio(const Error& e) noexcept;
+VD_API const boost::system::error_category& asio_category() noexcept;
+VD_API boost::system::error_code to_asio(const Error& e) noexcept;
 
 namespace detail {
 // A completion that hands the result to an Asio handler on the handler's associated
@@ -89,7 +89,7 @@ auto asio_completion(Handler&& handler, const boost::asio::any_io_executor& ex) 
 }
 }  // namespace detail
 
-class Disk {
+class VD_API Disk {
  public:
   // Opens `path` and follows parent filenames (relative to each child's folder, or
   // absolute), honouring a recorded parent format and otherwise probing. Refuses loops,

@@ -13,6 +13,8 @@
 #include <utility>
 #include <variant>
 
+#include "vd/export.h"
+
 namespace vd {
 
 // Stable error kinds. Values are part of the plugin ABI: append only.
@@ -36,8 +38,8 @@ enum class Errc : int {
   internal,          // a broken invariant inside vd; always a bug
 };
 
-const std::error_category& vd_category() noexcept;
-std::error_code make_error_code(Errc e) noexcept;
+VD_API const std::error_category& vd_category() noexcept;
+VD_API std::error_code make_error_code(Errc e) noexcept;
 
 // An error: a stable kind (`Errc`, or any std::error_code) with the context that makes it
 // actionable, kept as fields so that programs can act on them (a VM monitor maps the kind and
@@ -51,7 +53,7 @@ std::error_code make_error_code(Errc e) noexcept;
 // A wrapped error (`wrap`) becomes the cause: its message follows the outer one after ": ",
 // without its path when that is the outer one's too. Kind and errno pass up from the cause.
 // Empty means success.
-class Error {
+class VD_API Error {
  public:
   Error() = default;
   Error(Errc e, std::string detail) : code_(make_error_code(e)) { if (!detail.empty()) edit().detail = std::move(detail); }
@@ -136,7 +138,7 @@ class Result {
 };
 
 // Formats an offset as 0x... for messages.
-std::string hex(uint64_t v);
+VD_API std::string hex(uint64_t v);
 
 }  // namespace vd
 

@@ -56,7 +56,7 @@ using ExtentCompletion = std::function<void(Error, FileExtent)>;
 // the executor it runs on (a VM monitor runs many disks on one thread). Every completion is
 // posted to the file's executor exactly once, also on failure, never run inside the call.
 // Buffers must stay valid until the completion runs.
-class AsyncFile {
+class VD_API AsyncFile {
  public:
   virtual ~AsyncFile() = default;
   virtual const std::string& path() const = 0;
@@ -82,7 +82,7 @@ class AsyncFile {
 // The whole file: the asynchronous calls plus synchronous ones, which block the calling
 // thread. Synchronous calls are for open, create, check, resize, snapshot and close, which
 // run before or after the data path, never while a data-path request is in flight.
-class File : public AsyncFile {
+class VD_API File : public AsyncFile {
  public:
   virtual Result<uint64_t> size() = 0;
   virtual Error set_size(uint64_t size) = 0;
@@ -110,7 +110,7 @@ class File : public AsyncFile {
   virtual Error allocate(uint64_t offset, uint64_t length) = 0;
 };
 
-class IoProvider {
+class VD_API IoProvider {
  public:
   virtual ~IoProvider() = default;
   virtual Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) = 0;

@@ -13,7 +13,7 @@
 
 namespace vd {
 
-class Registry {
+class VD_API Registry {
  public:
   Registry();  // empty
   ~Registry();

@@ -21,14 +21,14 @@ namespace vd {
 
 // A provider that can say which executor receives its completions: a Disk opened over it
 // dispatches its requests there (vd/disk.h, "Threads").
-class ExecutorSource {
+class VD_API ExecutorSource {
  public:
   virtual ~ExecutorSource() = default;
   virtual boost::asio::any_io_executor completion_executor() const = 0;
 };
 
 // Real files. Blocking calls run on `pool`; completions are posted to `completions`.
-class PosixIoProvider : public IoProvider, public ExecutorSource {
+class VD_API PosixIoProvider : public IoProvider, public ExecutorSource {
  public:
   boost::asio::any_io_executor completion_executor() const override { return ex_; }
   PosixIoProvider(boost::asio::any_io_executor completions, boost::asio::thread_pool& pool);
@@ -44,7 +44,7 @@ class PosixIoProvider : public IoProvider, public ExecutorSource {
 };
 
 // Files in memory, for tests and fuzzing. Async completions are posted to `completions`.
-class MemIoProvider : public IoProvider, public ExecutorSource {
+class VD_API MemIoProvider : public IoProvider, public ExecutorSource {
  public:
   boost::asio::any_io_executor completion_executor() const override { return ex_; }
   explicit MemIoProvider(boost::asio::any_io_executor completions);
@@ -60,7 +60,7 @@ class MemIoProvider : public IoProvider, public ExecutorSource {
   std::unordered_map<std::string, std::shared_ptr<std::vector<std::byte>>> files_;
 };
 
-class Runtime {
+class VD_API Runtime {
  public:
   // io_threads = 0 picks a default from the hardware.
   explicit Runtime(unsigned io_threads = 0);
@@ -82,8 +82,8 @@ class Runtime {
 
 // Synchronous helpers over one Image (whole request, looping over partial results). Ranges
 // the image does not hold read as zeros; use a Disk to read through a chain.
-Error sync_image_read(Runtime& rt, Image& img, uint64_t offset, std::span<std::byte> buf);
-Error sync_image_write(Runtime& rt, Image& img, uint64_t offset, std::span<const std::byte> buf,
+VD_API Error sync_image_read(Runtime& rt, Image& img, uint64_t offset, std::span<std::byte> buf);
+VD_API Error sync_image_write(Runtime& rt, Image& img, uint64_t offset, std::span<const std::byte> buf,
                        unsigned flags = 0);
 
 }  // namespace vd

@@ -44,6 +44,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vd/export.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -55,9 +57,9 @@ extern "C" {
 #define VD_VERSION_NUMBER (VD_VERSION_MAJOR * 10000 + VD_VERSION_MINOR * 100 + VD_VERSION_PATCH)
 
 /* "MAJOR.MINOR.PATCH" of the library linked in (may differ from the header's macros). */
-const char* vd_version(void);
+VD_API const char* vd_version(void);
 /* MAJOR * 10000 + MINOR * 100 + PATCH of the library linked in. */
-int vd_version_number(void);
+VD_API int vd_version_number(void);
 
 /* ---- Error codes ----------------------------------------------------------------------- */
 
@@ -90,22 +92,22 @@ typedef enum vd_errc {
 } vd_errc;
 
 /* A short static description of a code ("unknown error" for codes it does not know). */
-const char* vd_strerror(int code);
+VD_API const char* vd_strerror(int code);
 /* The full message of the last failure seen on this thread ("" if none). The pointer stays
  * valid until the next vd call on this thread. */
-const char* vd_last_error_message(void);
+VD_API const char* vd_last_error_message(void);
 /* The errno of the system call behind the last failure on this thread; 0 if there was none. */
-int vd_last_errno(void);
+VD_API int vd_last_errno(void);
 
 /* ---- Context --------------------------------------------------------------------------- */
 
 typedef struct vd_context vd_context;
 
 /* Starts an executor thread and `io_threads` I/O threads (0: a default from the hardware). */
-int vd_context_new(unsigned io_threads, vd_context** out);
+VD_API int vd_context_new(unsigned io_threads, vd_context** out);
 /* Stops the threads and frees the context. Every disk of it must have been freed with
  * vd_disk_free first (else VD_E_BUSY and nothing happens). NULL is accepted. */
-int vd_context_free(vd_context* ctx);
+VD_API int vd_context_free(vd_context* ctx);
 
 /* ---- Opening and closing --------------------------------------------------------------- */
 
@@ -126,17 +128,17 @@ typedef struct vd_open_options {
 
 /* Opens `path` and its backing chain (parent names relative to each child's folder).
  * `opts` may be NULL. On success *out is a new handle; on failure *out is NULL. */
-int vd_disk_open(vd_context* ctx, const char* path, const vd_open_options* opts, vd_disk** out);
+VD_API int vd_disk_open(vd_context* ctx, const char* path, const vd_open_options* opts, vd_disk** out);
 
 /* Waits until every accepted request has completed (each callback has run and returned),
  * then flushes and closes every image of the chain and returns the first error. Requests
  * issued once close has started are refused with VD_E_CLOSED; so is a second close. */
-int vd_disk_close(vd_disk* disk);
+VD_API int vd_disk_close(vd_disk* disk);
 
 /* Closes the disk if it is still open, as vd_disk_close, and frees the handle; returns the
  * close's error (the handle is freed all the same). No other thread may use the handle any
  * more. NULL is accepted. */
-int vd_disk_free(vd_disk* disk);
+VD_API int vd_disk_free(vd_disk* disk);
 
 /* ---- Properties (captured at open; callable from anywhere) ------------------------------ */
 
@@ -147,19 +149,19 @@ typedef struct vd_geometry {
 } vd_geometry;
 
 /* Virtual size in bytes (0 for NULL). */
-uint64_t vd_disk_size(const vd_disk* disk);
+VD_API uint64_t vd_disk_size(const vd_disk* disk);
 /* 1 if the disk was opened read-only. */
-int vd_disk_read_only(const vd_disk* disk);
+VD_API int vd_disk_read_only(const vd_disk* disk);
 /* Number of images in the chain (1 without backing file). */
-unsigned vd_disk_depth(const vd_disk* disk);
+VD_API unsigned vd_disk_depth(const vd_disk* disk);
 /* Physical / logical CHS geometry of the top image: as the image stores it, or derived from
  * the size when it stores none (pchs: 16 heads, 63 sectors; lchs: BIOS translation). */
-int vd_disk_pchs(const vd_disk* disk, vd_geometry* out);
-int vd_disk_lchs(const vd_disk* disk, vd_geometry* out);
+VD_API int vd_disk_pchs(const vd_disk* disk, vd_geometry* out);
+VD_API int vd_disk_lchs(const vd_disk* disk, vd_geometry* out);
 /* The backing file name recorded in the top image, as recorded (not resolved). Copies at
  * most `size` bytes including a terminating NUL into `buf` (which may be NULL when size is
  * 0) and returns the name's length without the NUL, like snprintf: 0 when there is none. */
-size_t vd_disk_parent_filename(const vd_disk* disk, char* buf, size_t size);
+VD_API size_t vd_disk_parent_filename(const vd_disk* disk, char* buf, size_t size);
 
 /* ---- Asynchronous I/O ------------------------------------------------------------------ */
 
@@ -175,20 +177,20 @@ enum {
 };
 
 /* Reads `length` bytes at `offset` through the chain (ranges no image holds read as zeros). */
-int vd_disk_read(vd_disk* disk, uint64_t offset, void* buf, size_t length, vd_callback cb,
+VD_API int vd_disk_read(vd_disk* disk, uint64_t offset, void* buf, size_t length, vd_callback cb,
                  void* user);
 /* Writes to the top image. `flags`: VD_WRITE_*. */
-int vd_disk_write(vd_disk* disk, uint64_t offset, const void* buf, size_t length,
+VD_API int vd_disk_write(vd_disk* disk, uint64_t offset, const void* buf, size_t length,
                   unsigned flags, vd_callback cb, void* user);
 /* Afterwards the range reads as zeros. `flags`: VD_ZERO_*. */
-int vd_disk_write_zeroes(vd_disk* disk, uint64_t offset, uint64_t length, unsigned flags,
+VD_API int vd_disk_write_zeroes(vd_disk* disk, uint64_t offset, uint64_t length, unsigned flags,
                          vd_callback cb, void* user);
 /* Gives the range back to the storage where the format can (reads then follow the format's
  * rules, as in QEMU). */
-int vd_disk_discard(vd_disk* disk, uint64_t offset, uint64_t length, vd_callback cb,
+VD_API int vd_disk_discard(vd_disk* disk, uint64_t offset, uint64_t length, vd_callback cb,
                     void* user);
 /* Completes once every write completed before it is durable. */
-int vd_disk_flush(vd_disk* disk, vd_callback cb, void* user);
+VD_API int vd_disk_flush(vd_disk* disk, vd_callback cb, void* user);
 
 enum {
   VD_EXTENT_ALLOCATED = 1u << 0, /* an image of the chain holds the range (data or zeros) */
@@ -211,15 +213,15 @@ typedef void (*vd_extent_callback)(void* user, int error, const vd_extent* exten
 /* Status of the prefix of [offset, offset + length) that has one status, looking down the
  * chain. A range running past the end is clipped to it; an offset at or past the end fails
  * with VD_E_OUT_OF_RANGE. */
-int vd_disk_block_status(vd_disk* disk, uint64_t offset, uint64_t length,
+VD_API int vd_disk_block_status(vd_disk* disk, uint64_t offset, uint64_t length,
                          vd_extent_callback cb, void* user);
 
 /* ---- Blocking convenience (not from a callback) ---------------------------------------- */
 
-int vd_disk_pread(vd_disk* disk, uint64_t offset, void* buf, size_t length);
-int vd_disk_pwrite(vd_disk* disk, uint64_t offset, const void* buf, size_t length,
+VD_API int vd_disk_pread(vd_disk* disk, uint64_t offset, void* buf, size_t length);
+VD_API int vd_disk_pwrite(vd_disk* disk, uint64_t offset, const void* buf, size_t length,
                    unsigned flags);
-int vd_disk_fsync(vd_disk* disk);
+VD_API int vd_disk_fsync(vd_disk* disk);
 
 #ifdef __cplusplus
 } /* extern "C" */
