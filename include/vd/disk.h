@@ -34,6 +34,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -68,6 +69,16 @@ using DiskExtentHandler = std::function<void(Error, DiskExtent)>;
 // full message of the last failure is lost there, so use the callback forms to get it.
 VD_API const boost::system::error_category& asio_category() noexcept;
 VD_API boost::system::error_code to_asio(const Error& e) noexcept;
+
+// Creates a differencing image at `path` over `backing` (a VM's external snapshot: the disk
+// it ran on becomes read-only below a new, empty top). The size defaults to the backing
+// image's (opts.size 0), the backing format to what the backing file is (probed unless
+// opts.backing_format says); `backing` is recorded as given, a relative name being relative
+// to `path`'s folder. Returns the new image, open read-write (close it, then open the chain
+// with Disk::open).
+VD_API Result<std::unique_ptr<Image>> create_overlay(const Registry& registry, IoProvider& io,
+                                                     const std::string& path, const std::string& backing,
+                                                     CreateOptions opts = {}, std::string_view format = "qcow2");
 
 namespace detail {
 // A completion that hands the result to an Asio handler on the handler's associated

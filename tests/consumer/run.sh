@@ -64,6 +64,29 @@ for kind in static shared; do
     OUT="$out/consumer-pc-$kind/vd_consumer" PC_STATIC="$pc_static" CXXFLAGS= \
     LDFLAGS="-Wl,-rpath,$(cd "$libdir" && pwd)"
   check "pkg-config --cflags --libs $pc_static vd, $kind" "$out/consumer-pc-$kind/vd_consumer"
+
+  # The examples (examples/), built both ways against the static install and run.
+  [ "$kind" = static ] || continue
+  for ex in cpp-monitor c-monitor; do
+    prog=vd_${ex//-/_}
+    run cmake -S "$src/examples/$ex" -B "$out/example-$ex" -G Ninja -DCMAKE_PREFIX_PATH="$prefix"
+    run cmake --build "$out/example-$ex"
+    mkdir -p "$out/example-$ex-pc"
+    PKG_CONFIG_PATH="$libdir/pkgconfig" run make -C "$src/examples/$ex" OUT="$out/example-$ex-pc/$prog"
+    for built in "$out/example-$ex/$prog" "$out/example-$ex-pc/$prog"; do
+      rm -rf "$out/run-$ex" && mkdir -p "$out/run-$ex"
+      if [ "$ex" = c-monitor ]; then
+        run qemu-img create -f qcow2 "$out/run-$ex/disk.qcow2" 64M
+        run "$built" "$out/run-$ex/disk.qcow2"
+        run qemu-img check "$out/run-$ex/disk.qcow2"
+      else
+        run "$built" "$out/run-$ex"
+        run qemu-img check "$out/run-$ex/top.qcow2"
+        run qemu-img check "$out/run-$ex/second.qcow2"
+      fi
+    done
+    step "example $ex: built with find_package(vd) and pkg-config, ran, images check clean"
+  done
 done
 
 step "add_subdirectory(vd) without GTest"
