@@ -207,6 +207,17 @@ void complete(vd_disk* d, vd_callback cb, void* user, const vd::Error& e) {
 template <class Start>
 int submit(vd_disk* d, vd_callback cb, void* user, Start start) {
   if (int rc = admit(d)) return rc;
+  // From a callback (already on the executor): start at once, saving a trip through the
+  // queue; the completion is still posted, never run inside this call.
+  if (d->ctx->ioc.get_executor().running_in_this_thread()) {
+    try {
+      start(*d->disk, [d, cb, user](vd::Error e) { complete(d, cb, user, e); });
+    } catch (...) {
+      release(d);
+      return no_memory();
+    }
+    return VD_OK;
+  }
   try {
     boost::asio::post(d->ctx->ioc, [d, cb, user, start = std::move(start)]() mutable {
       try {

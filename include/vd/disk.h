@@ -87,14 +87,24 @@ namespace detail {
 template <class Handler, class... Extra>
 auto asio_completion(Handler&& handler, const boost::asio::any_io_executor& ex) {
   using H = std::decay_t<Handler>;
-  auto h = std::make_shared<H>(std::forward<Handler>(handler));
-  auto target = boost::asio::get_associated_executor(*h, ex);
-  auto work = std::make_shared<boost::asio::executor_work_guard<decltype(target)>>(target);
-  return [h, work](Error e, Extra... extra) {
-    auto target = work->get_executor();
-    boost::asio::dispatch(target, [h, ec = to_asio(e), extra..., work]() mutable {
-      std::move (*h)(ec, std::move(extra)...);
-      work->reset();
+  using Target = boost::asio::associated_executor_t<H, boost::asio::any_io_executor>;
+  // One allocation a request: the handler and, when it runs elsewhere than the disk's
+  // executor, a guard keeping its executor busy until then (the disk's own is kept busy by
+  // the request's I/O).
+  struct State {
+    H handler;
+    Target target;
+    std::optional<boost::asio::executor_work_guard<Target>> work;
+  };
+  Target target = boost::asio::get_associated_executor(handler, ex);
+  auto st = std::make_shared<State>(State{std::forward<Handler>(handler), target, std::nullopt});
+  bool own = false;
+  if constexpr (std::is_same_v<Target, boost::asio::any_io_executor>) own = st->target == ex;
+  if (!own) st->work.emplace(st->target);
+  return [st](Error e, Extra... extra) {
+    boost::asio::dispatch(st->target, [st, ec = to_asio(e), extra...]() mutable {
+      std::move(st->handler)(ec, std::move(extra)...);
+      st->work.reset();
     });
   };
 }
