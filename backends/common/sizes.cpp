@@ -49,6 +49,21 @@ Result<uint64_t> parse_size(std::string_view text) {
     if (whole > (UINT64_MAX - digit) / 10) return bad_size(text, "too large");
     whole = whole * 10 + digit;
   }
+  // Hexadecimal, as qemu_strtosz takes it ("0x5800"): a whole number of bytes, no fraction and
+  // no unit.
+  if (whole == 0 && i < text.size() && (text[i] == 'x' || text[i] == 'X')) {
+    uint64_t hex = 0;
+    size_t start = ++i;
+    for (; i < text.size() && std::isxdigit(static_cast<unsigned char>(text[i])); ++i) {
+      const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
+      const uint64_t digit = c <= '9' ? static_cast<uint64_t>(c - '0') : static_cast<uint64_t>(c - 'a' + 10);
+      if (hex > (UINT64_MAX - digit) / 16) return bad_size(text, "too large");
+      hex = hex * 16 + digit;
+    }
+    if (i == start) return bad_size(text, "expected hexadecimal digits after '0x'");
+    if (i < text.size()) return bad_size(text, "a hexadecimal number takes no fraction or unit");
+    return hex;
+  }
   // The fraction is kept as digits over a power of ten, at most 18 digits (no overflow).
   uint64_t frac = 0, frac_den = 1;
   bool has_frac = i < text.size() && text[i] == '.';

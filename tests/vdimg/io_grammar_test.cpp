@@ -21,6 +21,14 @@ TEST(IoGrammar, WriteDefaultsToPatternCd) {
   EXPECT_EQ(c.pattern, 0xcd);
 }
 
+// qemu-io's numbers are qemu_strtosz's: hexadecimal offsets and lengths too.
+TEST(IoGrammar, HexadecimalOffsetAndLength) {
+  auto c = parsed("write -P 23 0x5800 1536");
+  EXPECT_EQ(c.offset, 0x5800u);
+  EXPECT_EQ(c.length, 1536u);
+  EXPECT_EQ(parsed("read 0x10000 0x600").length, 0x600u);
+}
+
 TEST(IoGrammar, WritePatternHexAndDecimal) {
   EXPECT_EQ(parsed("write -P 0x11 1M 512").pattern, 0x11);
   EXPECT_EQ(parsed("write -P 17 1M 512").pattern, 17);

@@ -17,6 +17,16 @@ TEST(ParseSize, PlainNumberIsBytes) {
   EXPECT_EQ(parsed("18446744073709551615"), UINT64_MAX);
 }
 
+// qemu_strtosz (qemu-io's offsets and lengths, qemu-img's sizes) takes hexadecimal too:
+// "write -P 23 0x5800 1536". Whole bytes only: no fraction, no unit after it.
+TEST(ParseSize, HexadecimalAsQemuTakesIt) {
+  EXPECT_EQ(parsed("0x5800"), 0x5800u);
+  EXPECT_EQ(parsed("0X1fF"), 0x1ffu);
+  EXPECT_EQ(parsed("0xffffffffffffffff"), UINT64_MAX);
+  for (const char* bad : {"0x", "0x10k", "0x1.5", "0x10000000000000000", "0xg"})
+    EXPECT_FALSE(vd::parse_size(bad).ok()) << bad;
+}
+
 TEST(ParseSize, SuffixesArePowersOf1024) {
   EXPECT_EQ(parsed("1k"), 1024u);
   EXPECT_EQ(parsed("1K"), 1024u);
@@ -36,7 +46,7 @@ TEST(ParseSize, FractionWithUnit) {
 }
 
 TEST(ParseSize, RejectsGarbage) {
-  for (const char* bad : {"", "abc", "12x", "-1", "+5", "1.5", "1..5k", "1 k", "k", "1kk", "0x10", " 1"})
+  for (const char* bad : {"", "abc", "12x", "-1", "+5", "1.5", "1..5k", "1 k", "k", "1kk", " 1"})
     EXPECT_FALSE(vd::parse_size(bad).ok()) << bad;
 }
 
