@@ -189,7 +189,6 @@ Error QcowImage::select_snapshot(const std::string& name) {
 bool QcowImage::looks_preallocated() {
   if (prealloc_known_) return prealloc_;
   prealloc_known_ = true;
-  Refcounts::SyncLoads loads(refs_.get());
   if (hdr_.version == 1) return false;  // QEMU's qcow driver never asks
   auto len = file_->size();
   auto used = file_->allocated_size();

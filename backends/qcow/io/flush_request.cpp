@@ -13,8 +13,8 @@ void FlushRequest::start(QcowImage& img) {
 
 Error FlushRequest::run_sync(QcowImage& img) {
   Error result;
-  // Every step runs inline in blocking mode; refcount blocks load synchronously.
-  Refcounts::SyncLoads loads(img.refs_.get());
+  // Every step runs inline in blocking mode; refcount blocks load synchronously (outside a
+  // refcount step, the default).
   std::shared_ptr<FlushRequest> r(new FlushRequest(img.io(), img, true, [&result](Error e) { result = e; }));
   r->sync_data();
   // Blocking mode never waits for the executor; an unfinished flush here is a bug.
@@ -50,7 +50,7 @@ void FlushRequest::sync(void (FlushRequest::*next)()) {
 
 // Issues every write at once (they are independent within a step), then `next` after a
 // barrier; the first error stops the flush.
-void FlushRequest::write_all(std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes,
+void FlushRequest::write_all(std::vector<Refcounts::MetaWrite> writes,
                              const char* structure, void (FlushRequest::*next)()) {
   if (writes.empty()) return sync(next);
   pending_ = writes.size() + 1;  // held until every write is issued
@@ -63,8 +63,8 @@ void FlushRequest::write_all(std::vector<std::pair<uint64_t, std::span<const std
     self->sync(next);
   };
   for (const auto& w : writes) {
-    const uint64_t off = w.first;
-    write(off, w.second, [landed, off](Error e) { landed(off, e); });
+    const uint64_t off = w.offset;
+    write(off, w.bytes, [landed, off](Error e) { landed(off, e); });
   }
   landed(0, {});
 }
@@ -104,9 +104,7 @@ void FlushRequest::write_refblocks() {
   if (!refs || !refs->dirty()) return write_l2();
   auto blocks = refs->dirty_block_writes();
   if (!blocks) return end(blocks.error());
-  std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
-  for (auto& w : *blocks) writes.emplace_back(w.offset, w.bytes);
-  write_all(std::move(writes), "refcount block", &FlushRequest::refblocks_written);
+  write_all(std::move(*blocks), "refcount block", &FlushRequest::refblocks_written);
 }
 
 // Writes are gated while a flush runs, so the blocks did not change while they were written.
@@ -145,7 +143,7 @@ void FlushRequest::write_l2() {
   for (auto& [off, t] : img_.dirty_l2_) tables_.emplace_back(off, t);
   if (tables_.empty()) return write_l1();
   encoded_.resize(tables_.size());
-  std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
+  std::vector<Refcounts::MetaWrite> writes;
   for (size_t i = 0; i < tables_.size(); ++i) {
     const auto& t = *tables_[i].second;
     auto& raw = encoded_[i];
@@ -153,7 +151,7 @@ void FlushRequest::write_l2() {
     for (size_t k = 0; k < t.size(); ++k) store_be64(raw.data() + k * 8, t[k]);
     // Its offset came from the L1 table: a corrupt entry may point at other metadata.
     if (Error e = img_.check_overlap(tables_[i].first, raw.size(), MetaKind::active_l2)) return end(e);
-    writes.emplace_back(tables_[i].first, raw);
+    writes.push_back({tables_[i].first, raw});
   }
   // Tables written are clean; they stay in the cache (a failed flush leaves them dirty, as
   // the flush stops before anything that depends on them).
@@ -168,7 +166,7 @@ void FlushRequest::write_l1() {
   if (img_.l1_dirty_.empty()) return write_header_fields();
   // Whole 512-byte sectors of the table that hold a changed entry.
   const auto& l1 = img_.l1_;
-  std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
+  std::vector<Refcounts::MetaWrite> writes;
   encoded_.clear();
   uint64_t last = UINT64_MAX;
   std::vector<uint64_t> firsts;
@@ -184,7 +182,7 @@ void FlushRequest::write_l1() {
     for (uint64_t k = 0; k < n; ++k) store_be64(encoded_[i].data() + k * 8, l1[first + k]);
     const uint64_t at = img_.hdr_.l1_table_offset + first * 8;
     if (Error e = img_.check_overlap(at, encoded_[i].size(), MetaKind::active_l1)) return end(e);
-    writes.emplace_back(at, encoded_[i]);
+    writes.push_back({at, encoded_[i]});
   }
   write_all(std::move(writes), "the L1 table", &FlushRequest::l1_written);
 }
@@ -211,11 +209,9 @@ void FlushRequest::write_releases() {
     Refcounts* r = self->img_.refs_.get();
     auto blocks = r->dirty_block_writes();
     if (!blocks) return self->end(blocks.error());
-    std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes;
-    for (auto& w : *blocks) writes.emplace_back(w.offset, w.bytes);
-    self->write_all(std::move(writes), "refcount block", &FlushRequest::releases_written);
+    self->write_all(std::move(*blocks), "refcount block", &FlushRequest::releases_written);
   };
-  // Blocking mode loads missing refcount blocks synchronously (run_sync's SyncLoads); the
+  // Blocking mode loads missing refcount blocks synchronously (the default); the
   // data path's flush through a refcount step, which loads them asynchronously.
   if (blocking_) return write_blocks(apply());
   img_.refcount_step(apply, write_blocks);

@@ -41,6 +41,7 @@
 
 #include "backends/qcow/io/request.h"
 #include "backends/qcow/meta/l2_cache.h"
+#include "backends/qcow/meta/refcount.h"
 #include "vd/error.h"
 
 namespace vd::qcow {
@@ -60,7 +61,7 @@ class FlushRequest : public Request<FlushRequest> {
   // The two kinds of file access the steps use.
   void write(uint64_t offset, std::span<const std::byte> bytes, Completion then);
   void sync(void (FlushRequest::*next)());
-  void write_all(std::vector<std::pair<uint64_t, std::span<const std::byte>>> writes, const char* structure,
+  void write_all(std::vector<Refcounts::MetaWrite> writes, const char* structure,
                  void (FlushRequest::*next)());
   void write_header(void (FlushRequest::*next)(), bool commit_reftable = false);
 

@@ -292,28 +292,24 @@ Error Refcounts::grow_table(uint64_t needed_entries) {
   return {};
 }
 
+// The synchronous write-back (create): the same writes the asynchronous flush makes.
 Error Refcounts::write_blocks() {
-  for (uint64_t b : dirty_blocks_) {
-    const uint64_t off = table_[b] & kReftableOffsetMask;
-    if (guard_)
-      if (Error e = guard_(off, cluster_size(), false)) return e;
-    if (Error e = file_.write(IoKind::meta, off, *blocks_.at(b)))
-      return e.wrap("writing", "refcount block", off).image(path_);
-  }
-  dirty_blocks_.clear();
+  auto writes = dirty_block_writes();
+  if (!writes) return writes.error();
+  for (const MetaWrite& w : *writes)
+    if (Error e = file_.write(IoKind::meta, w.offset, w.bytes)) return e.wrap("writing", "refcount block", w.offset).image(path_);
+  blocks_written();
   return {};
 }
 
 Error Refcounts::write_table(bool& table_moved) {
   table_moved = old_table_offset_ != 0;
   if (!table_dirty_) return {};
-  std::vector<std::byte> raw(uint64_t{cfg_.table_clusters} << cfg_.cluster_bits);
-  for (size_t i = 0; i < table_.size() && i * 8 < raw.size(); ++i) store_be64(raw.data() + i * 8, table_[i]);
-  if (guard_)
-    if (Error e = guard_(cfg_.table_offset, raw.size(), true)) return e;
-  if (Error e = file_.write(IoKind::meta, cfg_.table_offset, raw))
-    return e.wrap("writing", "the refcount table", cfg_.table_offset).image(path_);
-  table_dirty_ = false;
+  auto w = table_write();
+  if (!w) return w.error();
+  if (Error e = file_.write(IoKind::meta, w->offset, w->bytes))
+    return e.wrap("writing", "the refcount table", w->offset).image(path_);
+  table_written();
   return {};
 }
 

@@ -53,23 +53,18 @@ class Refcounts {
   // Loads refcount block `index` asynchronously (joined with a load in flight). Completes
   // inline when it is already loaded; the caller is a request step, not a completion.
   void load_block(uint64_t index, Completion done);
-  // Whether a missing block is read at once through the synchronous File (the default, for
-  // synchronous operations) or is a miss (within `AsyncLoads`, the data path's refcount steps).
-  class Loads {
+  // A missing block is read at once through the synchronous File (the default, for
+  // synchronous operations), except within `AsyncLoads`.
+  // Within a data-path refcount step (QcowImage::refcount_step): a missing block is a miss.
+  class AsyncLoads {
    public:
-    Loads(Refcounts* r, bool sync) : r_(r), was_(r && r->sync_loads_) { if (r_) r_->sync_loads_ = sync; }
-    ~Loads() { if (r_) r_->sync_loads_ = was_; }
-    Loads(const Loads&) = delete;
-    Loads& operator=(const Loads&) = delete;
+    explicit AsyncLoads(Refcounts* r) : r_(r), was_(r && r->sync_loads_) { if (r_) r_->sync_loads_ = false; }
+    ~AsyncLoads() { if (r_) r_->sync_loads_ = was_; }
+    AsyncLoads(const AsyncLoads&) = delete;
+    AsyncLoads& operator=(const AsyncLoads&) = delete;
    private:
     Refcounts* r_;
     bool was_;
-  };
-  struct SyncLoads : Loads {
-    explicit SyncLoads(Refcounts* r) : Loads(r, true) {}
-  };
-  struct AsyncLoads : Loads {
-    explicit AsyncLoads(Refcounts* r) : Loads(r, false) {}
   };
 
   // Reads the refcount table. `file_end` is the current file size.
