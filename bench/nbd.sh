@@ -66,10 +66,10 @@ start() {  # start BINARY ARGS... : serves on $sockdir/s.sock
   pids+=("$(cat "$sockdir/s.pid")")
 }
 stop() {
-  local pid i
+  local pid
   pid="$(cat "$sockdir/s.pid")"
   kill "$pid" 2>/dev/null || true
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
 }
 uri="nbd+unix:///?socket=$sockdir/s.sock"

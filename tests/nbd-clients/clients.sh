@@ -48,10 +48,11 @@ check "nbdinfo --can write" timeout 30 nbdinfo --can write "$u"
 check "nbdinfo --can flush" timeout 30 nbdinfo --can flush "$u"
 check "nbdinfo --can trim" timeout 30 nbdinfo --can trim "$u"
 check "nbdinfo --can zero" timeout 30 nbdinfo --can zero "$u"
-bmap="$(timeout 30 nbdinfo --map "$u" 2>&1)" || true
+norm="/usr/bin/python3 $(dirname "$0")/normalize-map.py nbdinfo"
+bmap="$(timeout 30 nbdinfo --map "$u" | $norm 2>&1)" || true
 # Layout after the writes above: 0x11 data at 0, a top zero cluster at 640k, holes at 1728k.
 if awk '{ len += $2 } END { exit len != 4194304 }' <<<"$bmap" \
-   && grep -qE '^ +0 +[0-9]+ +0 +data' <<<"$bmap" && grep -q 'hole,zero' <<<"$bmap"; then
+   && grep -qE '^0 [0-9]+ 0 data$' <<<"$bmap" && grep -q 'hole,zero' <<<"$bmap"; then
   pass "nbdinfo --map (base:allocation)"; else fail "nbdinfo --map: $bmap"; fi
 
 log "nbdcopy out"
@@ -84,11 +85,12 @@ check "writes reached the image" qio -f qcow2 -c 'read -P 0x41 1M 64k' -c 'read 
 log "allocation depth (-A, read-only)"
 start_server ro "$SERVER" -r -A -f qcow2 "$top"
 u="$(uri ro)"
-depth="$(timeout 30 nbdinfo --map=qemu:allocation-depth "$u" 2>&1)" || true
+depth="$(timeout 30 nbdinfo --map=qemu:allocation-depth "$u" | $norm 2>&1)" || true
 # base data at 0, top data at 64k, nothing in the chain from 1344k to 2M.
-if grep -qE '^ +0 +65536 +2 +backing depth 2' <<<"$depth" \
-   && grep -qE '^ +65536 +65536 +1 +local' <<<"$depth" \
-   && grep -qE '^ +1376256 +720896 +0 +absent' <<<"$depth"; then
+# (extents of one kind merged: how a server splits them is its own choice)
+if grep -qx '0 65536 2 backing depth 2' <<<"$depth" \
+   && grep -qx '65536 65536 1 local' <<<"$depth" \
+   && grep -qx '1376256 720896 0 absent' <<<"$depth"; then
   pass "nbdinfo --map=qemu:allocation-depth"; else fail "allocation depth map: $depth"; fi
 check_fails "read-only export refuses qemu-io writes" qio -f raw -c 'write 0 4k' "$u"
 check "nbdinfo --can read-only" timeout 30 nbdinfo --is read-only "$u"

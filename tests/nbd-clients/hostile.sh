@@ -16,7 +16,7 @@ qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$WORK/ro.qcow2"
 
 start_server rw "$SERVER" -e 2 -x hostile -f qcow2 "$WORK/top.qcow2"
 start_server ro "$SERVER" -r -x hostile -f qcow2 "$WORK/ro.qcow2"
-if timeout 300 /usr/bin/python3 "$(dirname "$0")/hostile.py" "$(sock rw)" "$(sock ro)" hostile \
+if timeout 240 /usr/bin/python3 "$(dirname "$0")/hostile.py" "$(sock rw)" "$(sock ro)" hostile \
      "$(server_pid rw)" "$(server_pid ro)"; then
   pass "hostile clients"
 else

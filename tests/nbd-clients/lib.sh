@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared helpers for the NBD client tests (sourced, not run).
 #
 # Every test takes the server under test as its first argument, or from $VD_NBD, and falls back

@@ -59,7 +59,7 @@ kver="$(ls "$tree/lib/modules")"
 moddir="$tree/lib/modules/$kver"
 # Compressed modules (not Debian 12's, but later kernels' .ko.xz/.ko.zst): busybox insmod
 # takes plain .ko files, so unpack them here and rename them in modules.order.
-for f in $(find "$moddir/kernel" -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz'); do
+find "$moddir/kernel" -name "*.ko.xz" -o -name "*.ko.zst" -o -name "*.ko.gz" | while read -r f; do
   case "$f" in
     *.xz) "$busybox" unxz -c "$f" >"${f%.xz}" ;;
     *.gz) "$busybox" gunzip -c "$f" >"${f%.gz}" ;;
