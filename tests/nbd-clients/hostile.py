@@ -418,6 +418,59 @@ def many_connections(path):
     return f"third client {outcome}; served again once the two left"
 
 
+def block_status_without_context(path):
+    # BLOCK_STATUS (7) without a negotiated meta context: EINVAL (spec) or a disconnect.
+    return transmission(path, lambda s, size: request(s, 7, 0, 4096), "BLOCK_STATUS without a context")
+
+
+def trim_past_end(path):
+    return transmission(path, lambda s, size: request(s, 4, size - 4096, 8192), "TRIM across the end")
+
+
+def zeroes_past_end(path):
+    return transmission(path, lambda s, size: request(s, 6, size, 4096), "WRITE_ZEROES at the end")
+
+
+def pipelined_flood(path):
+    # 512 reads of 1 MiB sent back to back while the replies are read: the server may hold
+    # back (bounded in-flight requests) but must answer every one, in any order.
+    import threading
+    s, size, _ = open_export(path)
+    count = 512
+
+    def sender():
+        for i in range(count):
+            request(s, CMD_READ, (i * (1 << 20)) % size, 1 << 20, handle=1000 + i)
+    t = threading.Thread(target=sender)
+    t.start()
+    seen = set()
+    s.settimeout(30)
+    for _ in range(count):
+        err, handle, data = simple_reply(s, 1 << 20)
+        assert err == 0 and data == b"\x11" * (1 << 20), (err, handle)
+        seen.add(handle)
+    t.join()
+    assert seen == set(range(1000, 1000 + count)), "missing or repeated handles"
+    request(s, CMD_DISC, 0, 0)
+    return f"{count} pipelined 1 MiB reads all answered"
+
+
+def never_reads(path):
+    # A client that sends 256 reads of 1 MiB and never reads a reply, then vanishes: the
+    # server must stop at its socket buffer (backpressure), not buffer 256 MiB, and carry on.
+    s, size, _ = open_export(path)
+    s.settimeout(2)
+    sent = 0
+    try:
+        for i in range(256):
+            request(s, CMD_READ, 0, 1 << 20, handle=i)
+            sent += 1
+    except (Closed, socket.timeout):
+        pass
+    s.close()
+    return f"sent {sent} reads without reading a reply, then closed"
+
+
 def many_hostile_in_a_row(path):
     for _ in range(50):
         s = connect(path)
@@ -452,6 +505,11 @@ for name, fn, path in [
     ("write on a read-only export", write_read_only, RO),
     ("bad request magic", bad_request_magic, RW),
     ("truncated request", truncated_request, RW),
+    ("BLOCK_STATUS without a meta context", block_status_without_context, RW),
+    ("TRIM across the end", trim_past_end, RW),
+    ("WRITE_ZEROES at the end", zeroes_past_end, RW),
+    ("512 pipelined 1 MiB reads", pipelined_flood, RW),
+    ("a client that never reads its replies", never_reads, RW),
     ("connections beyond -e", many_connections, RW),
     ("garbage storm", many_hostile_in_a_row, RW),
 ]:
