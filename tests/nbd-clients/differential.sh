@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Differential test against qemu-nbd: the server under test and qemu-nbd serve the same chains
-# (2-deep qcow2 v3, 3-deep qcow2 v2, raw base under qcow2 v3 with 64 KiB and 4 KiB clusters;
-# holes, zero clusters, data in different layers), one after the other, with the same options.
-# Equal: `qemu-img map --output=json` over NBD (with and without -A: qemu's NBD client reads
-# qemu:allocation-depth when offered and reports it as "depth"), the qemu:allocation-depth map,
+# (2-deep qcow2 v3, 3-deep qcow2 v2, raw base under qcow2 v3 with 64 KiB and 4 KiB clusters,
+# and a size that ends in a partial cluster with 16 KiB clusters on top; holes, zero
+# clusters, compressed clusters, data in different layers), one after the other, with the same options.
+# Equal: `qemu-img map --output=json` over NBD (with and without -A: qemu's NBD client asks
+# for qemu:allocation-depth when the server offers it), the qemu:allocation-depth map,
 # the base:allocation map (adjacent extents of the same kind merged: how a server splits its
 # answer is its own business) and nbdcopy's output byte for byte.
 #
@@ -15,28 +16,30 @@ for tool in nbdinfo nbdcopy; do
 done
 norm="/usr/bin/python3 $(dirname "$0")/normalize-map.py"
 
-# collect SIDE BINARY TOP OUTDIR: everything the two servers must agree on.
+# collect SIDE TOP OUTDIR: everything the two servers must agree on. SIDE.A serves with -A,
+# SIDE without; all read-only, so every server can hold the image at once.
 collect() {
-  local side="$1" bin="$2" top="$3" out="$4"
+  local side="$1" top="$2" out="$3" u
   mkdir -p "$out"
-  start_server "$side" "$bin" -r -A -f qcow2 "$top"
-  local u; u="$(uri "$side")"
+  u="$(uri "$side.A")"
   timeout 60 qemu-img map -f raw --output=json "$u" | $norm qemu-img >"$out/qemu-img-map-A"
   timeout 60 nbdinfo --map=qemu:allocation-depth "$u" | $norm nbdinfo >"$out/allocation-depth"
   timeout 60 nbdinfo --map "$u" | $norm nbdinfo >"$out/base-allocation"
   timeout 60 nbdinfo --size "$u" >"$out/size"
   timeout 60 nbdcopy "$u" "$out/data.raw"
-  stop_server "$side"
-  start_server "$side" "$bin" -r -f qcow2 "$top"
   timeout 60 qemu-img map -f raw --output=json "$(uri "$side")" | $norm qemu-img >"$out/qemu-img-map"
-  stop_server "$side"
 }
 
-for chain in chain2_v3 chain3_v2 chain3_raw; do
+for chain in chain2_v3 chain3_v2 chain3_raw chain2_odd; do
   log "$chain"
   top="$("$chain" "$WORK")"
-  collect ref "$REFERENCE" "$top" "$WORK/$chain/ref" || die "$REFERENCE failed on $chain"
-  collect test "$SERVER" "$top" "$WORK/$chain/test" || die "$SERVER failed on $chain"
+  start_server ref.A "$REFERENCE" -r -A -f qcow2 "$top"
+  start_server ref "$REFERENCE" -r -f qcow2 "$top"
+  start_server test.A "$SERVER" -r -A -f qcow2 "$top"
+  start_server test "$SERVER" -r -f qcow2 "$top"
+  collect ref "$top" "$WORK/$chain/ref" || die "clients failed on $REFERENCE serving $chain"
+  collect test "$top" "$WORK/$chain/test" || die "clients failed on $SERVER serving $chain"
+  stop_servers ref.A ref test.A test
   for f in size qemu-img-map qemu-img-map-A allocation-depth base-allocation; do
     if diff -u "$WORK/$chain/ref/$f" "$WORK/$chain/test/$f" >"$WORK/diff" 2>&1; then
       pass "$chain: $f equal"

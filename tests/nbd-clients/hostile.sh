@@ -25,8 +25,7 @@ fi
 server_alive rw && server_alive ro && pass "both servers alive" || fail "a server died"
 check "qemu-io still reads and writes" qio -f raw -c 'read -P 0x11 0 64k' -c 'write -P 0x22 64k 64k' -c 'read -P 0x22 64k 64k' "$(uri rw hostile)"
 check "nbdinfo still answers" timeout 30 nbdinfo --size "$(uri ro hostile)"
-stop_server rw
-stop_server ro
+stop_servers rw ro
 check "qemu-img check clean" qemu-img check -q "$WORK/top.qcow2"
 check "read-only image untouched" qio -f qcow2 -c 'read -P 0x11 0 4M' "$WORK/ro.qcow2"
 check "data written by the good client, the rest unchanged" qio -f qcow2 -c 'read -P 0x11 0 64k' -c 'read -P 0x22 64k 64k' -c 'read -P 0x11 128k 3968k' "$WORK/top.qcow2"

@@ -90,6 +90,12 @@ stop_server() {
   kill_pid "$(cat "$pidf")"
   rm -f "$pidf" "$SOCKDIR/$1.sock"
 }
+# stop_servers NAME...: SIGTERM to all at once, then wait for each (servers can take a second).
+stop_servers() {
+  local n
+  for n in "$@"; do [ -s "$SOCKDIR/$n.pid" ] && kill -TERM "$(cat "$SOCKDIR/$n.pid")" 2>/dev/null; done
+  for n in "$@"; do stop_server "$n"; done
+}
 server_alive() { kill -0 "$(server_pid "$1")" 2>/dev/null; }
 sock() { echo "$SOCKDIR/$1.sock"; }
 # uri NAME [EXPORT]
@@ -102,6 +108,8 @@ qio() { timeout 60 qemu-io "$@"; }
 #   chain2_v3:  base.qcow2 v3 <- top.qcow2 v3
 #   chain3_v2:  base (compat=0.10) <- mid <- top, all v2 (zero writes become explicit zeroes)
 #   chain3_raw: raw base <- qcow2 v3 mid <- qcow2 v3 top with 4 KiB clusters
+#   chain2_odd: 3 MiB + 512 bytes (the last cluster partial): qcow2 v3 base with a compressed
+#               cluster and data in the last sector <- qcow2 v3 top with 16 KiB clusters
 fill_base() {
   qio -f "$2" -c 'write -P 0x11 0 1M' -c 'write -P 0x12 2M 512k' -c 'write -z 3M 256k' \
       -c 'write -P 0x13 3840k 64k' "$1" >/dev/null
@@ -118,8 +126,19 @@ chain2_v3() {
   local d="$1/chain2_v3"; mkdir -p "$d"
   qemu-img create -q -f qcow2 -o compat=1.1 "$d/base.qcow2" 4M
   fill_base "$d/base.qcow2" qcow2
+  qio -f qcow2 -c 'write -c -P 0x14 2816k 64k' "$d/base.qcow2" >/dev/null
   qemu-img create -q -f qcow2 -o compat=1.1 -b base.qcow2 -F qcow2 "$d/top.qcow2"
   fill_top "$d/top.qcow2"
+  echo "$d/top.qcow2"
+}
+chain2_odd() {
+  local d="$1/chain2_odd"; mkdir -p "$d"
+  qemu-img create -q -f qcow2 -o compat=1.1 "$d/base.qcow2" 3146240
+  qio -f qcow2 -c 'write -c -P 0x16 0 64k' -c 'write -P 0x17 1M 128k' -c 'write -P 0x18 3144704 1536' \
+      -c 'write -z 2M 128k' "$d/base.qcow2" >/dev/null
+  qemu-img create -q -f qcow2 -o compat=1.1,cluster_size=16384 -b base.qcow2 -F qcow2 "$d/top.qcow2"
+  qio -f qcow2 -c 'write -P 0x36 16k 16k' -c 'write -z 1M 16k' -c 'write -P 0x37 3129344 16384' \
+      -c 'write -P 0x38 2064k 8k' "$d/top.qcow2" >/dev/null
   echo "$d/top.qcow2"
 }
 chain3_v2() {
