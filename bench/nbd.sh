@@ -19,7 +19,7 @@
 #   -a ALLOC_IO   bytes the alloc case writes (default 128M)
 #   -d DIR        where the images live (default /dev/shm: the page cache is not measured)
 # Both servers get the same options: --fork --pid-file F -k SOCKET -t -e 4 -f qcow2 [-r].
-# Prints each run, then per case the median of each server and the ratio SERVER/REFERENCE of
+# Prints each run, then per case the median (and min-max) of each server and the ratio SERVER/REFERENCE of
 # the rates (above 1: SERVER is faster; equal to REFERENCE's time / SERVER's time), the load
 # average before and after, and the commit. Validate the script with qemu-nbd on both sides
 # (ratios near 1): bench/nbd.sh -s qemu-nbd.
@@ -147,14 +147,16 @@ for round in $(seq "$rounds"); do
 done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { printf "%.0f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 echo
-printf '%-10s %-8s %14s %14s %8s\n' case unit "$(basename "$reference")" "$(basename "$server")" ratio
+spread() { tr ' ' '\n' | grep . | sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "-" hi }'; }
+printf '%-10s %-6s %10s %-15s %10s %-15s %7s\n' case unit "$(basename "$reference")" "(min-max)" "$(basename "$server")" "(min-max)" ratio
 for case in "${cases[@]}"; do
   unit=IOPS; [ "$case" = seqread ] && unit=MiB/s
   r="$(median <<<"${results[$case.ref]}")"
   t="$(median <<<"${results[$case.test]}")"
-  printf '%-10s %-8s %14s %14s %8s\n' "$case" "$unit" "$r" "$t" "$(awk -v t="$t" -v r="$r" 'BEGIN { printf "%.2fx", t / r }')"
+  printf '%-10s %-6s %10s %-15s %10s %-15s %7s\n' "$case" "$unit" "$r" "($(spread <<<"${results[$case.ref]}"))" \
+    "$t" "($(spread <<<"${results[$case.test]}"))" "$(awk -v t="$t" -v r="$r" 'BEGIN { printf "%.2fx", t / r }')"
 done
 echo
 echo "image: $size qcow2 in $dir; fio 4 KiB depth 16, ${runtime} s per run; alloc: $alloc_io per run; $rounds rounds (medians)"
