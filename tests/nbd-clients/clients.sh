@@ -78,6 +78,42 @@ assert hs[0].pread(4096, 3 * 1024 * 1024 + 8192) == b'\x5a' * 4096
 for h in hs:
     h.shutdown()
 "
+check "nbdsh: holes read as hole chunks; WRITE_ZEROES with NO_HOLE and FAST_ZERO; CACHE; TRIM" \
+  timeout 60 nbdsh -u "$u" -c "
+chunks = []
+def chunk(subbuf, offset, status, error):
+    chunks.append((offset, len(subbuf), status))
+    return 0
+# 1344k..2M is allocated nowhere in the chain: the server sends it as a hole (structured reply).
+buf = h.pread_structured(65536, 1376256, chunk)
+assert buf == bytes(65536), 'hole does not read as zeroes'
+assert any(c[2] == nbd.READ_HOLE for c in chunks), 'hole sent as data: %r' % chunks
+assert sum(c[1] for c in chunks) == 65536, chunks
+# and data as data
+chunks.clear()
+assert h.pread_structured(65536, 65536, chunk) == b'\\x31' * 65536
+assert all(c[2] == nbd.READ_DATA for c in chunks), chunks
+# the same read with DF: one chunk
+chunks.clear()
+if h.can_df():
+    h.pread_structured(65536, 0, chunk, nbd.CMD_FLAG_DF)
+    assert len(chunks) == 1, chunks
+h.pwrite(b'\\x66' * 131072, 3584 * 1024)
+h.zero(65536, 3584 * 1024, nbd.CMD_FLAG_NO_HOLE)
+assert h.pread(65536, 3584 * 1024) == bytes(65536)
+assert h.pread(65536, 3648 * 1024) == b'\\x66' * 65536
+if h.can_fast_zero():
+    try:
+        h.zero(65536, 3648 * 1024, nbd.CMD_FLAG_FAST_ZERO)
+        assert h.pread(65536, 3648 * 1024) == bytes(65536), 'fast zero left data'
+    except nbd.Error as e:
+        assert e.errno == 'ENOTSUP', e  # allowed: the zero would not be fast
+# (qemu-nbd implements CACHE as copy-on-read prefetch into the top: use a local range)
+h.cache(65536, 65536)
+h.trim(65536, 3712 * 1024)
+h.flush()
+h.shutdown()
+"
 stop_server rw
 check "qemu-img check clean after the writes" qemu-img check -q "$top"
 check "writes reached the image" qio -f qcow2 -c 'read -P 0x41 1M 64k' -c 'read -P 0x5a 3080k 4k' "$top"
