@@ -58,7 +58,7 @@ cleanup() {
   rm -rf "$work" "$sockdir"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP PIPE
 
 start() {  # start BINARY ARGS... : serves on $sockdir/s.sock
   rm -f "$sockdir/s.sock" "$sockdir/s.pid"

@@ -37,7 +37,7 @@ nbd_cleanup() {
   exit $rc
 }
 trap nbd_cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT TERM HUP PIPE
 
 log() { echo "--- $*"; }
 pass() { echo "ok: $*"; }
