@@ -19,9 +19,9 @@
 #   -a ALLOC_IO   bytes the alloc case writes (default 128M)
 #   -d DIR        where the images live (default /dev/shm: the page cache is not measured)
 # Both servers get the same options: --fork --pid-file F -k SOCKET -t -e 4 -f qcow2 [-r].
-# Prints each run, then per case the median (and min-max) of each server and the ratio SERVER/REFERENCE of
-# the rates (above 1: SERVER is faster; equal to REFERENCE's time / SERVER's time), the load
-# average before and after, and the commit. Validate the script with qemu-nbd on both sides
+# Prints each run, then per case the median (and min-max) of each server and the ratio
+# SERVER/REFERENCE of the medians (above 1: SERVER is faster; equal to REFERENCE's time /
+# SERVER's time), the load average before and after, and the commit. Validate the script with qemu-nbd on both sides
 # (ratios near 1): bench/nbd.sh -s qemu-nbd.
 set -euo pipefail
 export LC_ALL=C PATH="/usr/bin:$PATH"
@@ -42,7 +42,7 @@ while getopts "s:q:z:t:r:a:d:h" opt; do
     r) rounds=$OPTARG ;;
     a) alloc_io=$OPTARG ;;
     d) dir=$OPTARG ;;
-    *) sed -n '2,27p' "$0"; exit 2 ;;
+    *) sed -n '2,25p' "$0"; exit 2 ;;
   esac
 done
 for tool in qemu-img qemu-io fio nbdcopy /usr/bin/python3; do
