@@ -21,8 +21,8 @@
 # Both servers get the same options: --fork --pid-file F -k SOCKET -t -e 4 -f qcow2 [-r].
 # Prints each run, then per case the median (and min-max) of each server and the ratio
 # SERVER/REFERENCE of the medians (above 1: SERVER is faster; equal to REFERENCE's time /
-# SERVER's time), the load average before and after, and the commit. Validate the script with qemu-nbd on both sides
-# (ratios near 1): bench/nbd.sh -s qemu-nbd.
+# SERVER's time), the load average before and after, and the commit. Validate the script with
+# qemu-nbd on both sides (ratios near 1 on a quiet machine): bench/nbd.sh -s qemu-nbd.
 set -euo pipefail
 export LC_ALL=C PATH="/usr/bin:$PATH"
 
