@@ -90,7 +90,10 @@ awaitable<void> Connection::transmit() {
     if (stopping_ || dead_) break;
     Request req;
     if (!co_await read_request(req)) break;
-    if (req.type == kCmdDisc) break;
+    if (req.type == kCmdDisc) {
+      --in_flight_;  // no reply: the close is the answer
+      break;
+    }
     dispatch(std::move(req));
   }
 }
