@@ -78,6 +78,27 @@ int fork_server() {
   return p[1];
 }
 
+// A new QCOW2 over `image` (recorded by absolute path) in $TMPDIR or /var/tmp.
+vd::Result<std::string> make_temp_overlay(const vd::Registry& registry, vd::Runtime& rt, const std::string& image,
+                                          const std::optional<std::string>& format) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string path = std::string(tmp && *tmp ? tmp : "/var/tmp") + "/vd-nbd.XXXXXX";
+  int fd = mkstemp(path.data());
+  if (fd < 0) return vd::Error::from_errno(errno, "creating temporary overlay", path);
+  close(fd);
+  unlink(path.c_str());
+  char* abs = realpath(image.c_str(), nullptr);
+  if (!abs) return vd::Error::from_errno(errno, "open", image);
+  std::string backing = abs;
+  free(abs);
+  vd::CreateOptions c;
+  c.backing_format = format;
+  auto top = vd::create_overlay(registry, rt.files(), path, backing, c, "qcow2");
+  if (!top) return top.error();
+  if (vd::Error e = (*top)->close(false)) return e;
+  return path;
+}
+
 void detach_stdio() {
   int fd = open("/dev/null", O_RDWR);
   if (fd < 0) return;
@@ -127,14 +148,24 @@ int main(int argc, char** argv) {
   vd::nbd::Server server(rt.executor(), sopts);
 
   std::vector<std::shared_ptr<vd::Disk>> disks;
-  for (const auto& img : o.images) {
+  for (auto img : o.images) {
+    std::string temp_overlay;
+    if (o.snapshot_overlay) {
+      // -s: writes go to a temporary QCOW2 over the image, removed once open (as qemu-nbd).
+      auto t = make_temp_overlay(registry, rt, img.path, o.format);
+      if (!t) return fail(t.error().message());
+      temp_overlay = *t;
+      img.path = temp_overlay;
+    }
     vd::DiskOpenOptions d;
     d.format = o.format;
     d.flags = (o.read_only ? vd::open_read_only : 0u) | (o.format ? vd::open_format_given : 0u) |
               (o.force_share ? vd::open_force_share : 0u);
     d.passphrase = passphrase;
     d.snapshot = o.snapshot;
+    if (!temp_overlay.empty()) d.format = "qcow2";
     auto disk = vd::Disk::open(img.path, d, registry, rt.files());
+    if (!temp_overlay.empty()) unlink(temp_overlay.c_str());
     if (!disk) {
       vd::Error e = disk.error();
       if (e.path().empty()) e.image(img.path);

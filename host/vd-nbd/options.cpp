@@ -49,6 +49,9 @@ const char* const kUsage =
     "  -l, --load-snapshot=SNAPSHOT_PARAM\n"
     "                            export an internal snapshot, read-only: '[ID_OR_NAME]',\n"
     "                            'snapshot.id=[ID]' or 'snapshot.name=[NAME]'\n"
+    "  -s, --snapshot            use FILE as an external snapshot, create a temporary\n"
+    "                            file with backing_file=FILE, redirect the write to\n"
+    "                            the temporary one\n"
     "  -U, --force-share         open read-only images even while another process writes them\n"
     "      --passphrase-file=FILE  the passphrase of an encrypted image\n";
 
@@ -198,7 +201,7 @@ vd::Result<Options> parse_options(int argc, char** argv) {
         break;
       }
       case 'U': o.force_share = true; break;
-      case 's': return vd::Error(vd::Errc::not_supported, "-s/--snapshot is not supported yet");
+      case 's': o.snapshot_overlay = true; break;
       case kObject:
         if (vd::Error e = parse_object(optarg, tls_objects)) return e;
         break;

@@ -24,6 +24,7 @@ struct Options {
   bool allocation_depth = false;
   bool force_share = false;
   std::optional<std::string> snapshot;  // -l
+  bool snapshot_overlay = false;        // -s
   std::optional<std::string> socket;    // -k
   std::optional<std::string> bind;      // -b
   std::optional<uint16_t> port;         // -p
