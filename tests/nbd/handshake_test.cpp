@@ -1,4 +1,10 @@
 // Option negotiation against proto.md and qemu-nbd's answers.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/un.h>
+
+#include <cstdio>
+
 #include "nbd/server_fixture.h"
 
 namespace nbdtest {
@@ -211,6 +217,56 @@ TEST_F(NbdServerTest, StartTlsWithoutCredentialsIsPolicy) {
   c->hello();
   c->option(p::kOptStartTls);
   EXPECT_EQ(c->reply()->type, p::kRepErrPolicy);
+}
+
+}  // namespace
+}  // namespace nbdtest
+
+namespace nbdtest {
+namespace {
+
+int connect_unix(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  return fd;
+}
+
+int connect_tcp(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  return fd;
+}
+
+TEST_F(NbdServerTest, ConnectionLimitHoldsTheNextClientUntilOneLeaves) {
+  serve({.max_connections = 1});
+  std::string sock = dir_.file("s.sock");
+  ASSERT_FALSE(on_io([&] { return server_->listen_unix(sock); }));
+  auto a = std::make_unique<Client>(connect_unix(sock));
+  ASSERT_TRUE(a->go("top"));
+  Client b(connect_unix(sock));
+  EXPECT_FALSE(b.recv(18, 300));  // in the backlog, not served
+  a.reset();                      // the first leaves
+  EXPECT_TRUE(b.go("top"));
+}
+
+TEST_F(NbdServerTest, ListensOnTcpWithAPickedPort) {
+  serve({.max_connections = 0});
+  ASSERT_FALSE(on_io([&] { return server_->listen_tcp("127.0.0.1", 0); }));
+  auto ports = on_io([&] { return server_->tcp_ports(); });
+  ASSERT_EQ(ports.size(), 1u);
+  Client c(connect_tcp(ports[0]));
+  EXPECT_TRUE(c.go("top"));
+  c.request(p::kCmdRead, 1, 512 * 1024, 16);
+  auto cs = c.chunks();
+  ASSERT_EQ(cs.size(), 1u);
+  EXPECT_EQ(cs[0].payload.substr(8), fill(16, 2));
 }
 
 }  // namespace
