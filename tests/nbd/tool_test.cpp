@@ -2,6 +2,12 @@
 // for qemu-nbd drive it. The big client, differential and guest-boot suites live in
 // tests/nbd-clients/; these are the smoke tests of the command line.
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include <chrono>
 #include <fstream>
@@ -141,6 +147,35 @@ TEST_F(VdNbdTool, TlsClientsQemuImgAndNbdinfo) {
      " --image-opts driver=nbd,path=" + sock_ + ",tls-creds=t0,tls-hostname=localhost -c 'read -P 2 512k 64k' >/dev/null");
   CmdResult plain = run({"/bin/sh", "-c", nbdinfo() + " " + uri()});
   EXPECT_NE(plain.exit_code, 0);
+}
+
+TEST_F(VdNbdTool, SocketActivationServesTheInheritedSocket) {
+  int l = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", sock_.c_str());
+  ASSERT_EQ(::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(l, 4), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // As systemd: the listening socket is fd 3, LISTEN_PID names the server.
+    if (l != 3) {
+      dup2(l, 3);
+      close(l);
+    }
+    setenv("LISTEN_PID", std::to_string(getpid()).c_str(), 1);
+    setenv("LISTEN_FDS", "1", 1);
+    execl(VD_NBD_PATH, "vd-nbd", "-t", "-r", top_.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(l);
+  EXPECT_EQ(sh(nbdinfo() + " --size " + uri()), "4194304\n");
+  kill(child, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace
