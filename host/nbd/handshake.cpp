@@ -145,7 +145,8 @@ awaitable<bool> Connection::export_info(uint32_t opt, const std::vector<std::byt
   }
   auto asked = [&](uint16_t t) { return std::find(wanted.begin(), wanted.end(), t) != wanted.end(); };
   if (asked(kInfoName)) co_await send_rep(opt, kRepInfo, u16s(kInfoName) + name);
-  if (asked(kInfoDescription) || !x->e.description.empty()) {
+  // As qemu-nbd: the description whenever the export has one, asked or not; none otherwise.
+  if (!x->e.description.empty()) {
     co_await send_rep(opt, kRepInfo, u16s(kInfoDescription) + x->e.description);
   }
   const ExportLimits& lim = x->e.limits;

@@ -179,3 +179,46 @@ TEST_F(VdNbdTool, SocketActivationServesTheInheritedSocket) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(VdNbdTool, VerifyPeerOnRefusesAClientWithoutACertificate) {
+  if (!have("certtool")) GTEST_SKIP() << "certtool missing";
+  std::string tls = dir_.file("tls"), anon = dir_.file("anon");
+  sh(std::string(VD_NBD_TEST_DIR) + "/make-tls-certs.sh " + tls + " && mkdir " + anon + " && cp " + tls +
+     "/ca-cert.pem " + anon);
+  auto client = [&](const std::string& dir) {
+    return run({"/bin/sh", "-c", nbdinfo() + " --size 'nbds+unix:///?socket=" + sock_ + "&tls-certificates=" + dir + "'"});
+  };
+  ASSERT_EQ(start("-t -k " + sock_ + " --object tls-creds-x509,id=t0,endpoint=server,dir=" + tls + " --tls-creds t0 " + top_), 0)
+      << last_err_;
+  EXPECT_EQ(client(tls).exit_code, 0);
+  EXPECT_NE(client(anon).exit_code, 0);
+  kill(pid_, SIGTERM);
+  ASSERT_TRUE(wait_gone(pid_));
+  ASSERT_EQ(start("-t -k " + sock_ + " --object tls-creds-x509,id=t0,endpoint=server,dir=" + tls +
+                  ",verify-peer=off --tls-creds t0 " + top_), 0) << last_err_;
+  EXPECT_EQ(client(anon).exit_code, 0);
+}
+
+TEST_F(VdNbdTool, KilledMidWritesTheImageChecksWithAtMostLeaks) {
+  if (!have("fio")) GTEST_SKIP() << "fio missing";
+  ASSERT_EQ(start("-t -e 0 -k " + sock_ + " " + top_), 0) << last_err_;
+  std::string job = "fio --name=w --ioengine=nbd --uri='nbd+unix:///?socket=" + sock_ +
+                    "' --rw=randwrite --bs=64k --iodepth=16 --size=4M --time_based --runtime=5 >/dev/null 2>&1";
+  pid_t fio = fork();
+  ASSERT_GE(fio, 0);
+  if (fio == 0) {
+    execl("/bin/sh", "sh", "-c", job.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  kill(pid_, SIGKILL);
+  ASSERT_TRUE(wait_gone(pid_));
+  int status = 0;
+  waitpid(fio, &status, 0);
+  CmdResult r = run({"qemu-img", "check", top_});
+  EXPECT_TRUE(r.exit_code == 0 || r.exit_code == 3) << r.out << r.err;
+}
+
+}  // namespace
