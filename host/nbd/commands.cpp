@@ -3,7 +3,7 @@
 // when they are the same, as in vd-nbd). A read with structured replies and without
 // NBD_CMD_FLAG_DF is sparse: ranges the chain says read as zeros go out as
 // NBD_REPLY_TYPE_OFFSET_HOLE, the rest as OFFSET_DATA (QEMU's nbd_co_send_sparse_read).
-#include <utility>  // first: boost 1.74 awaitable.hpp needs std::exchange
+#include "host/nbd/coro.h"  // first: before any Boost.Asio header
 #include <boost/asio/dispatch.hpp>
 
 #include "host/nbd/connection.h"

@@ -2,7 +2,7 @@
 // of them (NBD_OPT_GO, NBD_OPT_EXPORT_NAME) enters transmission, or it aborts. Behaviour
 // follows QEMU's nbd/server.c where proto.md leaves a choice. With TLS required, only
 // STARTTLS and ABORT are answered before TLS; the rest get NBD_REP_ERR_TLS_REQD.
-#include <utility>  // first: boost 1.74 awaitable.hpp needs std::exchange
+#include "host/nbd/coro.h"  // first: before any Boost.Asio header
 #include <algorithm>
 
 #include "host/nbd/connection.h"

@@ -2,7 +2,7 @@
 // meanwhile into one write (header and data of each, no copy of the data). Once a request's
 // last message is on the wire its in-flight slot and buffer are released and the reader,
 // if it was held back at the limit, resumes.
-#include <utility>  // first: boost 1.74 awaitable.hpp needs std::exchange
+#include "host/nbd/coro.h"  // first: before any Boost.Asio header
 #include <boost/asio/buffer.hpp>
 
 #include "host/nbd/connection.h"

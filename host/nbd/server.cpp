@@ -1,5 +1,5 @@
 // The Server: exports, listening sockets, the connection limit and the graceful stop.
-#include <utility>  // first: boost 1.74 awaitable.hpp needs std::exchange
+#include "host/nbd/coro.h"  // first: before any Boost.Asio header
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>

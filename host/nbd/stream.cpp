@@ -1,5 +1,5 @@
 // Plain socket streams and the read-ahead buffer (TLS lives in tls.cpp).
-#include <utility>  // first: boost 1.74 awaitable.hpp needs std::exchange
+#include "host/nbd/coro.h"  // first: before any Boost.Asio header
 #include "host/nbd/stream.h"
 
 #include <boost/asio/read.hpp>

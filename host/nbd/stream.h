@@ -4,7 +4,7 @@
 // boost::system::system_error (use_awaitable); the connection catches them at its top.
 #pragma once
 
-#include <utility>  // boost 1.74 awaitable.hpp uses std::exchange without it
+#include "host/nbd/coro.h"
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>

@@ -2,7 +2,7 @@
 // QEMU's tls-creds-x509 object reads them: DIR/ca-cert.pem, DIR/server-cert.pem,
 // DIR/server-key.pem. verify-peer (QEMU's default: on) asks the client for a certificate
 // signed by that CA and refuses the handshake without one.
-#include <utility>  // first: boost 1.74 awaitable.hpp needs std::exchange
+#include "host/nbd/coro.h"  // first: before any Boost.Asio header
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>

@@ -4,7 +4,7 @@
 // until the writer has sent a reply. Validation follows QEMU's nbd_co_receive_request: a
 // request whose payload cannot be skipped safely (bad magic, oversized write) ends the
 // connection; every other bad request gets an error reply.
-#include <utility>  // first: boost 1.74 awaitable.hpp needs std::exchange
+#include "host/nbd/coro.h"  // first: before any Boost.Asio header
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
