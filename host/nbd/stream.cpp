@@ -67,6 +67,7 @@ awaitable<void> InBuffer::fill(Stream& s, size_t n) {
 }
 
 awaitable<void> InBuffer::read_into(Stream& s, std::span<std::byte> dst) {
+  if (dst.empty()) co_return;  // (an empty vector's data() may be null: no memcpy)
   size_t have = std::min(available(), dst.size());
   std::memcpy(dst.data(), data(), have);
   consume(have);
