@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
     if (!disk) {
       vd::Error e = disk.error();
       if (e.path().empty()) e.image(img.path);
-      return fail("Failed to open '" + img.path + "': " + e.message());
+      return fail(e.message());
     }
     std::shared_ptr<vd::Disk> shared(std::move(*disk));
     vd::nbd::Export x;

@@ -226,7 +226,7 @@ vd::Result<Options> parse_options(int argc, char** argv) {
     }
   }
   if (o.help || o.version) return o;
-  if (o.images.empty()) return bad("Expected exactly one file name argument (try --help)");
+  if (o.images.empty()) return bad("Invalid number of arguments");
   if (o.images.size() == 1) {
     // qemu-nbd: -x and -D apply to the one image wherever they stand.
     // The last one given wins, as in qemu-nbd.
