@@ -239,7 +239,10 @@ awaitable<bool> Connection::start_tls(const std::vector<std::byte>& payload) {
   // Bytes sent after STARTTLS and before the TLS handshake would be plaintext smuggled into
   // the TLS session (CVE-2011-0411's pattern): drop such a client.
   if (in_.available() != 0) co_return false;
-  stream_ = co_await stream_->start_tls(*server_->tls);
+  // The TLS stream replaces the plain one before its handshake, so that the handshake timer
+  // (which closes stream_) also ends a client that stalls the TLS handshake.
+  stream_ = stream_->wrap_tls(*server_->tls);
+  co_await stream_->handshake();
   co_return true;
 }
 

@@ -12,7 +12,6 @@ namespace vd::nbd {
 namespace asio = boost::asio;
 
 std::unique_ptr<Stream> make_tls_stream(Socket socket, asio::ssl::context& ctx);  // tls.cpp
-awaitable<void> tls_handshake(Stream& tls);                                       // tls.cpp
 
 namespace {
 
@@ -39,11 +38,8 @@ class PlainStream final : public Stream {
     sock_.close(ec);
   }
   bool is_tls() const override { return false; }
-  awaitable<std::unique_ptr<Stream>> start_tls(asio::ssl::context& ctx) override {
-    auto tls = make_tls_stream(std::move(sock_), ctx);
-    co_await tls_handshake(*tls);
-    co_return tls;
-  }
+  std::unique_ptr<Stream> wrap_tls(asio::ssl::context& ctx) override { return make_tls_stream(std::move(sock_), ctx); }
+  awaitable<void> handshake() override { throw boost::system::system_error(asio::error::operation_not_supported); }
 
  private:
   Socket sock_;

@@ -34,9 +34,11 @@ class Stream {
   virtual void shutdown_read() = 0;
   virtual void close() = 0;
   virtual bool is_tls() const = 0;
-  // Plain streams only: runs the TLS server handshake over this stream's socket and returns
-  // the TLS stream that owns the socket from then on (this stream is left empty).
-  virtual awaitable<std::unique_ptr<Stream>> start_tls(boost::asio::ssl::context& ctx) = 0;
+  // Plain streams only: the TLS stream that owns this stream's socket from then on (this
+  // stream is left empty); its server handshake is `handshake()`.
+  virtual std::unique_ptr<Stream> wrap_tls(boost::asio::ssl::context& ctx) = 0;
+  // TLS streams only: the server side of the TLS handshake.
+  virtual awaitable<void> handshake() = 0;
 };
 
 std::unique_ptr<Stream> make_plain_stream(Socket socket);

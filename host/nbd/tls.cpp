@@ -40,10 +40,12 @@ class TlsStream final : public Stream {
     tls_.next_layer().close(ec);
   }
   bool is_tls() const override { return true; }
-  awaitable<std::unique_ptr<Stream>> start_tls(asio::ssl::context&) override {
+  std::unique_ptr<Stream> wrap_tls(asio::ssl::context&) override {
     throw boost::system::system_error(asio::error::already_connected);
   }
-  awaitable<void> handshake() { co_await tls_.async_handshake(asio::ssl::stream_base::server, asio::use_awaitable); }
+  awaitable<void> handshake() override {
+    co_await tls_.async_handshake(asio::ssl::stream_base::server, asio::use_awaitable);
+  }
 
  private:
   asio::ssl::stream<Socket> tls_;
@@ -54,8 +56,6 @@ class TlsStream final : public Stream {
 std::unique_ptr<Stream> make_tls_stream(Socket socket, asio::ssl::context& ctx) {
   return std::make_unique<TlsStream>(std::move(socket), ctx);
 }
-
-awaitable<void> tls_handshake(Stream& tls) { co_await static_cast<TlsStream&>(tls).handshake(); }
 
 Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const std::string& dir, bool verify_peer) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);

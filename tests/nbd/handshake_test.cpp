@@ -211,6 +211,18 @@ TEST_F(NbdServerTest, TlsRequiredRefusesPlaintextOptions) {
   EXPECT_TRUE(c->closed());
 }
 
+TEST_F(NbdServerTest, AClientStallingTheTlsHandshakeIsDroppedByTheTimeout) {
+  vdtest::sh(std::string(VD_NBD_TEST_DIR) + "/make-tls-certs.sh " + dir_.file("tls"));
+  serve({.handshake_timeout = std::chrono::milliseconds(300), .tls = vd::nbd::TlsCredentials{dir_.file("tls"), true}});
+  auto c = connect();
+  c->hello();
+  c->option(p::kOptStartTls);
+  auto r = c->reply();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->type, p::kRepAck);
+  EXPECT_TRUE(c->closed(5000));  // no ClientHello ever comes
+}
+
 TEST_F(NbdServerTest, StartTlsWithoutCredentialsIsPolicy) {
   serve();
   auto c = connect();
