@@ -222,3 +222,17 @@ TEST_F(VdNbdTool, KilledMidWritesTheImageChecksWithAtMostLeaks) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(VdNbdTool, PassphraseFileOpensAnEncryptedImage) {
+  std::string enc = dir_.file("enc.qcow2"), pass = dir_.file("pass");
+  sh("printf secret > " + pass);
+  ASSERT_EQ(vdtest::vdimg({"create", "-f", "qcow2", "-o", "encrypt.format=luks", "--passphrase-file", pass, enc, "1M"}).exit_code, 0);
+  ASSERT_EQ(vdtest::vdimg({"io", "--passphrase-file", pass, "-c", "write -P 6 0 64k", enc}).exit_code, 0);
+  EXPECT_EQ(start("-k " + sock_ + " " + enc), 1);  // no passphrase: refused
+  ASSERT_EQ(start("-k " + sock_ + " --passphrase-file " + pass + " " + enc), 0) << last_err_;
+  sh("qemu-io -f raw -c 'read -P 6 0 64k' " + uri() + " >/dev/null");
+}
+
+}  // namespace
