@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# run_fuzzer.sh FUZZER CORPUS_DIR SECONDS DATA_DIR
+# run_fuzzer.sh FUZZER CORPUS_DIR SECONDS DATA_DIR [EXTRA_SEED_DIR]
 # Seeds the corpus with small images of every kind (made by qemu-img) and QEMU's samples,
 # replays the saved regressions, then fuzzes for SECONDS. Fails on any crash, leak, hang
 # (-timeout) or memory use over -rss_limit_mb.
 set -euo pipefail
-fuzzer=$1 corpus=$2 seconds=$3 data=$4
+fuzzer=$1 corpus=$2 seconds=$3 data=$4 extra=${5:-}
 seeds="$corpus.seeds"
 mkdir -p "$corpus" "$seeds"
 if [ ! -f "$seeds/.done" ]; then
@@ -35,5 +35,10 @@ fi
 if [ -d "$data/fuzz" ]; then
   for f in "$data"/fuzz/*; do [ -f "$f" ] && "$fuzzer" -rss_limit_mb=2048 -timeout=20 "$f"; done
 fi
+extra_dirs=()
+if [ -n "$extra" ]; then
+  for f in "$extra"/*; do [ -f "$f" ] && "$fuzzer" -rss_limit_mb=2048 -timeout=20 "$f"; done
+  extra_dirs=("$extra")
+fi
 exec "$fuzzer" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=20 -max_len=1048576 \
-  -print_final_stats=1 "$corpus" "$seeds"
+  -print_final_stats=1 "$corpus" "$seeds" "${extra_dirs[@]}"

@@ -1,0 +1,45 @@
+// vd-nbd's command line: qemu-nbd's options where they apply (docs/nbd.md).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "vd/error.h"
+
+namespace vdnbd {
+
+struct ImageArg {
+  std::string path;
+  std::string name;  // export name (-x before it, or the only -x)
+  std::string description;
+};
+
+struct Options {
+  std::vector<ImageArg> images;
+  std::optional<std::string> format;
+  bool read_only = false;
+  bool persistent = false;
+  unsigned shared = 1;  // -e; 0 = unlimited
+  bool allocation_depth = false;
+  bool force_share = false;
+  std::optional<std::string> snapshot;  // -l
+  bool snapshot_overlay = false;        // -s
+  std::optional<std::string> socket;    // -k
+  std::optional<std::string> bind;      // -b
+  std::optional<uint16_t> port;         // -p
+  std::optional<std::string> tls_dir;   // from --object tls-creds-x509 named by --tls-creds
+  bool tls_verify_peer = true;
+  bool fork = false;
+  std::optional<std::string> pid_file;
+  std::optional<std::string> passphrase_file;
+  unsigned handshake_seconds = 10;
+  bool help = false, version = false;
+};
+
+// Parses argv. Errors carry the message vd-nbd prints ("vd-nbd: MESSAGE").
+vd::Result<Options> parse_options(int argc, char** argv);
+
+extern const char* const kUsage;
+
+}  // namespace vdnbd
