@@ -18,6 +18,7 @@ struct Subcommand {
 };
 
 const Subcommand kCommands[] = {
+    {"amend", vdimg::cmd_amend, "amend [-f FMT] [-p] [-q] [--force] -o OPTIONS IMAGE"},
     {"bench", vdimg::cmd_bench,
      "bench [-c N] [-d DEPTH] [-f FMT] [-n] [-o OFFSET] [--pattern=BYTE] [-q] [-s SIZE] "
      "[-S STEP] [-t CACHE] [-i AIO] [-w] [-U] IMAGE"},
