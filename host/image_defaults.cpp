@@ -20,9 +20,9 @@ Error Image::make_empty() {
 }
 
 Error Image::amend(const AmendOptions&) {
+  // qemu-img's words, which name the format rather than the image.
   return Error(Errc::not_supported, "Format driver '" + std::string(backend().name()) +
-                                        "' does not support option amendment")
-      .image(path());
+                                        "' does not support option amendment");
 }
 
 }  // namespace vd
