@@ -96,6 +96,29 @@ TEST(VdimgAmend, RefusalsAndOtherOptionsMatchQemuImg) {
   expect_same_amend("-o compat=0.10", false, true, "size=16M");  // a v2 image with snapshots
 }
 
+// New refcount structures of every width, up and down, with and without snapshots (a
+// snapshot takes refcounts to 2: refcount_bits=1 is refused with qemu-img's message), with
+// a compat change in the same amend; the image must take writes afterwards.
+TEST(VdimgAmend, RefcountWidthsMatchQemuImg) {
+  REQUIRE_QCOW2();
+  struct Kind {
+    const char* base;
+    bool snapshot;
+  };
+  for (Kind k : {Kind{"", true}, Kind{"-o refcount_bits=8", false}, Kind{"-o cluster_size=4k", false},
+                 Kind{"-o compat=0.10", true}}) {
+    for (std::string o : {"refcount_bits=1", "refcount_bits=16,compat=0.10", "refcount_bits=2,compat=1.1"})
+      expect_same_amend(k.base, false, k.snapshot, o);
+  }
+  TempDir dir;
+  make_image(dir.path(), "", false, false);
+  ASSERT_EQ(vdtest::vdimg({"amend", "-o", "refcount_bits=2", dir.file("s.qcow2")}).exit_code, 0);
+  vdtest::sh("qemu-io -c 'write -P 9 6M 1M' '" + dir.file("s.qcow2") + "' >/dev/null");
+  ASSERT_EQ(vdtest::vdimg({"io", "-c", "write -P 10 7M 512k", dir.file("s.qcow2")}).exit_code, 0);
+  vdtest::sh("qemu-img check -q '" + dir.file("s.qcow2") + "'");
+  vdtest::sh("qemu-io -c 'read -P 9 6M 1M' -c 'read -P 10 7M 512k' '" + dir.file("s.qcow2") + "' | grep -q 'read 524288'");
+}
+
 TEST(VdimgAmend, DataFileOptionsMatchQemuImg) {
   REQUIRE_QCOW2();
   for (std::string base : {"-o data_file=s.data", "-o data_file=s.data,data_file_raw=on"})
