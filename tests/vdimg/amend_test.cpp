@@ -153,3 +153,25 @@ TEST(VdimgAmend, CommandLineAsQemuImg) {
 }
 
 }  // namespace
+
+namespace {
+
+// lazy_refcounts=off on an image left dirty by a crash: the refcounts are rebuilt (the
+// read-write open repairs it) and the image checks clean with the feature off.
+TEST(VdimgAmend, LazyRefcountsOffOnADirtyImage) {
+  REQUIRE_QCOW2();
+  TempDir dir;
+  const std::string img = dir.file("d.qcow2");
+  vdtest::sh("qemu-img create -q -f qcow2 -o lazy_refcounts=on '" + img + "' 8M");
+  vdtest::run({"qemu-io", "-c", "write -P 1 0 1M", "-c", "abort", img});  // dies: the image stays dirty
+  ASSERT_NE(vdtest::run({"qemu-img", "check", img}).exit_code, 0);
+  vdtest::sh("cp '" + img + "' '" + dir.file("q.qcow2") + "'");
+  CmdResult r = vdtest::vdimg({"amend", "-o", "lazy_refcounts=off", img});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(vdtest::run({"qemu-img", "amend", "-o", "lazy_refcounts=off", dir.file("q.qcow2")}).exit_code, 0);
+  vdtest::sh("qemu-img check -q '" + img + "'");
+  vdtest::sh("qemu-img compare -q '" + img + "' '" + dir.file("q.qcow2") + "'");
+  EXPECT_NE(vdtest::sh("qemu-img info '" + img + "'").find("lazy refcounts: false"), std::string::npos);
+}
+
+}  // namespace
