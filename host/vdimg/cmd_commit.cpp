@@ -132,7 +132,8 @@ struct CommitJob {
   vd::Error copy_extent(uint64_t off, const vd::DiskExtent& x, std::vector<std::byte>& buf) {
     if (x.extent.kind == vd::Extent::Kind::zero)
       return rt.wait([&](vd::Completion done) {
-        base_image().write_zeroes(off, x.extent.length, 0, std::move(done));
+        // May unmap, as qemu-img commit writes zeros: the base drops the cluster it had.
+        base_image().write_zeroes(off, x.extent.length, vd::zero_may_unmap, std::move(done));
       });
     for (uint64_t pos = 0; pos < x.extent.length; pos += kChunk) {
       uint64_t n = std::min(kChunk, x.extent.length - pos);

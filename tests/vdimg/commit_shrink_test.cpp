@@ -142,6 +142,35 @@ TEST(VdimgCommit, EmptiedTopReadsThroughToTheBase) {
   vdtest::sh("qemu-img compare -q '" + dir.file("before.raw") + "' '" + dir.file("top.qcow2") + "'");
 }
 
+// A top with an internal snapshot: emptying it drops the active state only (the snapshot
+// keeps its clusters), and zeros committed over base data unmap it there, as qemu-img does.
+TEST(VdimgCommit, TopWithASnapshotMatchesQemuImg) {
+  REQUIRE_QCOW2();
+  auto build = [](const std::string& dir) {
+    vdtest::sh("cd '" + dir + "' && qemu-img create -q -f qcow2 base.qcow2 4M && "
+               "qemu-io -c 'write -P 1 0 4M' base.qcow2 >/dev/null && "
+               "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 && "
+               "qemu-io -c 'write -P 2 1M 1M' top.qcow2 >/dev/null && qemu-img snapshot -c s top.qcow2 && "
+               "qemu-io -c 'write -P 3 1536k 1M' -c 'write -z 0 64k' top.qcow2 >/dev/null");
+  };
+  TempDir ours, theirs;
+  build(ours.path());
+  build(theirs.path());
+  CmdResult a = vdtest::vdimg({"commit", ours.file("top.qcow2")});
+  CmdResult b = vdtest::run({"qemu-img", "commit", theirs.file("top.qcow2")});
+  EXPECT_EQ(a.exit_code, b.exit_code) << a.err;
+  EXPECT_EQ(a.out, b.out);
+  for (const char* f : {"base.qcow2", "top.qcow2"}) {
+    expect_same_images(ours.file(f), theirs.file(f), f);
+    EXPECT_EQ(vdtest::sh("qemu-img map --output=json '" + ours.file(f) + "' | sed 's/, \"offset\": [0-9]*//'"),
+              vdtest::sh("qemu-img map --output=json '" + theirs.file(f) + "' | sed 's/, \"offset\": [0-9]*//'"))
+        << f;
+  }
+  for (const TempDir* d : {&ours, &theirs})
+    vdtest::sh("qemu-img convert -l s -O raw '" + d->file("top.qcow2") + "' '" + d->file("snap.raw") + "'");
+  EXPECT_EQ(vdtest::sha256_file(ours.file("snap.raw")), vdtest::sha256_file(theirs.file("snap.raw")));
+}
+
 // One image, data of every kind, optionally a snapshot taken before more writes.
 void make_image(const std::string& dir, const std::string& opts, bool snapshot) {
   // Preallocated clusters cannot take compressed data: plain data there.
