@@ -38,12 +38,21 @@ Error QcowImage::resize(uint64_t new_size) {
   // A v2 snapshot records no disk size: it would take the new one (QEMU refuses too).
   if (hdr_.version == 2 && !snapshots_.empty())
     return Error(Errc::not_supported, "Can't resize a v2 image which has snapshots").image(path_);
-  if (new_size < size_) return shrink(new_size);
-  if (Error e = grow_l1((new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage())) return e;
-  hdr_.size = new_size;
-  size_ = new_size;
-  header_dirty_ = true;
-  return FlushRequest::run_sync(*this);
+  if (new_size < size_) {
+    if (Error e = shrink(new_size)) return e;
+  } else {
+    if (Error e = grow_l1((new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage())) return e;
+    hdr_.size = new_size;
+    size_ = new_size;
+    header_dirty_ = true;
+    if (Error e = FlushRequest::run_sync(*this)) return e;
+  }
+  // An external data file takes the new size too, as QEMU does (after a shrink, once no
+  // entry points past the end any more).
+  if (data_file_) {
+    if (Error e = data_file_->set_size(new_size)) return e.wrap("resizing", "external data file").image(path_);
+  }
+  return {};
 }
 
 // A larger active L1 table in new clusters; the flush writes it whole before the header
