@@ -89,7 +89,8 @@ TEST(VdimgAmend, RefusalsAndOtherOptionsMatchQemuImg) {
                         "extended_l2=off", "compression_type=zstd", "compat=2", "foo=bar", "backing_file=x",
                         "backing_fmt=qcow2", "data_file=y", "data_file_raw=on", "data_file_raw=off",
                         "refcount_bits=3", "refcount_bits=x", "lazy_refcounts=maybe", "size=1x",
-                        "encrypt.keyslot=1"})
+                        "encrypt.keyslot=1", "refcount_bits=-16", "refcount_bits=99999999999999999999",
+                        "compat=v2"})
     expect_same_amend("", false, false, o);
   for (std::string o : {"backing_file=b.qcow2,backing_fmt=qcow2", "backing_file=b.qcow2", "size=16M"})
     expect_same_amend("", true, false, o);

@@ -42,7 +42,8 @@ Result<uint64_t> parse_number(const std::string& key, const std::string& v) {
   char* end = nullptr;
   errno = 0;
   unsigned long long n = std::strtoull(v.c_str(), &end, 0);
-  if (v.empty() || *end || v[0] == '-') return refused("Parameter '" + key + "' expects a number");
+  // As qemu's number parsing: a leading '-' wraps around (strtoull), and is refused later.
+  if (v.empty() || *end) return refused("Parameter '" + key + "' expects a number");
   if (errno == ERANGE) return refused("Value '" + v + "' is too large for parameter '" + key + "'");
   return static_cast<uint64_t>(n);
 }
@@ -78,11 +79,12 @@ Result<AmendPlan> parse_amend_options(const std::map<std::string, std::string>& 
     } else if (key == "refcount_bits") {
       auto n = parse_number(key, value);
       if (!n) return n.error();
-      const uint64_t bits = *n;
-      if (bits == 0 || bits > 64 || (bits & (bits - 1)))
+      // qemu reads the width through an int.
+      const int32_t bits = static_cast<int32_t>(static_cast<uint32_t>(*n));
+      if (bits <= 0 || bits > 64 || (bits & (bits - 1)))
         return refused("Refcount width must be a power of two and may not exceed 64 bits");
       uint32_t order = 0;
-      while ((1ull << order) < bits) ++order;
+      while ((1 << order) < bits) ++order;
       p.refcount_order = order;
     } else if (among(kEncryptAmend, key)) {
       p.encryption = true;
