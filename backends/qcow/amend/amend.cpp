@@ -20,10 +20,10 @@ Error refused(const std::string& message) { return Error(Errc::invalid_argument,
 Error unsupported(const std::string& message) { return Error(Errc::not_supported, message); }
 
 // The create options of qcow2 that amend does not take: qemu-img adds a hint for them.
-constexpr std::array<const char*, 13> kCreateOnly = {
+constexpr std::array<const char*, 12> kCreateOnly = {
     "encryption", "encrypt.format", "encrypt.key-secret", "encrypt.cipher-alg",
     "encrypt.cipher-mode", "encrypt.ivgen-alg", "encrypt.ivgen-hash-alg", "encrypt.hash-alg",
-    "cluster_size", "extended_l2", "preallocation", "compression_type", "encrypt.iter-time-x"};
+    "cluster_size", "extended_l2", "preallocation", "compression_type"};
 constexpr std::array<const char*, 5> kEncryptAmend = {"encrypt.state", "encrypt.keyslot", "encrypt.old-secret",
                                                       "encrypt.new-secret", "encrypt.iter-time"};
 

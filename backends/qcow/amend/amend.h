@@ -7,8 +7,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
+
+#include "vd/error.h"
 
 namespace vd::qcow {
 
@@ -24,11 +28,10 @@ struct AmendPlan {
   bool encryption = false;  // encrypt.* key slot options
 };
 
-}  // namespace vd::qcow
+// qemu-img's parsing of amend -o for qcow2: unknown and create-only keys, value types, the
+// refcount width and compat level refused with qemu-img's messages.
+Result<AmendPlan> parse_amend_options(const std::map<std::string, std::string>& options);
 
-#include <functional>
-
-namespace vd::qcow {
 
 // QEMU's amend progress (qcow2_amend_helper_cb): several operations share one bar; the
 // total is projected from the operations seen so far.
