@@ -15,4 +15,14 @@ Error Image::snapshot_create(const std::string&) { return no_snapshots(*this); }
 Error Image::snapshot_apply(const std::string&) { return no_snapshots(*this); }
 Error Image::snapshot_delete(const std::string&) { return no_snapshots(*this); }
 
+Error Image::make_empty() {
+  return Error(Errc::not_supported, "Image format driver does not support the operation").image(path());
+}
+
+Error Image::amend(const AmendOptions&) {
+  // qemu-img's words, which name the format rather than the image.
+  return Error(Errc::not_supported, "Format driver '" + std::string(backend().name()) +
+                                        "' does not support option amendment");
+}
+
 }  // namespace vd

@@ -26,22 +26,33 @@ Error QcowImage::set_lchs(const Geometry& g) {
 }
 
 // Growing: the new size is recorded, and a larger L1 table is allocated and written when the
-// old one cannot map it. Shrinking would have to free clusters: refused for now.
+// old one cannot map it. Shrinking frees the clusters past the new end (truncate_ops.cpp).
 Error QcowImage::resize(uint64_t new_size) {
   if (Error e = refuse_write("resize")) return e;
   if (hdr_.version == 1)
-    return Error(Errc::not_supported, "QCOW version 1 images cannot be resized").image(path_);
+    return Error(Errc::not_supported, "Image format driver does not support resize").image(path_);
   if (new_size % kSectorBytes)
     return Error(Errc::invalid_argument, "The new size must be a multiple of 512").image(path_);
-  if (new_size < size_)
-    return Error(Errc::not_supported, "shrinking QCOW2 images is not supported").image(path_);
   if (writes_active_ || flushing_)
     return Error(Errc::busy, "resize while requests are in flight").image(path_);
-  if (Error e = grow_l1((new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage())) return e;
-  hdr_.size = new_size;
-  size_ = new_size;
-  header_dirty_ = true;
-  return FlushRequest::run_sync(*this);
+  // A v2 snapshot records no disk size: it would take the new one (QEMU refuses too).
+  if (hdr_.version == 2 && !snapshots_.empty())
+    return Error(Errc::not_supported, "Can't resize a v2 image which has snapshots").image(path_);
+  if (new_size < size_) {
+    if (Error e = shrink(new_size)) return e;
+  } else {
+    if (Error e = grow_l1((new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage())) return e;
+    hdr_.size = new_size;
+    size_ = new_size;
+    header_dirty_ = true;
+    if (Error e = FlushRequest::run_sync(*this)) return e;
+  }
+  // An external data file takes the new size too, as QEMU does (after a shrink, once no
+  // entry points past the end any more).
+  if (data_file_) {
+    if (Error e = data_file_->set_size(new_size)) return e.wrap("resizing", "external data file").image(path_);
+  }
+  return {};
 }
 
 // A larger active L1 table in new clusters; the flush writes it whole before the header

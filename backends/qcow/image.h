@@ -5,6 +5,8 @@
 //   image_meta.cpp        the backing file reference (rebase)
 //   image_overlap.cpp     the overlap check before every write
 //   snapshot_ops.cpp      internal snapshots (synchronous)
+//   amend/                qemu-img amend: options, downgrade, refcount width
+//   truncate_ops.cpp      resize --shrink and make_empty: clusters dropped for good
 //   io/image_lookup.cpp   guest offset -> run, loading L2 tables (joined when already in flight)
 //   io/image_read.cpp     read and block_status
 //   io/image_write.cpp    write entry points, the write gate, allocation helpers, table updates
@@ -38,6 +40,7 @@
 #include <vector>
 
 #include "backends/crypto/crypto.h"
+#include "backends/qcow/amend/amend.h"
 #include "backends/qcow/io/keyed_locks.h"
 #include "backends/qcow/meta/format.h"
 #include "backends/qcow/meta/l2_cache.h"
@@ -93,6 +96,10 @@ class QcowImage final : public Image {
   Error snapshot_delete(const std::string& id_or_name) override;
   Result<CheckReport> check(RepairMode repair) override;
   Error close(bool remove) override;
+  // truncate_ops.cpp
+  Error make_empty() override;
+  // amend/amend.cpp
+  Error amend(const AmendOptions& opts) override;
 
   const Header& header() const { return hdr_; }
   const Layout& layout() const { return layout_; }
@@ -220,6 +227,19 @@ class QcowImage final : public Image {
   Error prepare_snapshot_op(const char* op);
   Error write_snapshot_table(std::vector<Snapshot> snaps);
   Error select_snapshot(const std::string& name);
+
+  // amend/: qemu-img amend (amend.h)
+  Error write_header_now();
+  Error upgrade();
+  Error downgrade(AmendProgress& progress);
+  Error expand_zero_clusters(const std::vector<uint64_t>& l1, std::set<uint64_t>& seen,
+                             const std::function<void(uint64_t)>& step);
+  Error change_refcount_order(uint32_t order, AmendProgress& progress);
+
+  // truncate_ops.cpp
+  Error drop_clusters(uint64_t from);
+  Error trim_file();
+  Error shrink(uint64_t new_size);
 
   // image_lookup.cpp
   void finish_l2_load(uint64_t l2_offset, Error e, L2Ptr table);

@@ -1,25 +1,92 @@
-// vdimg commit: writes what the top image holds into its backing file, so that the backing
-// file alone reads as the whole chain did. The top is left as it is (see commit()).
+// vdimg commit: writes what the top image and the images between it and the base hold into
+// the base, so that the base alone reads as the chain above it did (qemu-img commit). Without
+// -d or -b the top is then emptied, reading through to the base again; with -b BASE (any
+// image of the chain; implies -d) the top and the images between are left as they are.
 //
-// The top is opened alone; its own extents are found with block_status (level 0) and copied
-// through a second Disk opened read-write on the backing file; only the immediate backing
-// file is supported.
+// The chain is first opened read-only to learn its images; then each image is reopened on
+// its own (the base and, when it is emptied, the top read-write; the others read-only) and
+// assembled into one Disk, so the copy reads through the chain and the base's own partial
+// cluster writes still see what lies below it.
+//
+// Crash invariant: the base holds the data and is flushed before anything is removed from the
+// top. A crash during the copy leaves the top unchanged above a base that is partly updated
+// with the same data the top shows; a crash while emptying leaves a top some of whose
+// clusters read through to the base, which holds the same data.
+#include <chrono>
+#include <filesystem>
 #include <iostream>
+#include <thread>
 
+#include "backends/common/sizes.h"
+#include "host/vdimg/progress.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg commit [-f FMT] [-b BASE] [-d] [-p] [-q] IMAGE\n"
-    "Copies the data of IMAGE into its backing file.\n"
+    "usage: vdimg commit [-f FMT] [-b BASE] [-d] [-p] [-q] [-r RATE] IMAGE\n"
+    "Copies the data of IMAGE (and of the images between it and BASE) into BASE, by default\n"
+    "its backing file, then empties IMAGE.\n"
     "  -f FMT   format of IMAGE\n"
-    "  -b BASE  the backing file to commit into (only the immediate one is supported)\n"
-    "  -d       keep IMAGE's data (always the case: IMAGE is never emptied)\n"
+    "  -b BASE  the image of the backing chain to commit into (implies -d)\n"
+    "  -d       keep IMAGE's data (do not empty it)\n"
+    "  -p       show progress\n"
+    "  -r RATE  copy at most RATE bytes per second (k, M, G... suffixes)\n"
     "  -q       quiet\n";
 
 constexpr uint64_t kChunk = 2ull << 20;
+
+std::string canonical(const std::string& path) {
+  std::error_code ec;
+  auto p = std::filesystem::weakly_canonical(std::filesystem::absolute(path, ec), ec);
+  return ec ? path : p.string();
+}
+
+struct ChainEntry {
+  std::string path;
+  std::string format;
+};
+
+// The images of IMAGE's chain, top first, from a read-only open.
+vd::Result<std::vector<ChainEntry>> learn_chain(Context& ctx, const OpenRequest& top) {
+  auto disk = open_disk(ctx, top);
+  if (!disk) return disk.error();
+  std::vector<ChainEntry> chain;
+  for (size_t i = 0; i < (*disk)->depth(); ++i)
+    chain.push_back({(*disk)->image(i).path(), format_name((*disk)->image(i))});
+  (*disk)->close();
+  return chain;
+}
+
+// The level of BASE in the chain, matched as qemu-img does: BASE relative to the folder of
+// each image in turn, compared with that image's backing file, both canonical.
+std::optional<size_t> find_base(const std::vector<ChainEntry>& chain, const std::string& base) {
+  for (size_t i = 0; i + 1 < chain.size(); ++i) {
+    if (canonical(resolve_relative(chain[i].path, base)) == canonical(chain[i + 1].path)) return i + 1;
+  }
+  return std::nullopt;
+}
+
+// Reopens the chain image by image: `writable` levels read-write.
+vd::Result<std::unique_ptr<vd::Disk>> reopen(Context& ctx, const std::vector<ChainEntry>& chain,
+                                             size_t base, bool top_writable) {
+  std::vector<std::unique_ptr<vd::Image>> images;
+  for (size_t i = 0; i < chain.size(); ++i) {
+    const vd::Backend* backend = ctx.registry.find(chain[i].format);
+    if (!backend) return vd::Error(vd::Errc::not_found, "Unknown file format '" + chain[i].format + "'");
+    vd::OpenOptions o;
+    const bool writable = i == base || (i == 0 && top_writable);
+    o.flags = vd::open_format_given | (writable ? 0u : unsigned{vd::open_read_only});
+    auto img = backend->open(chain[i].path, o, ctx.rt.files());
+    if (!img) {
+      for (auto& open : images) open->close(false);
+      return name_image(img.error(), chain[i].path);
+    }
+    images.push_back(std::move(*img));
+  }
+  return vd::Disk::assemble(std::move(images), &ctx.rt.files());
+}
 
 vd::Result<vd::DiskExtent> status(vd::Runtime& rt, vd::Disk& d, uint64_t off, uint64_t len) {
   vd::DiskExtent x;
@@ -35,40 +102,72 @@ vd::Result<vd::DiskExtent> status(vd::Runtime& rt, vd::Disk& d, uint64_t off, ui
   return x;
 }
 
-// Copies one extent the top holds into the base disk, in chunks.
-vd::Error copy_extent(vd::Runtime& rt, vd::Disk& top, vd::Disk& base, uint64_t off,
-                      const vd::DiskExtent& x, std::vector<std::byte>& buf) {
-  if (x.extent.kind == vd::Extent::Kind::zero)
-    return rt.wait([&](vd::Completion done) {
-      base.write_zeroes(off, x.extent.length, 0, std::move(done));
-    });
-  for (uint64_t pos = 0; pos < x.extent.length; pos += kChunk) {
-    uint64_t n = std::min(kChunk, x.extent.length - pos);
-    buf.resize(n);
-    if (auto e = rt.wait([&](vd::Completion done) { top.read(off + pos, buf, std::move(done)); }))
-      return e;
-    if (auto e = rt.wait([&](vd::Completion done) { base.write(off + pos, buf, 0, std::move(done)); }))
-      return e;
+// Holds the copy to `rate` bytes per second (0: unlimited).
+class Throttle {
+ public:
+  explicit Throttle(uint64_t rate) : rate_(rate), start_(std::chrono::steady_clock::now()) {}
+  void account(uint64_t bytes) {
+    if (!rate_) return;
+    done_ += bytes;
+    auto due = start_ + std::chrono::duration<double>(static_cast<double>(done_) / static_cast<double>(rate_));
+    std::this_thread::sleep_until(due);
   }
-  return {};
-}
 
-// The top keeps its data afterwards (as qemu-img commit -d): emptying it needs a way to
-// make clusters unallocated again, and Image::discard follows qemu's discard rules, which
-// on an image with a backing file may leave zero clusters that would hide the base.
-vd::Error commit(vd::Runtime& rt, vd::Disk& top, vd::Disk& base) {
-  std::vector<std::byte> buf;
-  uint64_t end = std::min(top.size(), base.size());
-  for (uint64_t pos = 0; pos < end;) {
-    auto x = status(rt, top, pos, end - pos);
-    if (!x) return x.error();
-    if (x->level == 0 && x->extent.kind != vd::Extent::Kind::unallocated) {
-      if (auto e = copy_extent(rt, top, base, pos, *x, buf)) return e;
+ private:
+  uint64_t rate_;
+  uint64_t done_ = 0;
+  std::chrono::steady_clock::time_point start_;
+};
+
+struct CommitJob {
+  vd::Runtime& rt;
+  vd::Disk& disk;   // the chain from the top down to (and below) the base
+  size_t base;      // level of the base
+  ProgressLine& progress;
+  Throttle throttle;
+
+  vd::Image& base_image() { return disk.image(base); }
+
+  // Copies one extent held above the base into it, in chunks read through the chain.
+  vd::Error copy_extent(uint64_t off, const vd::DiskExtent& x, std::vector<std::byte>& buf) {
+    if (x.extent.kind == vd::Extent::Kind::zero)
+      return rt.wait([&](vd::Completion done) {
+        // May unmap, as qemu-img commit writes zeros: the base drops the cluster it had.
+        base_image().write_zeroes(off, x.extent.length, vd::zero_may_unmap, std::move(done));
+      });
+    for (uint64_t pos = 0; pos < x.extent.length; pos += kChunk) {
+      uint64_t n = std::min(kChunk, x.extent.length - pos);
+      buf.resize(n);
+      if (auto e = rt.wait([&](vd::Completion done) { disk.read(off + pos, buf, std::move(done)); }))
+        return e;
+      if (auto e = rt.wait([&](vd::Completion done) { base_image().write(off + pos, buf, 0, std::move(done)); }))
+        return e;
+      throttle.account(n);
     }
-    pos += x->extent.length;
+    return {};
   }
-  return rt.wait([&](vd::Completion done) { base.flush(std::move(done)); });
-}
+
+  // Every range some image above the base holds goes into the base; then the base is
+  // flushed: the data is durable there before the caller may empty the top.
+  vd::Error run() {
+    const uint64_t end = disk.size();
+    if (base_image().size() < end) {
+      if (auto e = base_image().resize(end)) return e;
+    }
+    std::vector<std::byte> buf;
+    for (uint64_t pos = 0; pos < end;) {
+      auto x = status(rt, disk, pos, end - pos);
+      if (!x) return x.error();
+      if (x->level >= 0 && static_cast<size_t>(x->level) < base &&
+          x->extent.kind != vd::Extent::Kind::unallocated) {
+        if (auto e = copy_extent(pos, *x, buf)) return e;
+      }
+      pos += x->extent.length;
+      progress(pos, end);
+    }
+    return rt.wait([&](vd::Completion done) { base_image().flush(std::move(done)); });
+  }
+};
 
 }  // namespace
 
@@ -78,42 +177,53 @@ int cmd_commit(const Argv& argv) {
                                 {'r', "rate-limit", true}, {0, "object", true}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
+  uint64_t rate = 0;
+  if (auto r = args->last("rate-limit")) {
+    auto parsed = vd::parse_size(*r);
+    if (!parsed) {
+      std::cerr << "vdimg: Invalid rate limit specified. You may use k, M, G, T, P or E suffixes for\n";
+      return fail("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+    }
+    rate = *parsed;
+  }
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
+  const bool quiet = args->has("quiet");
+  const auto base_name = args->last("base");
+  const bool keep = args->has("d") || base_name.has_value();
   Context ctx;
   OpenRequest req;
   req.path = args->positional[0];
   req.format = args->last("format");
-  req.flags = 0;
-  // The top alone: its chain would hold the backing file read-only, and that lock would
-  // keep out the read-write open of the backing file below (the top's own extents are all
-  // the copy reads).
-  req.no_backing = true;
-  auto top = open_disk(ctx, req);
-  if (!top) return fail(top.error());
-  const vd::Image& top_image = (*top)->image(0);
-  auto parent_name = top_image.parent_filename();
-  if (!parent_name || parent_name->empty()) return fail(req.path + ": Image does not have a backing file");
-  const std::string parent_path = resolve_relative(req.path, *parent_name);
-  if (auto b = args->last("base"); b && *b != parent_path && resolve_relative(req.path, *b) != parent_path)
-    return fail(req.path + ": only committing into the immediate backing file is supported");
-  OpenRequest base_req;
-  base_req.path = parent_path;
-  base_req.format = top_image.parent_format();
-  if (!base_req.format || base_req.format->empty()) {
-    auto probed = ctx.registry.probe(parent_path, ctx.rt.files());
-    if (!probed) return fail(probed.error());
-    base_req.format = std::string((*probed)->name());
+  auto chain = learn_chain(ctx, req);
+  if (!chain) return fail(chain.error());
+  size_t base = 1;
+  if (base_name) {
+    auto found = find_base(*chain, *base_name);
+    if (!found) return fail("Did not find '" + *base_name + "' in the backing chain of '" + req.path + "'");
+    base = *found;
+  } else if (chain->size() < 2) {
+    return fail("Image does not have a backing file");
   }
-  base_req.flags = 0;
-  auto base = open_disk(ctx, base_req);
-  if (!base) return fail(base.error());
-  vd::Error err = commit(ctx.rt, **top, **base);
-  vd::Error close_base = (*base)->close();
-  vd::Error close_top = (*top)->close();
+  auto disk = reopen(ctx, *chain, base, !keep);
+  if (!disk) return fail(disk.error());
+  ProgressLine progress(args->has("p") && !quiet);
+  CommitJob job{ctx.rt, **disk, base, progress, Throttle(rate)};
+  vd::Error err = job.run();
+  // The base is durable (job.run flushed it): only now may the top lose its clusters.
+  if (!err && !keep) {
+    err = (*disk)->image(0).make_empty();
+    if (err && err.kind() == vd::Errc::not_supported) {
+      std::cerr << "vdimg: " << err.message() << "\n";  // qemu-img reports it and goes on
+      err = {};
+    } else if (err) {
+      err = name_image(err, req.path);
+    }
+  }
+  progress.finish();
+  vd::Error close_err = (*disk)->close();
   if (err) return fail(err.wrap("commit").image(req.path));
-  if (close_base) return fail(name_image(close_base, base_req.path));
-  if (close_top) return fail(name_image(close_top, req.path));
-  if (!args->has("quiet")) std::cout << "Image committed.\n";
+  if (close_err) return fail(close_err);
+  if (!quiet) std::cout << "Image committed.\n";
   return kExitOk;
 }
 

@@ -12,7 +12,8 @@ const char kUsage[] =
     "usage: vdimg resize [-f FMT] [--shrink] [-q] IMAGE [+|-]SIZE\n"
     "Sets the virtual size of IMAGE to SIZE, or grows/shrinks it by SIZE.\n"
     "  -f FMT     format of IMAGE\n"
-    "  --shrink   allow making the image smaller (data past the new end is lost)\n"
+    "  --shrink   allow making the image smaller (data past the new end is lost;\n"
+    "             QCOW2 frees the clusters there, raw is truncated)\n"
     "  -q         quiet\n";
 
 // A leading '-' followed by a digit is a size, not an option: take it out before the option
@@ -39,9 +40,10 @@ vd::Result<uint64_t> new_size(const std::string& arg, uint64_t current) {
     return current + *amount;
   }
   if (sign == '-') {
-    if (*amount > current) return vd::Error(vd::Errc::invalid_argument, "New image size must be positive");
+    if (*amount >= current) return vd::Error(vd::Errc::invalid_argument, "New image size must be positive");
     return current - *amount;
   }
+  if (*amount == 0) return vd::Error(vd::Errc::invalid_argument, "New image size must be positive");
   return *amount;
 }
 
@@ -69,7 +71,14 @@ int cmd_resize(const Argv& argv_in) {
   if (!disk) return fail(disk.error());
   vd::Image& image = (*disk)->image(0);
   auto size = new_size(args->positional[1], image.size());
-  if (!size) return fail(name_image(size.error(), req.path));
+  if (!size) {
+    (*disk)->close();
+    return fail(size.error());  // qemu-img's words alone: the size is at fault, not the image
+  }
+  if (*size < image.size() && args->has("preallocation") && *args->last("preallocation") != "off") {
+    (*disk)->close();
+    return fail("Preallocation can only be used for growing images");
+  }
   if (*size < image.size() && !args->has("shrink")) {
     (*disk)->close();
     std::cerr << "vdimg: warning: Shrinking an image will delete all data beyond the shrunken "
@@ -79,7 +88,7 @@ int cmd_resize(const Argv& argv_in) {
   }
   vd::Error err = image.resize(*size);
   vd::Error close_err = (*disk)->close();
-  if (err) return fail(err.wrap("resize").image(req.path));
+  if (err) return fail(name_image(err, req.path));
   if (close_err) return fail(name_image(close_err, req.path));
   if (!args->has("quiet")) std::cout << "Image resized.\n";
   return kExitOk;

@@ -18,11 +18,12 @@ struct Subcommand {
 };
 
 const Subcommand kCommands[] = {
+    {"amend", vdimg::cmd_amend, "amend [-f FMT] [-p] [-q] [--force] -o OPTIONS IMAGE"},
     {"bench", vdimg::cmd_bench,
      "bench [-c N] [-d DEPTH] [-f FMT] [-n] [-o OFFSET] [--pattern=BYTE] [-q] [-s SIZE] "
      "[-S STEP] [-t CACHE] [-i AIO] [-w] [-U] IMAGE"},
     {"check", vdimg::cmd_check, "check [-f FMT] [-r leaks|all] [--output=human|json] [-q] IMAGE"},
-    {"commit", vdimg::cmd_commit, "commit [-f FMT] [-b BASE] [-d] [-p] [-q] IMAGE"},
+    {"commit", vdimg::cmd_commit, "commit [-f FMT] [-b BASE] [-d] [-p] [-q] [-r RATE] IMAGE"},
     {"compare", vdimg::cmd_compare, "compare [-f FMT] [-F FMT] [-s] [-p] [-q] IMAGE1 IMAGE2"},
     {"convert", vdimg::cmd_convert,
      "convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-B BACKING [-F FMT]] [-l SNAPSHOT] "

@@ -73,6 +73,7 @@ void print_snapshot_table(std::ostream& out, const std::vector<vd::SnapshotInfo>
 
 // Subcommands: each takes the words after its name.
 using Argv = std::vector<std::string>;
+int cmd_amend(const Argv& argv);
 int cmd_info(const Argv& argv);
 int cmd_create(const Argv& argv);
 int cmd_convert(const Argv& argv);

@@ -160,6 +160,14 @@ struct SnapshotInfo {
 
 enum class RepairMode { none, leaks, all };
 
+// qemu-img amend: format options to change on an existing image (qemu-img's -o key=value
+// pairs), with --force and a progress callback (done, total; may be called with total 0).
+struct AmendOptions {
+  std::map<std::string, std::string> options;
+  bool force = false;
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
 struct CheckReport {
   uint64_t corruptions = 0;
   uint64_t leaks = 0;
@@ -237,6 +245,13 @@ class VD_API Image {
   virtual Error snapshot_create(const std::string& name);
   virtual Error snapshot_apply(const std::string& id_or_name);
   virtual Error snapshot_delete(const std::string& id_or_name);
+
+  // Drops everything this image maps, so that it reads wholly through its parent again
+  // (qemu-img commit without -d); the image must be open read-write, nothing in flight.
+  virtual Error make_empty();
+  // Changes format options in place (qemu-img amend); formats without any answer
+  // not_supported. Refusals carry qemu-img's message.
+  virtual Error amend(const AmendOptions& opts);
 
   // Consistency check and repair (formats without metadata answer not_supported).
   virtual Result<CheckReport> check(RepairMode repair) = 0;

@@ -1,0 +1,86 @@
+// vdimg amend: changes format options of an existing image in place (qemu-img amend -o).
+// The format does the work (Image::amend); this parses the command line as qemu-img does
+// and prints its messages.
+#include <iostream>
+
+#include "host/vdimg/progress.h"
+#include "host/vdimg/vdimg.h"
+
+namespace vdimg {
+namespace {
+
+const char kUsage[] =
+    "usage: vdimg amend [-f FMT] [-p] [-q] [--force] -o OPTIONS IMAGE\n"
+    "Changes format options of IMAGE (see -o help).\n"
+    "  -f FMT      format of IMAGE\n"
+    "  -o OPTIONS  comma-separated key=value options to change\n"
+    "  -p          show progress\n"
+    "  --force     allow changes that qemu-img asks to be forced\n"
+    "  -q          quiet\n";
+
+// qemu-img amend -o help, for QCOW2.
+const char kQcow2Help[] =
+    "Amend options for 'qcow2':\n"
+    "  backing_file=<str>     - File name of a base image\n"
+    "  backing_fmt=<str>      - Image format of the base image\n"
+    "  compat=<str>           - Compatibility level (v2 [0.10] or v3 [1.1])\n"
+    "  data_file=<str>        - File name of an external data file\n"
+    "  data_file_raw=<bool (on/off)> - The external data file must stay valid as a raw image\n"
+    "  encrypt.iter-time=<num> - Time to spend in PBKDF in milliseconds\n"
+    "  encrypt.keyslot=<num>  - Select a single keyslot to modify explicitly\n"
+    "  encrypt.new-secret=<str> - New secret to set in the matching keyslots. Empty string to erase\n"
+    "  encrypt.old-secret=<str> - Select all keyslots that match this password\n"
+    "  encrypt.state=<str>    - Select new state of affected keyslots (active/inactive)\n"
+    "  lazy_refcounts=<bool (on/off)> - Postpone refcount updates\n"
+    "  refcount_bits=<num>    - Width of a reference count entry in bits\n"
+    "  size=<size>            - Virtual disk size\n";
+
+}  // namespace
+
+int cmd_amend(const Argv& argv) {
+  auto args = parse_args(argv, {{'f', "format", true}, {'o', "options", true}, {'p', nullptr, false},
+                                {'q', "quiet", false}, {0, "force", false}, {'t', "cache", true},
+                                {0, "object", true}, {0, "image-opts", false}});
+  if (!args) return fail(args.error());
+  if (args->help) return print_usage(kUsage);
+  if (!args->has("options"))
+    return fail("Must specify options (-o)\nTry 'vdimg --help' for more information");
+  auto list = parse_option_list(args->all("options"));
+  if (!list) return fail(list.error());
+  bool help = false;
+  vd::AmendOptions opts;
+  for (const auto& [key, value] : *list) {
+    if (key == "help" || key == "?") help = true;
+    else opts.options[key] = value;
+  }
+  if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
+  Context ctx;
+  OpenRequest req;
+  req.path = args->positional[0];
+  req.format = args->last("format");
+  req.flags = help ? unsigned{vd::open_read_only} : 0u;
+  req.no_backing = true;
+  auto disk = open_disk(ctx, req);
+  if (!disk) return fail(disk.error());
+  vd::Image& image = (*disk)->image(0);
+  const std::string format = format_name(image);
+  if (help) {
+    (*disk)->close();
+    if (format != "qcow2") return fail("Format driver '" + format + "' does not support option amendment");
+    std::cout << kQcow2Help;
+    return kExitOk;
+  }
+  const bool quiet = args->has("quiet");
+  ProgressLine progress(args->has("p") && !quiet);
+  opts.force = args->has("force");
+  opts.progress = [&progress](uint64_t done, uint64_t total) { progress(done, total); };
+  vd::Error err = image.amend(opts);
+  progress.finish();
+  vd::Error close_err = (*disk)->close();
+  // qemu-img's messages stand alone (they name an option, not the image).
+  if (err) return fail(err.message());
+  if (close_err) return fail(name_image(close_err, req.path));
+  return kExitOk;
+}
+
+}  // namespace vdimg
