@@ -374,6 +374,11 @@ extern "C" int vd_disk_open(vd_context* ctx, const char* path, const vd_open_opt
     }
     if (opts->passphrase) o.passphrase = opts->passphrase;
     if (opts->cache_bytes) o.cache_bytes = opts->cache_bytes;
+    if (opts->cache) {
+      auto mode = vd::parse_cache_mode(opts->cache);
+      if (!mode) return fail(VD_E_INVALID_ARGUMENT, "vd_disk_open: " + mode.error().message());
+      o.cache = *mode;
+    }
 
     auto d = std::make_unique<vd_disk>(ctx);
     const std::string file = path;

@@ -3,8 +3,11 @@
 #include "vd/runtime.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
+
+#include "host/io_uring.h"
 
 namespace vd {
 namespace {
@@ -16,11 +19,28 @@ unsigned default_io_threads() {
   return std::max(4u, 2 * hw);
 }
 
+// The provider `aio` asks for: VD_AIO decides `automatic` (so CI runs a suite on each
+// provider without changing the tests); io_uring where the kernel gives a ring, else threads.
+std::unique_ptr<IoProvider> make_provider(Aio& aio, boost::asio::any_io_executor ex,
+                                          boost::asio::thread_pool& pool) {
+  if (aio == Aio::automatic) {
+    const char* env = std::getenv("VD_AIO");
+    auto parsed = env ? parse_aio(env) : Result<Aio>(Aio::threads);
+    aio = parsed ? *parsed : Aio::threads;
+  }
+  if (aio == Aio::io_uring) {
+    if (auto ring = detail::make_uring_provider(ex, pool)) return ring;
+    aio = Aio::threads;
+  }
+  return std::make_unique<PosixIoProvider>(std::move(ex), pool);
+}
+
 }  // namespace
 
-Runtime::Runtime(unsigned io_threads)
-    : pool_(io_threads ? io_threads : default_io_threads()),
-      files_(std::make_unique<PosixIoProvider>(ctx_.get_executor(), pool_)) {}
+Runtime::Runtime(unsigned io_threads, Aio aio)
+    : pool_(io_threads ? io_threads : default_io_threads()), aio_(aio) {
+  files_ = make_provider(aio_, ctx_.get_executor(), pool_);
+}
 
 Runtime::~Runtime() {
   // Let queued jobs finish while the io_context they report to still exists; their
