@@ -21,7 +21,8 @@ const char kUsage[] =
     "Sends N requests (default 75000) of SIZE bytes (default 4 KiB), DEPTH in parallel\n"
     "(default 64), from OFFSET (default 0) advancing by STEP (default SIZE), wrapping at the end\n"
     "of the image. Reads unless -w; writes fill with --pattern (default 0).\n"
-    "-t (cache mode), -i (aio) and -n are accepted for qemu-img compatibility.\n"
+    "  -t CACHE  host cache mode: writeback (default), none, writethrough, directsync, unsafe\n"
+    "  -i AIO    threads (default) or io_uring; -n (qemu's native AIO) is refused\n"
     "  -U, --force-share  open even while another process writes IMAGE (not with -w)\n";
 
 struct BenchConfig {
@@ -131,7 +132,7 @@ vd::Error parse_config(const Args& args, BenchConfig& cfg) {
 int cmd_bench(const Argv& argv) {
   auto args = parse_args(argv, {{'c', "count", true}, {'d', "depth", true}, {'f', "format", true},
                                 {0, "flush-interval", true}, {'i', "aio", true},
-                                {'n', "nocache", false}, {0, "no-drain", false},
+                                {'n', "native", false}, {0, "no-drain", false},
                                 {'o', "offset", true}, {0, "pattern", true}, {'q', "quiet", false},
                                 {'s', "size", true}, {'S', "step-size", true}, {'t', "cache", true},
                                 {'w', "write", false}, {'U', "force-share", false},
@@ -141,8 +142,13 @@ int cmd_bench(const Argv& argv) {
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
   BenchConfig cfg;
   if (auto err = parse_config(*args, cfg)) return fail(err);
-  Context ctx;
+  auto cache = cache_args(*args, opt_cache | opt_aio, vd::CacheMode::writeback, "Invalid cache mode");
+  if (!cache) return fail(cache.error());
+  // qemu-img bench's -n is aio=native (Linux AIO), which vd does not have.
+  if (args->has("native")) return fail(vd::parse_aio("native").error());
+  Context ctx(cache->aio);
   OpenRequest req;
+  req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = cfg.write ? 0u : vd::open_read_only;

@@ -79,8 +79,11 @@ int cmd_commit(const Argv& argv) {
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
+  auto cache = cache_args(*args, opt_cache);
+  if (!cache) return fail(cache.error());
   Context ctx;
   OpenRequest req;
+  req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = 0;
@@ -105,6 +108,7 @@ int cmd_commit(const Argv& argv) {
     base_req.format = std::string((*probed)->name());
   }
   base_req.flags = 0;
+  base_req.cache = cache->cache;
   auto base = open_disk(ctx, base_req);
   if (!base) return fail(base.error());
   vd::Error err = commit(ctx.rt, **top, **base);
