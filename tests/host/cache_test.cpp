@@ -148,13 +148,17 @@ TEST_F(CacheTest, UnalignedDirectWritePastEndKeepsExactLength) {
 // vd's allocating writes (L2, refcount and header updates of a few bytes) are all aligned,
 // and qemu reads the result back intact.
 TEST_F(CacheTest, QcowChainWithCacheNoneIsDirectThroughoutAndQemuReadsIt) {
-  const std::string base = dir_.file("base.qcow2"), top = dir_.file("top.qcow2");
+ for (vd::Aio aio : {vd::Aio::threads, vd::Aio::io_uring}) {
+  SCOPED_TRACE(aio == vd::Aio::threads ? "threads" : "io_uring");
+  vd::Runtime rt(4, aio);
+  const std::string sub = aio == vd::Aio::threads ? "t-" : "u-";
+  const std::string base = dir_.file(sub + "base.qcow2"), top = dir_.file(sub + "top.qcow2");
   ASSERT_EQ(vdtest::run({"qemu-img", "create", "-q", "-f", "qcow2", base, "4M"}).exit_code, 0);
   ASSERT_EQ(vdtest::run({"qemu-io", "-c", "write -P 0x11 0 1M", base}).exit_code, 0);
   ASSERT_EQ(vdtest::run({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top}).exit_code, 0);
   vd::DiskOpenOptions o;
   o.cache = vd::CacheMode::none;
-  auto d = vd::Disk::open(top, o, registry_, rt_.files());
+  auto d = vd::Disk::open(top, o, registry_, rt.files());
   ASSERT_TRUE(d) << d.error().message();
   for (const auto& p : {base, top}) {
     auto fl = open_flags_of(p);
@@ -163,9 +167,9 @@ TEST_F(CacheTest, QcowChainWithCacheNoneIsDirectThroughoutAndQemuReadsIt) {
   }
   // Partial clusters over the backing data (copy-on-write) and sector-sized pieces.
   auto data = vdtest::pattern(3 * 512, 0x22);
-  ASSERT_FALSE(rt_.wait([&](vd::Completion done) { (*d)->write(512, data, 0, std::move(done)); }));
-  ASSERT_FALSE(rt_.wait([&](vd::Completion done) { (*d)->write(2 << 20, data, 0, std::move(done)); }));
-  ASSERT_FALSE(rt_.wait([&](vd::Completion done) { (*d)->flush(std::move(done)); }));
+  ASSERT_FALSE(rt.wait([&](vd::Completion done) { (*d)->write(512, data, 0, std::move(done)); }));
+  ASSERT_FALSE(rt.wait([&](vd::Completion done) { (*d)->write(2 << 20, data, 0, std::move(done)); }));
+  ASSERT_FALSE(rt.wait([&](vd::Completion done) { (*d)->flush(std::move(done)); }));
   ASSERT_FALSE((*d)->close());
   d->reset();
   auto check = vdtest::run({"qemu-img", "check", top});
@@ -173,6 +177,32 @@ TEST_F(CacheTest, QcowChainWithCacheNoneIsDirectThroughoutAndQemuReadsIt) {
   auto io = vdtest::run({"qemu-io", "-c", "read -P 0x11 0 512", "-c", "read -P 0x11 2048 1046528", top});
   EXPECT_EQ(io.exit_code, 0) << io.out << io.err;
   EXPECT_EQ(io.out.find("Pattern verification failed"), std::string::npos) << io.out;
+ }
+}
+
+TEST(UringTest, RuntimeUsesTheRingWhenAskedAndTheKernelHasIt) {
+  vd::Runtime rt(2, vd::Aio::io_uring);
+  if (rt.aio() != vd::Aio::io_uring) GTEST_SKIP() << "the kernel gives no io_uring";
+  vdtest::TempDir dir;
+  auto f = rt.files().open(dir.file("a"), vd::file_read | vd::file_write | vd::file_create);
+  ASSERT_TRUE(f.ok());
+  const uint64_t before = vd::io_counters().uring_ops.load();
+  auto data = vdtest::pattern(8192, 5);
+  ASSERT_FALSE(rt.wait([&](vd::Completion done) { (*f)->async_write(IoKind::data, 0, data, std::move(done)); }));
+  std::vector<std::byte> got(8192);
+  ASSERT_FALSE(rt.wait([&](vd::Completion done) { (*f)->async_read(IoKind::data, 0, got, std::move(done)); }));
+  ASSERT_FALSE(rt.wait([&](vd::Completion done) { (*f)->async_flush(std::move(done)); }));
+  ASSERT_FALSE(rt.wait([&](vd::Completion done) { (*f)->async_allocate(8192, 65536, std::move(done)); }));
+  EXPECT_EQ(got, data);
+  EXPECT_EQ(*(*f)->size(), 8192u + 65536u);
+  EXPECT_EQ(vd::io_counters().uring_ops.load(), before + 4);
+}
+
+TEST(UringTest, AioNamesAreQemus) {
+  EXPECT_EQ(*vd::parse_aio("threads"), vd::Aio::threads);
+  EXPECT_EQ(*vd::parse_aio("io_uring"), vd::Aio::io_uring);
+  EXPECT_EQ(vd::parse_aio("foo").error().message(), "Invalid aio option: foo");
+  EXPECT_TRUE(vd::parse_aio("native").error().is(vd::Errc::not_supported));
 }
 
 }  // namespace
