@@ -11,6 +11,7 @@
 // read-modify-write shares them with nobody.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -30,6 +31,7 @@ struct Fd {
   std::string path;
   unsigned align = 0;     // O_DIRECT: the logical block size; 0: buffered
   bool no_flush = false;  // cache=unsafe
+  std::atomic<bool> nowait{true};  // buffered reads may try RWF_NOWAIT (cleared where unsupported)
   Fd(int f, std::string p) : fd(f), path(std::move(p)) {}
   ~Fd();
   Fd(const Fd&) = delete;

@@ -7,7 +7,14 @@
 // Each job also holds a tracked-work executor, so the io_context does not run out of work
 // (and `Runtime::wait` keeps blocking in run_one) while a request is on the pool.
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
 
 #include <boost/asio/execution.hpp>
 #include <boost/asio/post.hpp>
@@ -39,6 +46,7 @@ Error PosixFile::allocate(uint64_t offset, uint64_t length) { return detail::all
 
 void PosixFile::async_read(IoKind, uint64_t offset, std::span<std::byte> buf, Completion done) {
   if (buf.empty()) return post_done(std::move(done), {});
+  if (read_nowait(offset, buf)) return post_done(std::move(done), {});
   submit([offset, buf](const Fd& f) { return detail::read_all(f, offset, buf); }, std::move(done));
 }
 void PosixFile::async_write(IoKind, uint64_t offset, std::span<const std::byte> buf, Completion done) {
@@ -65,6 +73,37 @@ void PosixFile::async_extent_at(uint64_t offset, ExtentCompletion done) {
     fd.reset();  // see submit
     boost::asio::post(work, [done = std::move(done), r = std::move(r)]() { done(r.error(), r ? *r : FileExtent{}); });
   });
+}
+
+// A buffered read whose pages are all in the page cache costs less done here, at once,
+// than a hop to the pool and back: preadv2 with RWF_NOWAIT does it when it cannot block and
+// refuses (EAGAIN) otherwise. True when the whole buffer was read (or lies past the end of
+// the file); the completion is still posted, never run inline. A file system that does not
+// know RWF_NOWAIT is not asked again.
+bool PosixFile::read_nowait(uint64_t offset, std::span<std::byte> buf) {
+  // VD_NOWAIT=0 turns it off (benchmarks compare; an escape hatch for odd file systems).
+  static const bool enabled = [] {
+    const char* v = std::getenv("VD_NOWAIT");
+    return !(v && std::string_view(v) == "0");
+  }();
+  if (!enabled || fd_->align || !fd_->nowait.load(std::memory_order_relaxed) || buf.size() > (size_t{1} << 20) ||
+      offset > static_cast<uint64_t>(INT64_MAX) - buf.size())
+    return false;
+  iovec iov{buf.data(), buf.size()};
+  ssize_t n;
+  do n = ::preadv2(fd_->fd, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS) fd_->nowait.store(false, std::memory_order_relaxed);
+    return false;
+  }
+  if (n == 0) {  // at or past the end of the file: zeros
+    std::memset(buf.data(), 0, buf.size());
+  } else if (static_cast<size_t>(n) < buf.size()) {
+    return false;  // partly cached, or the end of the file: the pool reads it all again
+  }
+  io_counters().nowait_reads++;
+  return true;
 }
 
 void PosixFile::post_done(Completion done, Error e) {

@@ -52,6 +52,7 @@ class PosixFile : public File {
     });
   }
   void post_done(Completion done, Error e);
+  bool read_nowait(uint64_t offset, std::span<std::byte> buf);
 
   std::shared_ptr<detail::Fd> fd_;
   boost::asio::any_io_executor ex_;
