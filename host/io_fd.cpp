@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -362,6 +364,8 @@ Result<std::shared_ptr<Fd>> open_fd(const std::string& path, unsigned mode) {
     if (Error e = truncate_fd(*owned, 0)) return e;
   }
   owned->no_flush = mode & file_no_flush;
+  struct statfs sfs {};
+  owned->in_memory = ::fstatfs(fd, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC;
   if (mode & file_direct) {
     auto a = probe_alignment(*owned);
     if (!a) return a.error();

@@ -31,6 +31,7 @@ struct Fd {
   std::string path;
   unsigned align = 0;     // O_DIRECT: the logical block size; 0: buffered
   bool no_flush = false;  // cache=unsafe
+  bool in_memory = false;           // on tmpfs: a buffered read never waits for a device
   std::atomic<bool> nowait{true};  // buffered reads may try RWF_NOWAIT (cleared where unsupported)
   Fd(int f, std::string p) : fd(f), path(std::move(p)) {}
   ~Fd();

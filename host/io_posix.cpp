@@ -91,7 +91,10 @@ bool PosixFile::read_nowait(uint64_t offset, std::span<std::byte> buf) {
     return false;
   iovec iov{buf.data(), buf.size()};
   ssize_t n;
-  do n = ::preadv2(fd_->fd, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
+  // tmpfs has no RWF_NOWAIT (EOPNOTSUPP), and needs none: its pages are memory, a read
+  // there is a copy that waits for no device.
+  const int flags = fd_->in_memory ? 0 : RWF_NOWAIT;
+  do n = ::preadv2(fd_->fd, &iov, 1, static_cast<off_t>(offset), flags);
   while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS) fd_->nowait.store(false, std::memory_order_relaxed);

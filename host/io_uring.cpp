@@ -131,6 +131,9 @@ class UringFile final : public PosixFile {
     if (buf.empty() || !fd_->aligned(offset, buf.size(), buf.data()) || buf.size() > (1u << 30) ||
         check_span(*fd_, "read", offset, buf.size()))
       return PosixFile::async_read(kind, offset, buf, std::move(done));
+    // On tmpfs a read is a copy: done here it costs less than the ring, which hands
+    // tmpfs reads to its worker threads (no RWF_NOWAIT there).
+    if (fd_->in_memory && read_nowait(offset, buf)) return post_done(std::move(done), {});
     start(Op::Kind::read, buf.data(), offset, buf.size(), false, std::move(done),
           [&](Completion d) { PosixFile::async_read(kind, offset, buf, std::move(d)); });
   }
