@@ -19,10 +19,10 @@ unsigned default_io_threads() {
   return std::max(4u, 2 * hw);
 }
 
-// The provider `aio` asks for: VD_AIO decides `automatic` (so CI runs a suite on each
-// provider without changing the tests); io_uring where the kernel gives a ring, else threads.
-std::unique_ptr<IoProvider> make_provider(Aio& aio, boost::asio::any_io_executor ex,
-                                          boost::asio::thread_pool& pool) {
+}  // namespace
+
+std::unique_ptr<IoProvider> make_file_provider(Aio& aio, boost::asio::any_io_executor ex,
+                                               boost::asio::thread_pool& pool) {
   if (aio == Aio::automatic) {
     const char* env = std::getenv("VD_AIO");
     auto parsed = env ? parse_aio(env) : Result<Aio>(Aio::threads);
@@ -35,11 +35,9 @@ std::unique_ptr<IoProvider> make_provider(Aio& aio, boost::asio::any_io_executor
   return std::make_unique<PosixIoProvider>(std::move(ex), pool);
 }
 
-}  // namespace
-
 Runtime::Runtime(unsigned io_threads, Aio aio)
     : pool_(io_threads ? io_threads : default_io_threads()), aio_(aio) {
-  files_ = make_provider(aio_, ctx_.get_executor(), pool_);
+  files_ = make_file_provider(aio_, ctx_.get_executor(), pool_);
 }
 
 Runtime::~Runtime() {

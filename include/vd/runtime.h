@@ -47,6 +47,14 @@ VD_API IoCounters& io_counters();
 enum class Aio : uint8_t { automatic, threads, io_uring };
 VD_API Result<Aio> parse_aio(std::string_view name);
 
+// The real-file provider `aio` asks for, its completions posted to `completions`, blocking
+// work on `pool`; `aio` is updated to the one made (VD_AIO decides `automatic`, so CI runs a
+// suite on each provider without changing the tests; io_uring falls back to threads where
+// the kernel gives no ring). The provider must be destroyed before `pool` and the
+// executor's context.
+VD_API std::unique_ptr<IoProvider> make_file_provider(Aio& aio, boost::asio::any_io_executor completions,
+                                                      boost::asio::thread_pool& pool);
+
 // Real files. Blocking calls run on `pool`; completions are posted to `completions`.
 class VD_API PosixIoProvider : public IoProvider, public ExecutorSource {
  public:
