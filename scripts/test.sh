@@ -31,7 +31,7 @@ ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 900
 # The qemu interop suites (and the provider and cache-mode tests) again on the io_uring
 # provider: the default factory reads VD_AIO (the thread pool above is the default).
 VD_AIO=io_uring ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 900 \
-  -R 'Interop|VdimgQcow2|Cache|Uring|IoTest'
+  -R 'Interop|VdimgQcow2|Cache|Uring|IoTest|capi'
 
 # Many threads on one Disk under ThreadSanitizer: only that test binary and the library.
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVD_TSAN=ON >/dev/null
