@@ -208,8 +208,6 @@ class UringProvider final : public PosixIoProvider {
   // Takes completions off the ring until stopped; finished operations of one pass are
   // posted as one handler.
   void reap() {
-    std::vector<Op*> finished;
-    io_uring_cqe* cqes[kMaxBatch];
     while (true) {
       io_uring_cqe* first = nullptr;
       int r = io_uring_wait_cqe(&raw_, &first);
@@ -218,25 +216,78 @@ class UringProvider final : public PosixIoProvider {
         if (stop_) return;
         continue;
       }
-      const unsigned n = io_uring_peek_batch_cqe(&raw_, cqes, kMaxBatch);
+      Batch finished;
       bool woken = false;
-      for (unsigned i = 0; i < n; ++i) {
-        auto* op = static_cast<Op*>(io_uring_cqe_get_data(cqes[i]));
-        const int res = cqes[i]->res;
-        io_uring_cqe_seen(&raw_, cqes[i]);
-        if (!op) {
-          woken = true;
-          continue;
-        }
-        // Counted done only after a resubmit counted it again: the destructor must never
-        // see an idle ring while an operation goes round.
-        const bool fin = progress(*op, res);
-        ring_.completed();
-        if (fin) finished.push_back(op);
+      {
+        std::lock_guard lock(cq_m_);
+        take(finished, woken);
       }
-      if (!finished.empty()) deliver(finished);
+      if (!finished.empty()) deliver(std::move(finished));
       if (woken && stop_) return;
     }
+  }
+
+  using Batch = std::vector<std::unique_ptr<Op>>;
+
+  // Takes what the completion queue holds (under cq_m_): finished operations into `out`.
+  void take(Batch& out, bool& woken) {
+    io_uring_cqe* cqes[kMaxBatch];
+    const unsigned n = io_uring_peek_batch_cqe(&raw_, cqes, kMaxBatch);
+    for (unsigned i = 0; i < n; ++i) {
+      auto* op = static_cast<Op*>(io_uring_cqe_get_data(cqes[i]));
+      const int res = cqes[i]->res;
+      io_uring_cqe_seen(&raw_, cqes[i]);
+      if (!op) {
+        woken = true;
+        continue;
+      }
+      // Counted done only after a resubmit counted it again: the destructor must never
+      // see an idle ring while an operation goes round.
+      const bool fin = progress(*op, res);
+      ring_.completed();
+      if (fin) out.emplace_back(op);
+    }
+  }
+
+  static void release(Batch& ops) {
+    for (auto& op : ops) {
+      if (op->holds_range) release_write(*op->fd, op->offset, op->len);
+      op->holds_range = false;
+      op->fd.reset();  // closed once the File is gone too (see PosixFile::submit)
+    }
+  }
+
+  static void run(Batch& ops) {
+    for (auto& op : ops) {
+      Completion cb = std::move(op->cb);
+      Error e = std::move(op->err);
+      op.reset();
+      cb(std::move(e));
+    }
+  }
+
+  // Posts a batch to the executor. Once it has run, the executor takes whatever else has
+  // completed meanwhile itself (a few rounds at most, so other handlers get their turn):
+  // under load that saves the reaper's wake-up and a thread hop per completion.
+  void deliver(Batch ops) {
+    release(ops);
+    Tracked work = ops.front()->work;
+    boost::asio::post(work, [this, batch = std::move(ops)]() mutable {
+      run(batch);
+      for (int round = 0; round < 4; ++round) {
+        Batch more;
+        bool woken = false;
+        {
+          std::unique_lock lock(cq_m_, std::try_to_lock);
+          if (!lock.owns_lock()) return;
+          take(more, woken);
+        }
+        if (woken) ring_.wake();  // the reaper's, not ours: hand it back
+        if (more.empty()) return;
+        release(more);
+        run(more);
+      }
+    });
   }
 
   // Accounts one completion of `op`; true when it is done, false when it went back on the
@@ -281,8 +332,9 @@ class UringProvider final : public PosixIoProvider {
   void to_pool_allocate(Op& op) {
     boost::asio::post(pool_, [this, op = &op]() {
       op->err = allocate_fd(*op->fd, op->offset, op->len);
-      std::vector<Op*> one{op};
-      deliver(one);
+      Batch one;
+      one.emplace_back(op);
+      deliver(std::move(one));
     });
   }
 
@@ -307,6 +359,7 @@ class UringProvider final : public PosixIoProvider {
   boost::asio::any_io_executor ex_;
   boost::asio::thread_pool& pool_;
   io_uring raw_{};
+  std::mutex cq_m_;  // one consumer of the completion queue at a time
   Ring ring_;
   bool ok_ = false;
   std::atomic<bool> stop_{false};
