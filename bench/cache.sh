@@ -7,7 +7,7 @@
 #   -b BUILD_DIR  a Release build with vdimg (default: build-rel next to this script's repo)
 #   -m SIZE_MIB   image size (default 1024)
 #   -c COUNT      requests per read run (default 200000; the write case does SIZE/64k)
-#   -r RUNS       runs per tool and case, the median is kept (default 3)
+#   -r RUNS       rounds per case, every tool once per round, alternating (default 3)
 #
 # Cases (the goals of issue 13):
 #   shm-read-4k-d16     buffered, /dev/shm: 4 KiB reads at depth 16, scattered offsets, on a
@@ -57,78 +57,77 @@ cp "$shm/data.raw" "$disk/data.raw"
 cp "$shm/data.qcow2" "$disk/data.qcow2"
 sync
 
-# Median requests/s of RUNS runs of a command printing qemu-img bench's
-# "Run completed in S seconds." (or fio's JSON).
+# One case: every tool once per round, the tools alternating, RUNS rounds; the median
+# requests/s of each. A tool is "label|kind|command": kind bench reads qemu-img bench's
+# "Run completed in S seconds." (N requests), kind fio reads fio's terse read IOPS.
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-bench_rate() {  # REQUESTS CMD...
-  local n=$1; shift
-  for ((i = 0; i < runs; i++)); do
+rate_of() {  # KIND N CMD...
+  local kind=$1 n=$2; shift 2
+  if [[ $kind == fio ]]; then
+    "$@" --output-format=terse --terse-version=3 | awk -F';' '{print $8}'
+  else
     "$@" | awk -v n="$n" '/Run completed in/ {printf "%.0f\n", n / $4}'
-  done | median
+  fi
 }
-fio_rate() {  # fio args...
-  for ((i = 0; i < runs; i++)); do
-    fio --output-format=terse --terse-version=3 "$@" | awk -F';' '{print $8}'
-  done | median
-}
-drop() { dd if="$1" iflag=nocache count=0 2>/dev/null || true; }
-
 rows=()
-row() { rows+=("| $1 | $2 | $3 | $4 |"); }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "-"}'; }
+run_case() {  # CASE N TOOL... (the first tool is the ratios' base)
+  local c=$1 n=$2; shift 2
+  local tools=("$@") results=() i t
+  echo "$c" >&2
+  for ((r = 0; r < runs; r++)); do
+    for i in "${!tools[@]}"; do
+      IFS='|' read -r label kind cmd <<< "${tools[$i]}"
+      results[$i]+="$(eval "rate_of $kind $n $cmd") "
+    done
+  done
+  local base=""
+  for i in "${!tools[@]}"; do
+    IFS='|' read -r label kind cmd <<< "${tools[$i]}"
+    local m
+    m=$(tr ' ' '\n' <<< "${results[$i]}" | grep . | median)
+    [[ -z $base ]] && base=$m
+    rows+=("| $c | $label | $m | $(ratio "$m" "$base") |")
+  done
+}
 
-# ---- shm-read-4k-d16 ------------------------------------------------------------------------
-c="shm-read-4k-d16"
-echo "$c" >&2
-f=$(fio_rate --name=r --filename="$shm/data.raw" --rw=randread --bs=4k --ioengine=psync \
-      --number_ios="$count" --size="$size" --randrepeat=1)
-row "$c" "fio psync randread (raw)" "$f" "1.00"
-for aio in threads io_uring; do
-  r=$(bench_rate "$count" "$vdimg" bench -f qcow2 -c "$count" -d 16 -s 4k -S $step -i $aio "$shm/data.qcow2")
-  row "$c" "vdimg bench -i $aio" "$r" "$(ratio "$r" "$f")"
-  r=$(bench_rate "$count" qemu-img bench -f qcow2 -c "$count" -d 16 -s 4k -S $step -i $aio "$shm/data.qcow2")
-  row "$c" "qemu-img bench -i $aio" "$r" "$(ratio "$r" "$f")"
-done
-r=$(bench_rate "$count" env VD_NOWAIT=0 "$vdimg" bench -f qcow2 -c "$count" -d 16 -s 4k -S $step -i threads "$shm/data.qcow2")
-row "$c" "vdimg bench -i threads, VD_NOWAIT=0 (no inline reads)" "$r" "$(ratio "$r" "$f")"
+q=qemu-img
+sq="$shm/data.qcow2"
+dq="$disk/data.qcow2"
+common="-f qcow2 -c $count -s 4k -S $step"
+run_case shm-read-4k-d16 "$count" \
+  "fio psync randread (raw)|fio|fio --name=r --filename=$shm/data.raw --rw=randread --bs=4k --ioengine=psync --number_ios=$count --size=$size --randrepeat=1" \
+  "vdimg bench -i threads|bench|$vdimg bench $common -d 16 -i threads $sq" \
+  "qemu-img bench -i threads|bench|$q bench $common -d 16 -i threads $sq" \
+  "vdimg bench -i io_uring|bench|$vdimg bench $common -d 16 -i io_uring $sq" \
+  "qemu-img bench -i io_uring|bench|$q bench $common -d 16 -i io_uring $sq" \
+  "vdimg bench -i threads, VD_NOWAIT=0 (no inline reads)|bench|env VD_NOWAIT=0 $vdimg bench $common -d 16 -i threads $sq"
 
-# ---- direct-read-4k-d32 ---------------------------------------------------------------------
-c="direct-read-4k-d32"
-echo "$c" >&2
-drop "$disk/data.raw"; drop "$disk/data.qcow2"
-f=$(fio_rate --name=r --filename="$disk/data.raw" --rw=randread --bs=4k --ioengine=io_uring --direct=1 \
-      --iodepth=32 --number_ios="$count" --size="$size" --randrepeat=1)
-row "$c" "fio io_uring --direct=1 randread (raw)" "$f" "1.00"
-for aio in threads io_uring; do
-  r=$(bench_rate "$count" "$vdimg" bench -f qcow2 -t none -c "$count" -d 32 -s 4k -S $step -i $aio "$disk/data.qcow2")
-  row "$c" "vdimg bench -t none -i $aio" "$r" "$(ratio "$r" "$f")"
-  r=$(bench_rate "$count" qemu-img bench -f qcow2 -t none -c "$count" -d 32 -s 4k -S $step -i $aio "$disk/data.qcow2")
-  row "$c" "qemu-img bench -t none -i $aio" "$r" "$(ratio "$r" "$f")"
-done
+dd if="$disk/data.raw" iflag=nocache count=0 2>/dev/null || true
+dd if="$dq" iflag=nocache count=0 2>/dev/null || true
+run_case direct-read-4k-d32 "$count" \
+  "fio io_uring --direct=1 randread (raw)|fio|fio --name=r --filename=$disk/data.raw --rw=randread --bs=4k --ioengine=io_uring --direct=1 --iodepth=32 --number_ios=$count --size=$size --randrepeat=1" \
+  "vdimg bench -t none -i threads|bench|$vdimg bench $common -d 32 -t none -i threads $dq" \
+  "qemu-img bench -t none -i threads|bench|$q bench $common -d 32 -t none -i threads $dq" \
+  "vdimg bench -t none -i io_uring|bench|$vdimg bench $common -d 32 -t none -i io_uring $dq" \
+  "qemu-img bench -t none -i io_uring|bench|$q bench $common -d 32 -t none -i io_uring $dq"
 
-# ---- direct-write-64k -----------------------------------------------------------------------
-c="direct-write-64k"
-echo "$c" >&2
 wn=$((size / 65536))
-wr() {  # TOOL AIO
+wr() {  # TOOL AIO: a fresh empty QCOW2, then 64 KiB writes over all of it
   local out=$disk/w.qcow2
   rm -f "$out"
   qemu-img create -q -f qcow2 "$out" "$size"
   "$1" bench -w -f qcow2 -t none -c "$wn" -d 16 -s 64k -S 64k -i "$2" "$out"
 }
-base=""
-for tool in qemu-img "$vdimg"; do
-  for aio in threads io_uring; do
-    r=$(bench_rate "$wn" wr "$tool" "$aio")
-    name=$(basename "$tool")
-    [[ -z $base ]] && base=$r
-    row "$c" "$name bench -w -t none -i $aio" "$r" "$(ratio "$r" "$base")"
-  done
-done
+run_case direct-write-64k "$wn" \
+  "qemu-img bench -w -t none -i threads|bench|wr $q threads" \
+  "vdimg bench -w -t none -i threads|bench|wr $vdimg threads" \
+  "qemu-img bench -w -t none -i io_uring|bench|wr $q io_uring" \
+  "vdimg bench -w -t none -i io_uring|bench|wr $vdimg io_uring"
 
 echo
-echo "commit $commit, $(nproc) CPUs, load average $load_before -> $(load), $runs runs, median"
+echo "commit $commit, $(nproc) CPUs, load average $load_before -> $(load), $runs rounds (tools alternating), median"
 echo
-echo "| case | tool | requests/s | ratio |"
+echo "| case | tool | requests/s | ratio to the first row |"
 echo "|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
