@@ -60,12 +60,14 @@ static_assert(unsigned(VD_ZERO_MAY_UNMAP) == vd::zero_may_unmap);
 
 struct vd_context {
   explicit vd_context(unsigned io_threads)
-      : pool(io_threads), files(ioc.get_executor(), pool), registry(vd::Registry::builtin()),
+      : pool(io_threads), files(vd::make_file_provider(aio, ioc.get_executor(), pool)),
+        registry(vd::Registry::builtin()),
         guard(ioc.get_executor()) {}
 
   boost::asio::io_context ioc;
   boost::asio::thread_pool pool;
-  vd::PosixIoProvider files;
+  vd::Aio aio = vd::Aio::automatic;  // VD_AIO picks threads or io_uring
+  std::unique_ptr<vd::IoProvider> files;
   vd::Registry registry;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> guard;
   std::thread thread;
@@ -374,11 +376,16 @@ extern "C" int vd_disk_open(vd_context* ctx, const char* path, const vd_open_opt
     }
     if (opts->passphrase) o.passphrase = opts->passphrase;
     if (opts->cache_bytes) o.cache_bytes = opts->cache_bytes;
+    if (opts->cache) {
+      auto mode = vd::parse_cache_mode(opts->cache);
+      if (!mode) return fail(VD_E_INVALID_ARGUMENT, "vd_disk_open: " + mode.error().message());
+      o.cache = *mode;
+    }
 
     auto d = std::make_unique<vd_disk>(ctx);
     const std::string file = path;
     vd::Error err = run_on_executor(ctx, [&]() -> vd::Error {
-      auto r = vd::Disk::open(file, o, ctx->registry, ctx->files);
+      auto r = vd::Disk::open(file, o, ctx->registry, *ctx->files);
       if (!r) return r.error();
       d->disk = std::move(*r);
       const vd::Image& top = d->disk->image(0);

@@ -20,6 +20,9 @@
 namespace vd::detail {
 
 struct ChainState {
+  // The cache-mode wrapper the images were opened through (DiskOpenOptions::cache), when
+  // not writeback; declared first so that it outlives the images, which post through it.
+  std::unique_ptr<IoProvider> cache_io;
   std::vector<std::unique_ptr<Image>> images;  // 0 = top
   IoProvider* io = nullptr;  // the provider the images were opened with, when known
   bool closed = false;

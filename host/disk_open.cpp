@@ -146,7 +146,11 @@ Error ChainOpener::open_parent(bool& ended) {
 
 Result<std::unique_ptr<Disk>> Disk::open(const std::string& path, const DiskOpenOptions& opts,
                                          const Registry& registry, IoProvider& io) {
-  ChainOpener opener(opts, registry, io);
+  // The cache mode reaches every file of the chain as open bits (vd/cache.h).
+  std::unique_ptr<IoProvider> cache_io;
+  if (unsigned bits = cache_file_mode(opts.cache)) cache_io = std::make_unique<CacheIoProvider>(io, bits);
+  IoProvider& files = cache_io ? *cache_io : io;
+  ChainOpener opener(opts, registry, files);
   if (Error e = opener.open_top(path)) return e;
   for (bool ended = opts.no_backing; !ended;) {
     if (Error e = opener.open_parent(ended)) {
@@ -158,7 +162,8 @@ Result<std::unique_ptr<Disk>> Disk::open(const std::string& path, const DiskOpen
   }
   auto disk = assemble(opener.take());
   if (disk) {
-    (*disk)->impl_->chain.io = &io;  // posts without borrowing an image call
+    (*disk)->impl_->chain.io = &files;  // posts without borrowing an image call
+    (*disk)->impl_->chain.cache_io = std::move(cache_io);
     if (auto* src = dynamic_cast<ExecutorSource*>(&io)) (*disk)->impl_->ex = src->completion_executor();
   }
   return disk;

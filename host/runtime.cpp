@@ -3,8 +3,11 @@
 #include "vd/runtime.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
+
+#include "host/io_uring.h"
 
 namespace vd {
 namespace {
@@ -18,9 +21,24 @@ unsigned default_io_threads() {
 
 }  // namespace
 
-Runtime::Runtime(unsigned io_threads)
-    : pool_(io_threads ? io_threads : default_io_threads()),
-      files_(std::make_unique<PosixIoProvider>(ctx_.get_executor(), pool_)) {}
+std::unique_ptr<IoProvider> make_file_provider(Aio& aio, boost::asio::any_io_executor ex,
+                                               boost::asio::thread_pool& pool) {
+  if (aio == Aio::automatic) {
+    const char* env = std::getenv("VD_AIO");
+    auto parsed = env ? parse_aio(env) : Result<Aio>(Aio::threads);
+    aio = parsed ? *parsed : Aio::threads;
+  }
+  if (aio == Aio::io_uring) {
+    if (auto ring = detail::make_uring_provider(ex, pool)) return ring;
+    aio = Aio::threads;
+  }
+  return std::make_unique<PosixIoProvider>(std::move(ex), pool);
+}
+
+Runtime::Runtime(unsigned io_threads, Aio aio)
+    : pool_(io_threads ? io_threads : default_io_threads()), aio_(aio) {
+  files_ = make_file_provider(aio_, ctx_.get_executor(), pool_);
+}
 
 Runtime::~Runtime() {
   // Let queued jobs finish while the io_context they report to still exists; their

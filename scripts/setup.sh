@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config libboost-dev zlib1g-dev libzstd-dev
           libssl-dev libgtest-dev libgmock-dev qemu-utils bzip2 clang libclang-rt-dev valgrind
-          libnbd-bin python3-libnbd fio qemu-system-x86 busybox-static gnutls-bin)
+          libnbd-bin python3-libnbd fio qemu-system-x86 busybox-static gnutls-bin
+          liburing-dev strace)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

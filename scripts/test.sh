@@ -28,6 +28,10 @@ echo "Scratch folder for test images: $TMPDIR"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 900
+# The qemu interop suites (and the provider and cache-mode tests) again on the io_uring
+# provider: the default factory reads VD_AIO (the thread pool above is the default).
+VD_AIO=io_uring ctest --test-dir build-test -j"$(nproc)" --output-on-failure --timeout 900 \
+  -R 'Interop|VdimgQcow2|Cache|Uring|IoTest|capi'
 
 # Many threads on one Disk under ThreadSanitizer: only that test binary and the library.
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DVD_TSAN=ON >/dev/null

@@ -54,8 +54,11 @@ int cmd_amend(const Argv& argv) {
     else opts.options[key] = value;
   }
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
+  auto cache = cache_args(*args, opt_cache);
+  if (!cache) return fail(cache.error());
   Context ctx;
   OpenRequest req;
+  req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = help ? unsigned{vd::open_read_only} : 0u;

@@ -116,7 +116,7 @@ vd::Result<vd::CheckReport> repair_and_recheck(vd::Image& image, vd::RepairMode 
 int cmd_check(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {'r', "repair", true},
                                 {0, "output", true}, {'q', "quiet", false},
-                                {'U', "force-share", false}, {'T', "cache", true},
+                                {'U', "force-share", false}, {'T', nullptr, true},
                                 {0, "object", true}, {0, "image-opts", false},
                                 {0, "passphrase-file", true}});
   if (!args) return fail(args.error());
@@ -127,8 +127,11 @@ int cmd_check(const Argv& argv) {
   auto mode = repair_mode(*args);
   if (!mode) return fail(mode.error());
 
+  auto cache = cache_args(*args, opt_src_cache);
+  if (!cache) return fail(cache.error());
   Context ctx;
   OpenRequest req;
+  req.cache = cache->src_cache;
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = *mode == vd::RepairMode::none ? vd::open_read_only : vd::open_no_repair;

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "backends/common/sizes.h"
+#include "vd/cache.h"
 #include "host/vdimg/progress.h"
 #include "host/vdimg/vdimg.h"
 
@@ -70,7 +71,7 @@ std::optional<size_t> find_base(const std::vector<ChainEntry>& chain, const std:
 
 // Reopens the chain image by image: `writable` levels read-write.
 vd::Result<std::unique_ptr<vd::Disk>> reopen(Context& ctx, const std::vector<ChainEntry>& chain,
-                                             size_t base, bool top_writable) {
+                                             size_t base, bool top_writable, vd::CacheIoProvider& files) {
   std::vector<std::unique_ptr<vd::Image>> images;
   for (size_t i = 0; i < chain.size(); ++i) {
     const vd::Backend* backend = ctx.registry.find(chain[i].format);
@@ -78,7 +79,7 @@ vd::Result<std::unique_ptr<vd::Disk>> reopen(Context& ctx, const std::vector<Cha
     vd::OpenOptions o;
     const bool writable = i == base || (i == 0 && top_writable);
     o.flags = vd::open_format_given | (writable ? 0u : unsigned{vd::open_read_only});
-    auto img = backend->open(chain[i].path, o, ctx.rt.files());
+    auto img = backend->open(chain[i].path, o, files);
     if (!img) {
       for (auto& open : images) open->close(false);
       return name_image(img.error(), chain[i].path);
@@ -190,8 +191,11 @@ int cmd_commit(const Argv& argv) {
   const bool quiet = args->has("quiet");
   const auto base_name = args->last("base");
   const bool keep = args->has("d") || base_name.has_value();
+  auto cache = cache_args(*args, opt_cache);
+  if (!cache) return fail(cache.error());
   Context ctx;
   OpenRequest req;
+  req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
   auto chain = learn_chain(ctx, req);
@@ -204,7 +208,10 @@ int cmd_commit(const Argv& argv) {
   } else if (chain->size() < 2) {
     return fail("Image does not have a backing file");
   }
-  auto disk = reopen(ctx, *chain, base, !keep);
+  // -t applies to every image of the chain, as qemu-img's cache mode does; the provider
+  // outlives the disk (its images keep it to open and post).
+  vd::CacheIoProvider files(ctx.rt.files(), vd::cache_file_mode(cache->cache));
+  auto disk = reopen(ctx, *chain, base, !keep, files);
   if (!disk) return fail(disk.error());
   ProgressLine progress(args->has("p") && !quiet);
   CommitJob job{ctx.rt, **disk, base, progress, Throttle(rate)};

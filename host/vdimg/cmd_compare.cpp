@@ -267,13 +267,16 @@ int cmd_compare(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "a-format", true}, {'F', "b-format", true},
                                 {'s', "strict", false}, {'p', "progress", false},
                                 {'q', "quiet", false}, {'U', "force-share", false},
-                                {'T', "cache", true}, {0, "object", true},
+                                {'T', nullptr, true}, {0, "object", true},
                                 {0, "passphrase-file", true}, {0, "b-passphrase-file", true}});
   if (!args) return fail(args.error(), kExitOpen);
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 2, 2, "two image names")) return fail(err, kExitOpen);
+  auto cache = cache_args(*args, opt_src_cache);
+  if (!cache) return fail(cache.error());
   Context ctx;
   OpenRequest ra, rb;
+  ra.cache = rb.cache = cache->src_cache;
   ra.path = args->positional[0];
   ra.format = args->last("a-format");
   rb.path = args->positional[1];

@@ -78,7 +78,7 @@ vd::Result<vd::CreateOptions> target_options(const Args& args, uint64_t size) {
 // Creates DST (unless -n) and opens it read-write through its chain.
 vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args,
                                                   const std::string& fmt,
-                                                  const vd::CreateOptions& opts) {
+                                                  const vd::CreateOptions& opts, vd::CacheMode cache) {
   const std::string& path = args.positional[1];
   const vd::Backend* backend = ctx.registry.find(fmt);
   if (!backend) return vd::Error(vd::Errc::not_found, "Unknown file format '" + fmt + "'");
@@ -94,12 +94,14 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
   req.format = fmt;
   req.flags = 0;
   req.passphrase = opts.passphrase;
+  req.cache = cache;
   return open_disk(ctx, req);
 }
 
 // SRC through its chain, or one of its internal snapshots, with its passphrase.
-vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args) {
+vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args, vd::CacheMode cache) {
   OpenRequest req;
+  req.cache = cache;
   req.path = args.positional[0];
   req.format = args.last("format");
   req.force_share = args.has("force-share");
@@ -129,14 +131,17 @@ int cmd_convert(const Argv& argv) {
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 2, 2, "a source and a target image")) return fail(err);
+  // qemu-img writes the target with cache=unsafe unless -t says otherwise.
+  auto cache = cache_args(*args, opt_cache | opt_src_cache, vd::CacheMode::unsafe);
+  if (!cache) return fail(cache.error());
   Context ctx;
-  auto src = open_source(ctx, *args);
+  auto src = open_source(ctx, *args, cache->src_cache);
   if (!src) return fail(src.error());
 
   std::string out_fmt = args->last("O").value_or("raw");
   auto opts = target_options(*args, (*src)->size());
   if (!opts) return fail(name_image(opts.error(), args->positional[1]));
-  auto dst = open_target(ctx, *args, out_fmt, *opts);
+  auto dst = open_target(ctx, *args, out_fmt, *opts, cache->cache);
   if (!dst) return fail(dst.error());
 
   CopyOptions copy;

@@ -30,7 +30,7 @@ int cmd_io(const Argv& argv) {
                                 {'r', "read-only", false}, {'q', "quiet", false},
                                 {0, "passphrase-file", true}, {'U', "force-share", false},
                                 {'t', "cache", true}, {'n', "nocache", false},
-                                {'i', "aio", true}});
+                                {'i', "aio", true}, {'k', "native-aio", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
@@ -41,8 +41,12 @@ int cmd_io(const Argv& argv) {
     commands.push_back(std::move(*cmd));
   }
 
-  Context ctx;
+  auto cache = cache_args(*args, opt_cache | opt_nocache | opt_aio);
+  if (!cache) return fail(cache.error());
+  if (args->has("native-aio")) return fail(vd::parse_aio("native").error());
+  Context ctx(cache->aio);
   OpenRequest req;
+  req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
   bool read_only = args->has("read-only");

@@ -98,8 +98,11 @@ int cmd_rebase(const Argv& argv) {
   if (!backing->empty()) name = *backing;
   if (!name) fmt.reset();
 
+  auto cache = cache_args(*args, opt_cache | opt_src_cache);
+  if (!cache) return fail(cache.error());
   Context ctx;
   OpenRequest req;
+  req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = 0;
@@ -113,6 +116,7 @@ int cmd_rebase(const Argv& argv) {
       OpenRequest nreq;
       nreq.path = resolve_relative(req.path, *name);
       nreq.format = fmt;
+      nreq.cache = cache->src_cache;
       nreq.force_share = args->has("force-share");
       auto d = open_disk(ctx, nreq);
       if (!d) return fail(d.error().wrap("opening", "new backing file"));

@@ -40,6 +40,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
   o.passphrase = req.passphrase;
   o.snapshot = req.snapshot;
   o.no_backing = req.no_backing;
+  o.cache = req.cache;
   if (req.force_share) {
     if (!(req.flags & vd::open_read_only))
       return vd::Error(vd::Errc::invalid_argument, "force-share=on can only be used with read-only images")
@@ -55,6 +56,44 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
   auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
   if (!disk) return name_image(disk.error(), req.path);
   return disk;
+}
+
+vd::Result<CacheArgs> cache_args(const Args& args, unsigned which, vd::CacheMode cache_default,
+                                 const char* bad_cache) {
+  CacheArgs out;
+  out.cache = cache_default;
+  auto last = [&](const char* a, const char* b) {
+    std::optional<std::string> v;
+    for (const auto& [k, val] : args.options)
+      if (k == a || (b && k == b)) v = val;
+    return v;
+  };
+  if (which & opt_nocache) {
+    for (const auto& [k, v] : args.options)
+      if (k == "n" || k == "nocache") out.cache = vd::CacheMode::none;
+  }
+  if (which & opt_cache) {
+    if (auto v = last("t", "cache")) {
+      auto mode = vd::parse_cache_mode(*v);
+      if (!mode) return vd::Error(vd::Errc::invalid_argument, bad_cache ? bad_cache : "Invalid cache option: " + *v);
+      out.cache = *mode;
+    }
+  }
+  if (which & opt_src_cache) {
+    if (auto v = last("T", nullptr)) {
+      auto mode = vd::parse_cache_mode(*v);
+      if (!mode) return vd::Error(vd::Errc::invalid_argument, "Invalid source cache option: " + *v);
+      out.src_cache = *mode;
+    }
+  }
+  if (which & opt_aio) {
+    if (auto v = last("i", "aio")) {
+      auto aio = vd::parse_aio(*v);
+      if (!aio) return aio.error();
+      out.aio = *aio;
+    }
+  }
+  return out;
 }
 
 // The image is named once, by the error's path field; an error that has one keeps it.

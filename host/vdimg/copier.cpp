@@ -1,5 +1,7 @@
 #include "host/vdimg/copier.h"
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -65,8 +67,16 @@ struct CopyJob : std::enable_shared_from_this<CopyJob> {
 
 struct Worker : std::enable_shared_from_this<Worker> {
   std::shared_ptr<CopyJob> job;
-  // Allocated once per worker, uninitialised: every byte used is read into first.
-  std::unique_ptr<std::byte[]> buf, target;
+  // Allocated once per worker, uninitialised: every byte used is read into first. Page
+  // aligned, so that with -t/-T none the transfers need no bounce buffer.
+  struct Free {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  using Buffer = std::unique_ptr<std::byte, Free>;
+  static Buffer aligned(size_t n) {
+    return Buffer(static_cast<std::byte*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096)));
+  }
+  Buffer buf, target;
   uint64_t off = 0, len = 0, scanned = 0;
   // Runs of granules still to write: (start within the chunk, length, zeroes instead of data).
   struct Run { uint64_t start, length; bool zero; };
@@ -126,7 +136,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
   }
 
   void read_source() {
-    if (!buf) buf = std::make_unique_for_overwrite<std::byte[]>(job->opts.chunk);
+    if (!buf) buf = aligned(job->opts.chunk);
     auto self = shared_from_this();
     job->src.read(off, std::span(buf.get(), len), [self](vd::Error e) {
       if (e) return self->error(std::move(e));
@@ -136,7 +146,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
   }
 
   void read_target() {
-    if (!target) target = std::make_unique_for_overwrite<std::byte[]>(job->opts.chunk);
+    if (!target) target = aligned(job->opts.chunk);
     auto self = shared_from_this();
     job->dst.read(off, std::span(target.get(), len), [self](vd::Error e) {
       if (e) return self->error(std::move(e));

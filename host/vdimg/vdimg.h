@@ -23,8 +23,9 @@ inline constexpr int kExitError = 1;
 // The built-in formats plus those of the plugins main() loaded (--plugin, VD_PLUGIN_PATH).
 vd::Registry run_registry();
 
-// The environment of one run: the runtime, the registry and the -q flag.
+// The environment of one run: the runtime (with the -i aio), the registry and the -q flag.
 struct Context {
+  explicit Context(vd::Aio aio = vd::Aio::automatic) : rt(0, aio) {}
   vd::Runtime rt;
   vd::Registry registry = run_registry();
   bool quiet = false;
@@ -51,9 +52,27 @@ struct OpenRequest {
   bool no_backing = false;
   // -U/--force-share: share the image with writers (read-only opens only, as qemu-img).
   bool force_share = false;
+  vd::CacheMode cache = vd::CacheMode::writeback;  // -t or -T (cache_args)
 };
 vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req);
 
+
+// Host cache and aio options as qemu-img and qemu-io take them; one parser for every
+// command. `which` says which of the options the command has (its own spec must list them,
+// under the short letter or qemu's long name: cache, aio, nocache); -n is qemu-io's
+// nocache (short for -t none), not convert's or bench's -n.
+enum CacheOption : unsigned { opt_cache = 1, opt_src_cache = 2, opt_aio = 4, opt_nocache = 8 };
+struct CacheArgs {
+  vd::CacheMode cache = vd::CacheMode::writeback;      // -t: the image the command writes
+  vd::CacheMode src_cache = vd::CacheMode::writeback;  // -T: the images it only reads
+  vd::Aio aio = vd::Aio::automatic;                    // -i
+};
+// `cache_default`: qemu-img's default for -t (writeback; convert's is unsafe).
+// `bad_cache`: qemu-img's message for a bad -t, when not "Invalid cache option: MODE"
+// (bench says "Invalid cache mode").
+vd::Result<CacheArgs> cache_args(const Args& args, unsigned which,
+                                 vd::CacheMode cache_default = vd::CacheMode::writeback,
+                                 const char* bad_cache = nullptr);
 
 // Prefixes the image name unless the message already names it.
 vd::Error name_image(const vd::Error& error, const std::string& path);

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "vd/backend.h"
+#include "vd/cache.h"
 #include "vd/error.h"
 #include "vd/io.h"
 #include "vd/registry.h"
@@ -54,6 +55,8 @@ struct DiskOpenOptions {
   bool no_backing = false;              // open the top alone
   size_t max_depth = 256;               // longest chain accepted
   uint64_t cache_bytes = 32ull << 20;
+  // The host cache mode of every file of the chain (vd/cache.h), as qemu's cache=.
+  CacheMode cache = CacheMode::writeback;
 };
 
 // Where a range of the disk comes from.

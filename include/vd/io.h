@@ -42,6 +42,15 @@ enum FileMode : unsigned {
   // With file_lock on a read-only open: share every permission (QEMU's force-share, qemu-img
   // -U): the open succeeds while a writer holds the image, and never keeps one out.
   file_share_all = 1u << 6,
+  // Cache modes (QEMU's cache=, see CacheMode in vd/cache.h). file_direct bypasses the
+  // host page cache (O_DIRECT): the provider keeps every transfer aligned to the file's
+  // logical block size, bouncing unaligned buffers and read-modify-writing unaligned
+  // ranges, so callers need not care. file_write_through makes each write durable before it
+  // completes (O_DSYNC). file_no_flush makes flushes succeed without reaching the storage.
+  // Providers without a page cache ignore them.
+  file_direct = 1u << 7,
+  file_write_through = 1u << 8,
+  file_no_flush = 1u << 9,
 };
 
 // A run of data or of a hole in a file (where the storage knows holes).

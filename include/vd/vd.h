@@ -124,6 +124,9 @@ typedef struct vd_open_options {
   const char* format;      /* format of the top image ("qcow2", "raw", ...); NULL: probe */
   const char* passphrase;  /* for encrypted images; NULL: none */
   uint64_t cache_bytes;    /* metadata cache budget per image; 0: vd's default (32 MiB) */
+  /* Host cache mode of every file of the chain, as qemu's cache=: "writeback" (NULL),
+   * "none" (O_DIRECT), "writethrough", "directsync" (both) or "unsafe" (flushes ignored). */
+  const char* cache;
 } vd_open_options;
 
 /* Opens `path` and its backing chain (parent names relative to each child's folder).

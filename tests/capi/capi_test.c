@@ -321,6 +321,21 @@ int main(void) {
   CHECK_RC(vd_disk_close(base), VD_OK);
   CHECK_RC(vd_disk_free(base), VD_OK);
 
+  /* Cache modes by qemu's names; a bad one is refused with qemu's message. */
+  memset(&ro, 0, sizeof ro);
+  ro.cache = "fastest";
+  CHECK_RC(vd_disk_open(ctx, base_path, &ro, &missing), VD_E_INVALID_ARGUMENT);
+  CHECK(strstr(vd_last_error_message(), "Invalid cache option: fastest") != NULL);
+  ro.cache = "writethrough";
+  ro.flags = VD_OPEN_READ_ONLY;
+  CHECK_RC(vd_disk_open(ctx, base_path, &ro, &base), VD_OK);
+  {
+    static unsigned char got[4096];
+    CHECK_RC(vd_disk_pread(base, 4096, got, sizeof got), VD_OK);
+    CHECK(memcmp(got, expected + 4096, sizeof got) == 0);
+  }
+  CHECK_RC(vd_disk_free(base), VD_OK);
+
   /* The top over it, and a second disk on the same context. */
   CHECK(sh("cd '%s' && qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2", dir) == 0);
   CHECK(sh("qemu-img create -q -f raw '%s' 1M", other_path) == 0);

@@ -4,9 +4,11 @@
 
 #include <atomic>
 #include <boost/asio/post.hpp>
+#include <cstdlib>
 #include <cstring>
 
 #include "support/support.h"
+#include "vd/cache.h"
 #include "vd/runtime.h"
 
 namespace {
@@ -15,14 +17,30 @@ using vd::Errc;
 using vd::Error;
 using vd::IoKind;
 
-enum class Provider { posix, mem };
+// posix_direct: the pool with cache=none (O_DIRECT, on the build tree's file system, not
+// $TMPDIR, which may be tmpfs); uring: the io_uring provider, buffered and O_DIRECT.
+enum class Provider { posix, mem, posix_direct, uring, uring_direct };
+
+bool direct(Provider p) { return p == Provider::posix_direct || p == Provider::uring_direct; }
 
 class IoTest : public ::testing::TestWithParam<Provider> {
  protected:
-  IoTest() : mem_(rt_.executor()) {}
+  IoTest()
+      : dir_(direct(GetParam()) ? "." : (std::getenv("TMPDIR") && *std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp")),
+        rt_(4, GetParam() == Provider::uring || GetParam() == Provider::uring_direct ? vd::Aio::io_uring
+                                                                                        : vd::Aio::threads),
+        mem_(rt_.executor()),
+        direct_io_(rt_.files(), vd::file_direct) {}
 
-  vd::IoProvider& io() { return GetParam() == Provider::posix ? rt_.files() : mem_; }
+  vd::IoProvider& io() {
+    if (GetParam() == Provider::mem) return mem_;
+    return direct(GetParam()) ? static_cast<vd::IoProvider&>(direct_io_) : rt_.files();
+  }
   std::string path(const std::string& name) { return dir_.file(name); }
+  void TearDown() override {
+    // Every transfer an O_DIRECT file made was aligned.
+    EXPECT_EQ(vd::io_counters().unaligned_direct.load(), 0u);
+  }
 
   std::unique_ptr<vd::File> create(const std::string& name) {
     auto f = io().open(path(name), vd::file_read | vd::file_write | vd::file_create);
@@ -37,8 +55,9 @@ class IoTest : public ::testing::TestWithParam<Provider> {
   }
 
   vdtest::TempDir dir_;
-  vd::Runtime rt_{4};
+  vd::Runtime rt_;
   vd::MemIoProvider mem_;
+  vd::CacheIoProvider direct_io_;
 };
 
 bool all_zero(const std::vector<std::byte>& b) {
@@ -219,9 +238,18 @@ TEST_P(IoTest, FileDestroyedWhileRequestInFlightDoesNotCrash) {
   EXPECT_EQ(read_back(**g, 0, data.size()), data);
 }
 
-INSTANTIATE_TEST_SUITE_P(Providers, IoTest, ::testing::Values(Provider::posix, Provider::mem),
+INSTANTIATE_TEST_SUITE_P(Providers, IoTest,
+                         ::testing::Values(Provider::posix, Provider::mem, Provider::posix_direct,
+                                           Provider::uring, Provider::uring_direct),
                          [](const auto& info) {
-                           return info.param == Provider::posix ? "Posix" : "Mem";
+                           switch (info.param) {
+                             case Provider::posix: return "Posix";
+                             case Provider::mem: return "Mem";
+                             case Provider::posix_direct: return "PosixDirect";
+                             case Provider::uring: return "Uring";
+                             case Provider::uring_direct: return "UringDirect";
+                           }
+                           return "Unknown";
                          });
 
 // ---- Provider-specific ---------------------------------------------------------------------

@@ -22,9 +22,13 @@ extern char** environ;
 namespace vdtest {
 namespace fs = std::filesystem;
 
-TempDir::TempDir() {
+TempDir::TempDir() : TempDir([] {
   const char* base = std::getenv("TMPDIR");
-  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/vdtest.XXXXXX";
+  return std::string(base && *base ? base : "/tmp");
+}()) {}
+
+TempDir::TempDir(const std::string& base) {
+  std::string tmpl = base + "/vdtest.XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');
   if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed");

@@ -13,6 +13,8 @@ namespace vdtest {
 class TempDir {
  public:
   TempDir();
+  // Under `base` instead of $TMPDIR (O_DIRECT tests want a real file system, not tmpfs).
+  explicit TempDir(const std::string& base);
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
