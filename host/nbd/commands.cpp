@@ -4,6 +4,7 @@
 // NBD_CMD_FLAG_DF is sparse: ranges the chain says read as zeros go out as
 // NBD_REPLY_TYPE_OFFSET_HOLE, the rest as OFFSET_DATA (QEMU's nbd_co_send_sparse_read).
 #include "host/nbd/coro.h"  // first: before any Boost.Asio header
+#include <cstring>
 #include <boost/asio/dispatch.hpp>
 
 #include "host/nbd/connection.h"
@@ -14,6 +15,19 @@ using namespace proto;
 namespace asio = boost::asio;
 
 namespace {
+
+// Whether a write's payload is all zeros (detect-zeroes): word-wise, the tail byte-wise.
+bool all_zeros(std::span<const std::byte> b) {
+  size_t i = 0;
+  for (; i + 8 <= b.size(); i += 8) {
+    uint64_t w;
+    std::memcpy(&w, b.data() + i, 8);
+    if (w) return false;
+  }
+  for (; i < b.size(); ++i)
+    if (b[i] != std::byte{0}) return false;
+  return true;
+}
 
 // vd's error kinds as NBD error values (proto.md "Error values").
 uint32_t to_nbd_errno(const Error& e) {
@@ -245,8 +259,13 @@ void Connection::dispatch(Request req) {
     case kCmdWrite: {
       if (req.len == 0) return reply_ok(req);
       auto r = std::make_shared<Request>(std::move(req));
-      unsigned flags = (r->flags & kCmdFlagFua) ? write_fua : 0u;
-      disk.write(r->offset, {r->buf.data(), r->len}, flags, answer(self, r));
+      const bool fua = r->flags & kCmdFlagFua;
+      if (x.e.detect_zeroes != DetectZeroes::off && all_zeros({r->buf.data(), r->len})) {
+        unsigned zflags = (x.e.detect_zeroes == DetectZeroes::unmap && x.e.unmap) ? zero_may_unmap : 0u;
+        disk.write_zeroes(r->offset, r->len, zflags, answer(self, r, fua));
+        return;
+      }
+      disk.write(r->offset, {r->buf.data(), r->len}, fua ? write_fua : 0u, answer(self, r));
       return;
     }
     case kCmdFlush: {
@@ -255,7 +274,8 @@ void Connection::dispatch(Request req) {
       return;
     }
     case kCmdTrim: {
-      if (req.len == 0) return reply_ok(req);
+      // discard=ignore: a trim is advisory, so succeeding without freeing anything is right.
+      if (req.len == 0 || !x.e.unmap) return reply_ok(req);
       auto r = std::make_shared<Request>(std::move(req));
       disk.discard(r->offset, r->len, answer(self, r, r->flags & kCmdFlagFua));
       return;
@@ -266,7 +286,7 @@ void Connection::dispatch(Request req) {
       }
       if (req.len == 0) return reply_ok(req);
       auto r = std::make_shared<Request>(std::move(req));
-      unsigned flags = (r->flags & kCmdFlagNoHole) ? 0u : zero_may_unmap;
+      unsigned flags = (r->flags & kCmdFlagNoHole) || !x.e.unmap ? 0u : zero_may_unmap;
       disk.write_zeroes(r->offset, r->len, flags, answer(self, r, r->flags & kCmdFlagFua));
       return;
     }

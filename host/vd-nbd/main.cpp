@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
   int ready_fd = o.fork ? fork_server() : -1;
 
-  vd::Runtime rt;
+  vd::Runtime rt(0, o.aio);
   vd::Registry registry = vd::Registry::builtin();
   vd::nbd::ServerOptions sopts;
   sopts.max_connections = o.shared;
@@ -163,6 +163,7 @@ int main(int argc, char** argv) {
               (o.force_share ? vd::open_force_share : 0u);
     d.passphrase = passphrase;
     d.snapshot = o.snapshot;
+    d.cache = o.cache;
     if (!temp_overlay.empty()) d.format = "qcow2";
     auto disk = vd::Disk::open(img.path, d, registry, rt.files());
     if (!temp_overlay.empty()) unlink(temp_overlay.c_str());
@@ -179,6 +180,8 @@ int main(int argc, char** argv) {
     x.read_only = o.read_only;
     x.multi_conn = o.shared != 1;  // qemu-nbd's rule
     x.allocation_depth = o.allocation_depth;
+    x.unmap = o.discard_unmap;
+    x.detect_zeroes = o.detect_zeroes;
     const vd::Image& top = shared->image(0);
     x.fast_zero = top.backend().name() == "qcow2" && top.version() >= 3;
     if (vd::Error e = server.add_export(std::move(x))) return fail(e.message());

@@ -53,11 +53,21 @@ const char* const kUsage =
     "                            file with backing_file=FILE, redirect the write to\n"
     "                            the temporary one\n"
     "  -U, --force-share         open read-only images even while another process writes them\n"
-    "      --passphrase-file=FILE  the passphrase of an encrypted image\n";
+    "      --passphrase-file=FILE  the passphrase of an encrypted image\n"
+    "  -n, --nocache             disable host cache (--cache=none)\n"
+    "      --cache=MODE          host cache mode of every image of the chain: 'none'\n"
+    "                            (O_DIRECT), 'writeback' (default), 'writethrough',\n"
+    "                            'directsync' and 'unsafe'\n"
+    "      --aio=MODE            I/O engine: 'threads' (default) or 'io_uring'\n"
+    "      --discard=MODE        'ignore' (default: trims succeed and change nothing,\n"
+    "                            zeroes keep their space) or 'unmap' (trims and\n"
+    "                            zeroes free space)\n"
+    "      --detect-zeroes=MODE  'off' (default), 'on' (writes of zeros become zero\n"
+    "                            writes), 'unmap' (and free space; needs --discard=unmap)\n";
 
 namespace {
 
-enum LongOnly { kObject = 256, kTlsCreds, kFork, kPidFile, kPassphraseFile, kHandshakeLimit, kTlsAuthz, kCache, kAio };
+enum LongOnly { kObject = 256, kTlsCreds, kFork, kPidFile, kPassphraseFile, kHandshakeLimit, kTlsAuthz, kCache, kAio, kDiscard, kDetectZeroes };
 
 vd::Error bad(std::string msg) { return vd::Error(vd::Errc::invalid_argument, std::move(msg)); }
 
@@ -149,18 +159,22 @@ vd::Result<Options> parse_options(int argc, char** argv) {
       {"handshake-limit", required_argument, nullptr, kHandshakeLimit},
       {"cache", required_argument, nullptr, kCache},
       {"aio", required_argument, nullptr, kAio},
+      {"nocache", no_argument, nullptr, 'n'},
+      {"discard", required_argument, nullptr, kDiscard},
+      {"detect-zeroes", required_argument, nullptr, kDetectZeroes},
       {nullptr, 0, nullptr, 0},
   };
   Options o;
   std::map<std::string, TlsObject> tls_objects;
   std::optional<std::string> tls_creds;
   std::optional<std::string> pending_name, pending_desc;
+  bool seen_cache = false, seen_aio = false, seen_discard = false, native_aio = false;
   std::vector<std::pair<std::optional<std::string>, std::optional<std::string>>> names;  // per image
   optind = 1;
   opterr = 0;
   int c;
   // "-": positional arguments come back in order as option 1, so -x binds to the next FILE.
-  while ((c = getopt_long(argc, argv, "-hVp:b:k:e:tvx:D:AB:f:rl:Us", longopts, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, "-hVp:b:k:e:tvx:D:AB:f:rl:Usn", longopts, nullptr)) != -1) {
     switch (c) {
       case 1:
         o.images.push_back({optarg, "", ""});
@@ -207,8 +221,45 @@ vd::Result<Options> parse_options(int argc, char** argv) {
         break;
       case kTlsCreds: tls_creds = optarg; break;
       case kTlsAuthz: return vd::Error(vd::Errc::not_supported, "--tls-authz is not supported");
-      case kCache:
-      case kAio: return vd::Error(vd::Errc::not_supported, std::string("--") + (c == kCache ? "cache" : "aio") + " is not supported yet");
+      case 'n':
+      case kCache: {
+        if (seen_cache) return bad("-n and --cache can only be specified once");
+        seen_cache = true;
+        if (c == 'n') {
+          o.cache = vd::CacheMode::none;
+          break;
+        }
+        auto mode = vd::parse_cache_mode(optarg);
+        if (!mode) return bad(std::string("Invalid cache mode `") + optarg + "'");
+        o.cache = *mode;
+        break;
+      }
+      case kAio: {
+        if (seen_aio) return bad("--aio can only be specified once");
+        seen_aio = true;
+        std::string v = optarg;
+        if (v == "native") native_aio = true;
+        else if (auto a = vd::parse_aio(v)) o.aio = *a;
+        else return bad("Invalid aio mode '" + v + "'");
+        break;
+      }
+      case kDiscard: {
+        if (seen_discard) return bad("--discard can only be specified once");
+        seen_discard = true;
+        std::string v = optarg;
+        if (v == "unmap" || v == "on") o.discard_unmap = true;
+        else if (v == "ignore" || v == "off") o.discard_unmap = false;
+        else return bad("Invalid discard mode `" + v + "'");
+        break;
+      }
+      case kDetectZeroes: {
+        std::string v = optarg;
+        if (v == "off") o.detect_zeroes = vd::nbd::DetectZeroes::off;
+        else if (v == "on") o.detect_zeroes = vd::nbd::DetectZeroes::on;
+        else if (v == "unmap") o.detect_zeroes = vd::nbd::DetectZeroes::unmap;
+        else return bad("Failed to parse detect_zeroes mode: invalid parameter value: " + v);
+        break;
+      }
       case kFork: o.fork = true; break;
       case kPidFile: o.pid_file = optarg; break;
       case kPassphraseFile: o.passphrase_file = optarg; break;
@@ -244,6 +295,10 @@ vd::Result<Options> parse_options(int argc, char** argv) {
     if (pending_name || pending_desc) return bad("-x/-D after the last FILE");
   }
   if (o.force_share && !o.read_only) return bad("--force-share requires --read-only");
+  if (o.detect_zeroes == vd::nbd::DetectZeroes::unmap && !o.discard_unmap)
+    return bad("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap");
+  // qemu-nbd refuses native without O_DIRECT; vd has no Linux AIO engine at all.
+  if (native_aio) return bad("--aio=native (Linux AIO) is not implemented; use io_uring or threads");
   if (tls_creds) {
     auto it = tls_objects.find(*tls_creds);
     if (it == tls_objects.end()) return bad("No TLS credentials with id '" + *tls_creds + "'");

@@ -5,7 +5,10 @@
 #include <string>
 #include <vector>
 
+#include "vd/cache.h"
 #include "vd/error.h"
+#include "vd/nbd.h"
+#include "vd/runtime.h"
 
 namespace vdnbd {
 
@@ -34,6 +37,10 @@ struct Options {
   std::optional<std::string> pid_file;
   std::optional<std::string> passphrase_file;
   unsigned handshake_seconds = 10;
+  vd::CacheMode cache = vd::CacheMode::writeback;  // --cache / -n
+  vd::Aio aio = vd::Aio::automatic;                // --aio
+  bool discard_unmap = false;                      // --discard (qemu-nbd's default: ignore)
+  vd::nbd::DetectZeroes detect_zeroes = vd::nbd::DetectZeroes::off;
   bool help = false, version = false;
 };
 

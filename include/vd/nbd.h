@@ -66,6 +66,10 @@ struct ExportLimits {
   uint32_t max_payload = 32u << 20; // maximum request payload (reads, writes); larger is EINVAL
 };
 
+// Writes of buffers that are all zeros (qemu's detect-zeroes): `on` turns them into zero
+// writes, `unmap` into zero writes that may free space (needs Export::unmap).
+enum class DetectZeroes : uint8_t { off, on, unmap };
+
 struct Export {
   std::string name;         // "" is the default export (qemu-nbd's default too)
   std::string description;  // NBD_INFO_DESCRIPTION and NBD_OPT_LIST
@@ -79,6 +83,11 @@ struct Export {
   // ranges zero without writing data, QCOW2 v3); otherwise it fails with ENOTSUP at once.
   bool fast_zero = false;
   bool allocation_depth = false;  // also serve qemu:allocation-depth
+  // qemu's discard mode. true (--discard=unmap): TRIM frees space and WRITE_ZEROES without
+  // NO_HOLE may free it. false (qemu-nbd's default, discard=ignore): TRIM succeeds and changes
+  // nothing (TRIM is advisory: the data may stay), zeroes keep the space they had.
+  bool unmap = true;
+  DetectZeroes detect_zeroes = DetectZeroes::off;
   // Contexts beyond base:allocation (and qemu:allocation-depth): e.g. qemu:dirty-bitmap:NAME.
   std::vector<std::shared_ptr<MetaContext>> contexts;
   ExportLimits limits;
