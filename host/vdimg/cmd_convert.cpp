@@ -30,18 +30,6 @@ const char kUsage[] =
     "  -q                      quiet\n"
     "  -U, --force-share       open SRC even while another process writes it\n";
 
-// -l accepts "NAME", "snapshot.name=NAME" and "snapshot.id=ID" (comma-separated).
-std::string snapshot_ref(const std::string& arg) {
-  for (const char* key : {"snapshot.name=", "snapshot.id="}) {
-    size_t at = arg.find(key);
-    if (at != std::string::npos) {
-      std::string v = arg.substr(at + std::string(key).size());
-      return v.substr(0, v.find(','));
-    }
-  }
-  return arg;
-}
-
 // Prints qemu-img's progress line when it moved by at least 1%.
 struct Progress {
   double last = -1;

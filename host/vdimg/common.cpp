@@ -74,6 +74,17 @@ vd::Error expect_positional(const Args& args, size_t min, size_t max, const char
   return {};
 }
 
+std::string snapshot_ref(const std::string& arg) {
+  for (const char* key : {"snapshot.name=", "snapshot.id="}) {
+    size_t at = arg.find(key);
+    if (at != std::string::npos) {
+      std::string v = arg.substr(at + std::string(key).size());
+      return v.substr(0, v.find(','));
+    }
+  }
+  return arg;
+}
+
 std::string resolve_relative(const std::string& child_path, const std::string& name) {
   if (name.empty() || name[0] == '/') return name;
   size_t slash = child_path.rfind('/');

@@ -34,6 +34,8 @@ const Subcommand kCommands[] = {
     {"io", vdimg::cmd_io,
      "io [-f FMT] [-r] [-q] [--passphrase-file FILE] -c CMD [-c CMD]... IMAGE"},
     {"map", vdimg::cmd_map, "map [-f FMT] [--output=human|json] [-U] IMAGE"},
+    {"measure", vdimg::cmd_measure,
+     "measure [--output=human|json] [-O FMT] [-o OPTS] [--size N | [-f FMT] [-l SNAPSHOT] IMAGE]"},
     {"rebase", vdimg::cmd_rebase, "rebase [-f FMT] [-u] [-p] [-q] -b BACKING [-F FMT] IMAGE"},
     {"resize", vdimg::cmd_resize, "resize [-f FMT] [--shrink] [-q] IMAGE [+|-]SIZE"},
     {"snapshot", vdimg::cmd_snapshot, "snapshot [-l] [-q] IMAGE"},

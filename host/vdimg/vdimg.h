@@ -64,6 +64,9 @@ std::string format_name(const vd::Image& image);
 // Checks that exactly `count` positional arguments were given.
 vd::Error expect_positional(const Args& args, size_t min, size_t max, const char* what);
 
+// The snapshot a -l argument names: "NAME", "snapshot.name=NAME" or "snapshot.id=ID".
+std::string snapshot_ref(const std::string& arg);
+
 // Resolves a parent name recorded in an image the way the chain does: absolute stays, a
 // relative one is relative to the folder of the child.
 std::string resolve_relative(const std::string& child_path, const std::string& name);
@@ -85,5 +88,6 @@ int cmd_bench(const Argv& argv);
 int cmd_commit(const Argv& argv);
 int cmd_rebase(const Argv& argv);
 int cmd_snapshot(const Argv& argv);
+int cmd_measure(const Argv& argv);
 
 }  // namespace vdimg
