@@ -29,6 +29,8 @@ const Subcommand kCommands[] = {
      "[--passphrase-file FILE] SRC DST"},
     {"create", vdimg::cmd_create,
      "create -f FMT [-o OPTS] [-b BACKING [-F BACKING_FMT]] [-u] [-q] IMAGE [SIZE]"},
+    {"dd", vdimg::cmd_dd,
+     "dd [-U] [-f FMT] [-O FMT] [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS] if=INPUT of=OUTPUT"},
     {"info", vdimg::cmd_info,
      "info [-f FMT] [--output=human|json] [--backing-chain] [-U] IMAGE"},
     {"io", vdimg::cmd_io,

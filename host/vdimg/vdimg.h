@@ -89,5 +89,6 @@ int cmd_commit(const Argv& argv);
 int cmd_rebase(const Argv& argv);
 int cmd_snapshot(const Argv& argv);
 int cmd_measure(const Argv& argv);
+int cmd_dd(const Argv& argv);
 
 }  // namespace vdimg
