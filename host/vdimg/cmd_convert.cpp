@@ -1,7 +1,10 @@
 // vdimg convert: copies a disk (through its chain, or one of its snapshots) into a new image
 // of any format, sparse, with several requests in flight (copier.h).
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <iostream>
 
 #include "host/vdimg/copier.h"
@@ -12,8 +15,9 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-W] [-B BACKING [-F FMT]]\n"
-    "                     [-l SNAPSHOT] [-U] [--passphrase-file FILE] SRC DST\n"
+    "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [--target-is-zero] [-W]\n"
+    "                     [-B BACKING [-F FMT]] [-l SNAPSHOT] [-S SPARSE_SIZE] [-m N] [-r RATE]\n"
+    "                     [--salvage] [-U] [--passphrase-file FILE] SRC DST\n"
     "Copies SRC (through its backing chain) into a new image DST.\n"
     "  -f FMT                  format of SRC (probed when absent)\n"
     "  -O FMT                  format of DST (default raw)\n"
@@ -21,7 +25,14 @@ const char kUsage[] =
     "  -c                      compress DST's clusters (formats that can)\n"
     "  -p                      show progress\n"
     "  -n                      DST exists: do not create it\n"
+    "  --target-is-zero        with -n: DST reads as zeros already (zeros are not written)\n"
     "  -W                      allow out-of-order writes to DST (default: guest order)\n"
+    "  -S SPARSE_SIZE          zeros left unwritten only in runs of at least this many bytes\n"
+    "                          (default 4k, a multiple of 512 up to 16M); 0 writes every byte\n"
+    "                          (a fully allocated DST)\n"
+    "  -m N                    requests in flight (1 to 16; default 4)\n"
+    "  -r RATE                 write at most RATE bytes per second to DST\n"
+    "  --salvage               copy unreadable sectors of SRC as zeros (with a warning)\n"
     "  -B BACKING, -F FMT      give DST a backing file (its format)\n"
     "  -l SNAPSHOT             copy an internal snapshot of SRC (name, or snapshot.name=X,\n"
     "                          snapshot.id=X)\n"
@@ -101,6 +112,46 @@ vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args
   return open_disk(ctx, req);
 }
 
+// The options qemu-img checks while it reads the command line, in their order, and the
+// rules between them; returns the exit code of a refusal.
+std::optional<int> check_options(const Args& args, CopyOptions& copy) {
+  for (const auto& [key, value] : args.options) {
+    if (key == "S") {
+      auto n = cvtnum("buffer size for sparse output", value);
+      if (!n) return fail(n.error());
+      if (*n % 512 || *n / 512 > 32768)
+        return fail("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 "
+                    "up to 16777216. Select 0 to disable sparse detection (fully allocates output).");
+      copy.min_sparse = static_cast<uint64_t>(*n);
+    } else if (key == "m") {
+      char* end = nullptr;
+      errno = 0;
+      long m = std::strtol(value.c_str(), &end, 0);
+      if (value.empty() || *end || errno || m < 1 || m > 16)
+        return fail("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
+      copy.workers = static_cast<unsigned>(m);
+    } else if (key == "r") {
+      auto n = cvtnum("rate limit", value);
+      if (!n) return fail(n.error());
+      copy.rate_limit = static_cast<uint64_t>(*n);
+    }
+  }
+  if (args.has("n") && args.has("options")) return fail("-o has no effect when skipping image creation");
+  if (args.has("target-is-zero") && !args.has("n")) return fail("--target-is-zero requires use of -n flag");
+  if (args.positional.size() < 2) return fail("Must specify image file name");
+  return std::nullopt;
+}
+
+// The target's zero-detection unit: -S rounded down to a power of two (qemu-img aligns its
+// zero runs so). Where the target is not known to read as zeros, zeros and equal data are
+// found per granule, the target's cluster at least (a cluster is written whole anyway).
+uint64_t sparse_granule(uint64_t min_sparse, uint64_t cluster, bool precise) {
+  uint64_t g = 512;
+  while (g * 2 <= min_sparse) g *= 2;
+  if (precise) return g;
+  return std::max<uint64_t>({g, cluster, 4096});
+}
+
 }  // namespace
 
 int cmd_convert(const Argv& argv) {
@@ -112,10 +163,13 @@ int cmd_convert(const Argv& argv) {
                                 {'q', "quiet", false}, {'U', "force-share", false},
                                 {'W', nullptr, false}, {'m', nullptr, true},
                                 {'t', nullptr, true}, {'T', nullptr, true},
-                                {'S', nullptr, true}, {0, "passphrase-file", true},
-                                {0, "object", true}});
+                                {'S', nullptr, true}, {'r', nullptr, true},
+                                {0, "salvage", false}, {0, "target-is-zero", false},
+                                {0, "passphrase-file", true}, {0, "object", true}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
+  CopyOptions copy;
+  if (auto code = check_options(*args, copy)) return *code;
   if (auto err = expect_positional(*args, 2, 2, "a source and a target image")) return fail(err);
   Context ctx;
   auto src = open_source(ctx, *args);
@@ -124,14 +178,24 @@ int cmd_convert(const Argv& argv) {
   std::string out_fmt = args->last("O").value_or("raw");
   auto opts = target_options(*args, (*src)->size());
   if (!opts) return fail(name_image(opts.error(), args->positional[1]));
+  // qemu-img refuses this, after the source opened, and still exits 0.
+  if (args->has("target-is-zero") && opts->backing_file) {
+    fail("Cannot use --target-is-zero when the destination image has a backing file");
+    return kExitOk;
+  }
   auto dst = open_target(ctx, *args, out_fmt, *opts);
   if (!dst) return fail(dst.error());
+  if (args->has("n") && (*dst)->size() < (*src)->size()) return fail("output file is smaller than input file");
 
-  CopyOptions copy;
-  copy.granule = std::max<uint64_t>(4096, (*dst)->image(0).cluster_size());
   copy.write_flags = args->has("c") ? vd::write_compressed : 0u;
-  copy.target_is_zero = !args->has("n") && (*dst)->depth() == 1;
+  copy.target_is_zero = (!args->has("n") && (*dst)->depth() == 1) || args->has("target-is-zero");
+  copy.compare_target = !copy.target_is_zero && (*dst)->depth() > 1;
+  const uint64_t cluster = (*dst)->image(0).cluster_size();
+  copy.granule = copy.write_flags ? std::max<uint64_t>(4096, cluster)
+                                  : sparse_granule(copy.min_sparse, cluster, !copy.compare_target);
   copy.in_order = !args->has("W");
+  copy.salvage = args->has("salvage");
+  if (!args->has("quiet")) copy.warn = [](const std::string& w) { fail("warning: " + w); };
   bool progress = args->has("p") && !args->has("quiet");
   if (progress) copy.progress = Progress{};
   if (progress) Progress{}(0, (*src)->size());

@@ -42,21 +42,6 @@ struct DdOperands {
   std::optional<std::string> in, out;
 };
 
-// qemu-img's cvtnum_full: a size with suffixes in [min, max], its two messages.
-vd::Result<int64_t> cvtnum(const std::string& name, const std::string& text, int64_t min, int64_t max) {
-  auto n = vd::parse_size(text);
-  const bool overflow = !n && n.error().message().find("too large") != std::string::npos;
-  if (!n && !overflow) {
-    fail("Invalid " + name + " specified. You may use k, M, G, T, P or E suffixes for");
-    return vd::Error(vd::Errc::invalid_argument,
-                     "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-  }
-  if (!n || *n > static_cast<uint64_t>(max) || static_cast<int64_t>(*n) < min)
-    return vd::Error(vd::Errc::invalid_argument, "Invalid " + name + " specified. Must be between " +
-                                                     std::to_string(min) + " and " + std::to_string(max) + ".");
-  return static_cast<int64_t>(*n);
-}
-
 // The operands in order; the first bad one stops the command, as qemu-img.
 vd::Result<DdOperands> parse_operands(const std::vector<std::string>& words) {
   DdOperands d;

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "backends/common/sizes.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
@@ -72,6 +73,20 @@ vd::Error expect_positional(const Args& args, size_t min, size_t max, const char
     return vd::Error(vd::Errc::invalid_argument,
                      "Unexpected argument '" + args.positional[max] + "' (try --help)");
   return {};
+}
+
+vd::Result<int64_t> cvtnum(const std::string& name, const std::string& text, int64_t min, int64_t max) {
+  auto n = vd::parse_size(text);
+  const bool overflow = !n && n.error().message().find("too large") != std::string::npos;
+  if (!n && !overflow) {
+    fail("Invalid " + name + " specified. You may use k, M, G, T, P or E suffixes for");
+    return vd::Error(vd::Errc::invalid_argument,
+                     "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+  }
+  if (!n || *n > static_cast<uint64_t>(max) || static_cast<int64_t>(*n) < min)
+    return vd::Error(vd::Errc::invalid_argument, "Invalid " + name + " specified. Must be between " +
+                                                     std::to_string(min) + " and " + std::to_string(max) + ".");
+  return static_cast<int64_t>(*n);
 }
 
 std::string snapshot_ref(const std::string& arg) {

@@ -1,6 +1,9 @@
 #include "host/vdimg/copier.h"
 
 #include <algorithm>
+#include <boost/asio/steady_timer.hpp>
+#include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -32,7 +35,11 @@ struct KnownExtent {
 struct CopyJob : std::enable_shared_from_this<CopyJob> {
   vd::Disk& src;
   vd::Disk& dst;
+  boost::asio::io_context& io;
   CopyOptions opts;
+  // -r: when the copy started and how many bytes of writes were let through since.
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  uint64_t throttled_bytes = 0;
   uint64_t size;
   uint64_t next = 0;      // first byte not yet claimed by a worker
   uint64_t done_bytes = 0;
@@ -49,8 +56,18 @@ struct CopyJob : std::enable_shared_from_this<CopyJob> {
   std::map<uint64_t, uint64_t> skipped;
   std::map<uint64_t, std::shared_ptr<Worker>> parked;
 
-  CopyJob(vd::Disk& s, vd::Disk& d, CopyOptions o)
-      : src(s), dst(d), opts(std::move(o)), size(std::min(s.size(), d.size())) {}
+  CopyJob(vd::Disk& s, vd::Disk& d, boost::asio::io_context& c, CopyOptions o)
+      : src(s), dst(d), io(c), opts(std::move(o)), size(std::min(s.size(), d.size())) {}
+
+  // How long a write of `bytes` must wait to keep within the rate limit.
+  std::chrono::steady_clock::duration throttle(uint64_t bytes) {
+    if (!opts.rate_limit) return {};
+    const auto due = started + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                   std::chrono::duration<double>(double(throttled_bytes) / double(opts.rate_limit)));
+    throttled_bytes += bytes;
+    const auto now = std::chrono::steady_clock::now();
+    return due > now ? due - now : std::chrono::steady_clock::duration{};
+  }
 
   void start();
   void fail(vd::Error e);
@@ -68,6 +85,8 @@ struct Worker : std::enable_shared_from_this<Worker> {
   // Allocated once per worker, uninitialised: every byte used is read into first.
   std::unique_ptr<std::byte[]> buf, target;
   uint64_t off = 0, len = 0, scanned = 0;
+  // The parts of the chunk the source holds data in, [start, end) within the chunk.
+  std::vector<std::pair<uint64_t, uint64_t>> data;
   // Runs of granules still to write: (start within the chunk, length, zeroes instead of data).
   struct Run { uint64_t start, length; bool zero; };
   std::vector<Run> runs;
@@ -83,6 +102,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
     len = std::min(job->opts.chunk, job->size - off);
     job->next += len;
     scanned = 0;
+    data.clear();
     runs.clear();
     run_index = 0;
     scan();
@@ -93,7 +113,12 @@ struct Worker : std::enable_shared_from_this<Worker> {
   // a question is out, the other workers wait for its answer instead of asking again.
   void scan() {
     if (job->first_error) return job->worker_idle();
-    if (scanned >= len) return ready();
+    if (job->opts.min_sparse == 0 && scanned == 0) return read_source();  // all of it is written
+    if (scanned >= len) {
+      if (!data.empty()) return read_source();
+      if (!job->opts.target_is_zero && !job->opts.compare_target) return plan_sparse();  // zeros to write
+      return ready();
+    }
     const uint64_t at = off + scanned;
     if (job->known.contains(at)) return use_extent(job->known);
     if (job->status_pending) return job->status_waiters.push_back(shared_from_this());
@@ -120,8 +145,12 @@ struct Worker : std::enable_shared_from_this<Worker> {
   }
 
   void use_extent(const KnownExtent& k) {
-    if (k.data) return read_source();
-    scanned = std::min(len, k.end - off);
+    const uint64_t end = std::min(len, k.end - off);
+    if (k.data) {
+      if (!data.empty() && data.back().second == scanned) data.back().second = end;
+      else data.emplace_back(scanned, end);
+    }
+    scanned = end;
     scan();
   }
 
@@ -129,9 +158,32 @@ struct Worker : std::enable_shared_from_this<Worker> {
     if (!buf) buf = std::make_unique_for_overwrite<std::byte[]>(job->opts.chunk);
     auto self = shared_from_this();
     job->src.read(off, std::span(buf.get(), len), [self](vd::Error e) {
+      if (e && self->job->opts.salvage) return self->salvage(0);
       if (e) return self->error(std::move(e));
-      if (self->job->opts.target_is_zero) return self->plan();
-      self->read_target();
+      self->source_read();
+    });
+  }
+
+  void source_read() {
+    if (!job->opts.compare_target || job->opts.min_sparse == 0) return plan();
+    read_target();
+  }
+
+  // --salvage: the chunk again, one sector at a time; a sector that cannot be read is
+  // copied as zeros and reported (qemu-img's warning).
+  void salvage(uint64_t at) {
+    if (at >= len) return source_read();
+    const uint64_t n = std::min<uint64_t>(512, len - at);
+    auto self = shared_from_this();
+    job->src.read(off + at, std::span(buf.get() + at, n), [self, at, n](vd::Error e) {
+      if (e) {
+        std::memset(self->buf.get() + at, 0, n);
+        const int err = e.system_errno() ? e.system_errno() : EIO;
+        if (self->job->opts.warn)
+          self->job->opts.warn("error while reading offset " + std::to_string(self->off + at) + ": " +
+                               std::strerror(err));
+      }
+      self->salvage(at + n);
     });
   }
 
@@ -147,14 +199,16 @@ struct Worker : std::enable_shared_from_this<Worker> {
   // Splits the chunk into granules and merges those needing the same action into runs
   // (compressed writes keep one granule, the target's cluster, per run: see write_all).
   void plan() {
+    const bool compressed = job->opts.write_flags & vd::write_compressed;
+    if (!job->opts.compare_target && job->opts.min_sparse && !compressed) return plan_sparse();
     const uint64_t g = job->opts.granule;
-    for (uint64_t at = 0; at < len; at += g) {
+    const auto sparse = sparse_granules();
+    for (uint64_t at = 0, i = 0; at < len; at += g, ++i) {
       uint64_t n = std::min(g, len - at);
       const std::byte* p = buf.get() + at;
-      bool skip = job->opts.target_is_zero ? all_zero(p, n)
-                                           : std::equal(p, p + n, target.get() + at);
-      if (skip) continue;
-      bool zero = !job->opts.target_is_zero && all_zero(p, n);
+      bool same = job->opts.compare_target && job->opts.min_sparse && std::equal(p, p + n, target.get() + at);
+      if (same || (sparse[i] && job->opts.target_is_zero)) continue;
+      bool zero = sparse[i];
       if (!runs.empty() && runs.back().start + runs.back().length == at && runs.back().zero == zero &&
           !(job->opts.write_flags & vd::write_compressed))
         runs.back().length += n;
@@ -162,6 +216,82 @@ struct Worker : std::enable_shared_from_this<Worker> {
         runs.push_back({at, n, zero});
     }
     ready();
+  }
+
+  // The source's data is written, and within it the zeros qemu-img leaves out (zero_runs)
+  // are not; sector-precise, as qemu-img writes. A target that reads as zeros needs nothing
+  // else; an existing one gets the zeros written as zeros.
+  void plan_sparse() {
+    const bool zeros = !job->opts.target_is_zero;
+    uint64_t at = 0;
+    for (const auto& [a, b] : data) {
+      if (zeros && at < a) add_run(at, a - at, true);
+      for (at = a; at < b;) {
+        auto [is_data, n] = zero_runs(at, b - at);
+        if (is_data || zeros) add_run(at, n, !is_data);
+        at += n;
+      }
+    }
+    if (zeros && at < len) add_run(at, len - at, true);
+    ready();
+  }
+
+  void add_run(uint64_t at, uint64_t n, bool zero) {
+    if (!runs.empty() && runs.back().start + runs.back().length == at && runs.back().zero == zero)
+      runs.back().length += n;
+    else
+      runs.push_back({at, n, zero});
+  }
+
+  // One sector-aligned run of data or zeros of the chunk's [at, at + n), the rule of
+  // qemu-img's is_allocated_sectors: a run ends where the zero-ness changes, its end moved
+  // to an alignment boundary (data rounds up, zeros round down; a zero run that does not
+  // reach the boundary counts as data).
+  std::pair<bool, uint64_t> classify(uint64_t at, uint64_t n) const {
+    const uint64_t sector = 512, align = job->opts.granule;
+    const bool zero = all_zero(buf.get() + at, std::min(sector, n));
+    uint64_t i = std::min(sector, n);
+    while (i < n && all_zero(buf.get() + at + i, std::min(sector, n - i)) == zero) i += sector;
+    if (i >= n) return {!zero, n};
+    const uint64_t tail = (off + at + i) % align;
+    if (tail == 0) return {!zero, i};
+    if (!zero || i <= tail) return {true, std::min(i + align - tail, n)};
+    return {false, i - tail};
+  }
+
+  // qemu-img's is_allocated_sectors_min: a leading zero run is left out; after data, only
+  // zero runs of at least min_sparse bytes end it (shorter ones are written with the data).
+  std::pair<bool, uint64_t> zero_runs(uint64_t at, uint64_t n) const {
+    const uint64_t min = std::min(job->opts.min_sparse, n);
+    auto [is_data, used] = classify(at, n);
+    if (!is_data) return {false, used};
+    for (uint64_t checked = used; checked < n;) {
+      auto [d, r] = classify(at + checked, n - checked);
+      checked += r;
+      if (d) used = checked;
+      else if (r >= min) break;
+    }
+    return {true, used};
+  }
+
+  // The granules that may stay sparse: all-zero granules in runs of at least min_sparse
+  // bytes, or at the start of the chunk (qemu-img's is_allocated_sectors_min). Compressed
+  // clusters go whole: one all-zero granule is enough. None with -S 0.
+  std::vector<bool> sparse_granules() const {
+    const uint64_t g = job->opts.granule;
+    std::vector<bool> zero((len + g - 1) / g, false);
+    if (job->opts.min_sparse == 0) return zero;
+    for (uint64_t at = 0, i = 0; at < len; at += g, ++i) zero[i] = all_zero(buf.get() + at, std::min(g, len - at));
+    if (job->opts.write_flags & vd::write_compressed) return zero;
+    for (size_t i = 0; i < zero.size();) {
+      size_t j = i;
+      while (j < zero.size() && zero[j] == zero[i]) ++j;
+      const uint64_t run = std::min(len, j * g) - i * g;
+      if (zero[i] && i != 0 && run < std::min(job->opts.min_sparse, len))
+        std::fill(zero.begin() + static_cast<std::ptrdiff_t>(i), zero.begin() + static_cast<std::ptrdiff_t>(j), false);
+      i = j;
+    }
+    return zero;
   }
 
   // The chunk knows what it must write: write now, or wait for the chunks before it.
@@ -203,8 +333,19 @@ struct Worker : std::enable_shared_from_this<Worker> {
     written();
   }
 
+  // Waits for the rate limit (-r), then writes.
   void issue(const Run& r, vd::Completion next) {
-    if (r.zero) return job->dst.write_zeroes(off + r.start, r.length, 0, std::move(next));
+    const auto wait = job->throttle(r.length);
+    if (wait == std::chrono::steady_clock::duration{}) return issue_now(r, std::move(next));
+    auto timer = std::make_shared<boost::asio::steady_timer>(job->io, wait);
+    auto self = shared_from_this();
+    timer->async_wait([self, timer, r, next = std::move(next)](const boost::system::error_code&) mutable {
+      self->issue_now(r, std::move(next));
+    });
+  }
+
+  void issue_now(const Run& r, vd::Completion next) {
+    if (r.zero) return job->dst.write_zeroes(off + r.start, r.length, vd::zero_may_unmap, std::move(next));
     job->dst.write(off + r.start, std::span(buf.get() + r.start, r.length),
                    job->opts.write_flags, std::move(next));
   }
@@ -265,7 +406,7 @@ void CopyJob::commit(uint64_t end) {
 }  // namespace
 
 vd::Error copy_disk(vd::Runtime& rt, vd::Disk& src, vd::Disk& dst, const CopyOptions& opts) {
-  auto job = std::make_shared<CopyJob>(src, dst, opts);
+  auto job = std::make_shared<CopyJob>(src, dst, rt.context(), opts);
   if (job->opts.workers == 0) job->opts.workers = 1;
   if (job->opts.granule == 0) job->opts.granule = 4096;
   if (job->opts.chunk == 0) job->opts.chunk = 2ull << 20;

@@ -20,6 +20,10 @@
 // SEEK_DATA/SEEK_HOLE pair each time on a raw file, which walks the page cache to the next
 // hole.
 //
+// -r spreads the writes so that the bytes written stay within the rate since the copy
+// started (a timer on the runtime delays a write that would get ahead). --salvage re-reads a
+// failed chunk one sector at a time.
+//
 // Everything runs on the runtime's one thread, so the shared state needs no lock. The first
 // error stops new chunks and releases parked ones; the job completes once all workers are
 // idle.
@@ -27,6 +31,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 #include "vd/disk.h"
 #include "vd/runtime.h"
@@ -37,9 +42,22 @@ struct CopyOptions {
   uint64_t chunk = 2ull << 20;   // bytes per request
   unsigned workers = 4;          // chunks in flight (more only add contention on few cores)
   uint64_t granule = 4096;       // zero detection unit (the target's cluster if larger)
+  // qemu-img's -S: a run of zero granules inside data is left sparse only when it is at
+  // least this long (or starts the chunk, as qemu-img's buffer scan does); 0 turns zero
+  // detection off: every byte of the disk is written as data (a fully allocated target).
+  uint64_t min_sparse = 4096;
   unsigned write_flags = 0;      // e.g. vd::write_compressed
   bool target_is_zero = true;    // a fresh target without backing reads as zeros
+  // The target has a backing file: write only the granules that differ from what it reads
+  // (the rest shows through from the backing file). Otherwise zeros the target does not
+  // already hold are written as zeros (an existing target, -n).
+  bool compare_target = false;
   bool in_order = true;          // write chunks in guest order (false: qemu-img's -W)
+  uint64_t rate_limit = 0;       // bytes per second written to the target (qemu-img's -r); 0: none
+  // qemu-img's --salvage: a read that fails is retried sector by sector and the sectors
+  // that still fail are copied as zeros, each reported through `warn`.
+  bool salvage = false;
+  std::function<void(const std::string&)> warn;
   // Called after each chunk with (bytes done, total): progress output.
   std::function<void(uint64_t, uint64_t)> progress;
 };

@@ -2,6 +2,7 @@
 // "vdimg: ..." form, opening disks the way the command line asks, and the subcommand table.
 #pragma once
 
+#include <cstdint>
 #include <iosfwd>
 #include <memory>
 #include <optional>
@@ -63,6 +64,12 @@ std::string format_name(const vd::Image& image);
 
 // Checks that exactly `count` positional arguments were given.
 vd::Error expect_positional(const Args& args, size_t min, size_t max, const char* what);
+
+// qemu-img's cvtnum_full: a size with suffixes, in [min, max]. A malformed one prints the
+// first of qemu-img's two lines and returns the second; one out of range returns "Invalid
+// NAME specified. Must be between MIN and MAX.".
+vd::Result<int64_t> cvtnum(const std::string& name, const std::string& text, int64_t min = 0,
+                           int64_t max = INT64_MAX);
 
 // The snapshot a -l argument names: "NAME", "snapshot.name=NAME" or "snapshot.id=ID".
 std::string snapshot_ref(const std::string& arg);
