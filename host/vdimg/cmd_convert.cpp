@@ -199,11 +199,13 @@ int cmd_convert(const Argv& argv) {
   bool progress = args->has("p") && !args->has("quiet");
   if (progress) copy.progress = Progress{};
   if (progress) Progress{}(0, (*src)->size());
-  vd::Error err = copy_disk(ctx.rt, **src, **dst, copy);
-  if (!err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
+  vd::Error copy_err = copy_disk(ctx.rt, **src, **dst, copy);
+  vd::Error err;
+  if (!copy_err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
   if (progress) std::printf("    (100.00/100%%)\r\n");
   vd::Error close_err = (*dst)->close();
   (*src)->close();
+  if (copy_err) return fail(copy_err);
   if (err) return fail(err.wrap("converting to " + args->positional[1]).image(args->positional[0]));
   if (close_err) return fail(name_image(close_err, args->positional[1]));
   return kExitOk;

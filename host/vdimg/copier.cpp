@@ -24,6 +24,14 @@ bool all_zero(const std::byte* p, size_t n) {
 
 struct Worker;
 
+// qemu-img convert's words for a failed read or write: "error while reading at byte N:
+// Input/output error" (the system error, EIO when there is none).
+vd::Error qemu_error(const char* what, uint64_t at, const vd::Error& e) {
+  const int err = e.system_errno() ? e.system_errno() : EIO;
+  return vd::Error(e.code(), std::string("error while ") + what + " at byte " + std::to_string(at) + ": " +
+                                 std::strerror(err));
+}
+
 // The last extent the source reported: [start, end) holds data to copy, or not.
 struct KnownExtent {
   uint64_t start = 0, end = 0;
@@ -146,10 +154,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
 
   void use_extent(const KnownExtent& k) {
     const uint64_t end = std::min(len, k.end - off);
-    if (k.data) {
-      if (!data.empty() && data.back().second == scanned) data.back().second = end;
-      else data.emplace_back(scanned, end);
-    }
+    if (k.data) data.emplace_back(scanned, end);  // one per extent: qemu-img's buffers
     scanned = end;
     scan();
   }
@@ -159,7 +164,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
     auto self = shared_from_this();
     job->src.read(off, std::span(buf.get(), len), [self](vd::Error e) {
       if (e && self->job->opts.salvage) return self->salvage(0);
-      if (e) return self->error(std::move(e));
+      if (e) return self->locate_read_error(0, std::move(e));
       self->source_read();
     });
   }
@@ -167,6 +172,18 @@ struct Worker : std::enable_shared_from_this<Worker> {
   void source_read() {
     if (!job->opts.compare_target || job->opts.min_sparse == 0) return plan();
     read_target();
+  }
+
+  // A read of the chunk failed: qemu-img reads extent by extent and names the start of the
+  // one that failed, so find it.
+  void locate_read_error(size_t i, vd::Error first) {
+    if (i >= data.size()) return error(qemu_error("reading", off, first));
+    auto self = shared_from_this();
+    const auto [a, b] = data[i];
+    job->src.read(off + a, std::span(buf.get() + a, b - a), [self, i, a, first](vd::Error e) {
+      if (e) return self->error(qemu_error("reading", self->off + a, e));
+      self->locate_read_error(i + 1, first);
+    });
   }
 
   // --salvage: the chunk again, one sector at a time; a sector that cannot be read is
@@ -178,7 +195,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
     job->src.read(off + at, std::span(buf.get() + at, n), [self, at, n](vd::Error e) {
       if (e) {
         std::memset(self->buf.get() + at, 0, n);
-        const int err = e.system_errno() ? e.system_errno() : EIO;
+        const int err = e.system_errno() ? e.system_errno() : EIO;  // qemu-img's words
         if (self->job->opts.warn)
           self->job->opts.warn("error while reading offset " + std::to_string(self->off + at) + ": " +
                                std::strerror(err));
@@ -309,8 +326,9 @@ struct Worker : std::enable_shared_from_this<Worker> {
   void write_next() {
     if (run_index >= runs.size()) return written();
     auto self = shared_from_this();
-    issue(runs[run_index++], [self](vd::Error e) {
-      if (e) return self->error(std::move(e));
+    const uint64_t at = off + runs[run_index].start;
+    issue(runs[run_index++], [self, at](vd::Error e) {
+      if (e) return self->error(qemu_error("writing", at, e));
       self->write_next();
     });
   }

@@ -62,6 +62,8 @@ struct CopyOptions {
   std::function<void(uint64_t, uint64_t)> progress;
 };
 
+// A failed read or write comes back in qemu-img's words ("error while reading at byte N:
+// Input/output error"), ready to print.
 vd::Error copy_disk(vd::Runtime& rt, vd::Disk& src, vd::Disk& dst, const CopyOptions& opts);
 
 }  // namespace vdimg
