@@ -56,7 +56,13 @@ int cmd_io(const Argv& argv) {
     req.passphrase = *pass;
   }
   auto disk = open_disk(ctx, req);
-  if (!disk) return fail(disk.error());
+  if (!disk) {
+    // qemu-io's words: "can't open device X: " and the cause under the image's own name.
+    std::string msg = disk.error().message();
+    const std::string own = "Could not open '" + req.path + "': ";
+    if (msg.rfind(own, 0) == 0) return fail("can't open device " + req.path + ": " + msg.substr(own.size()));
+    return fail(msg);
+  }
 
   vd::Error err = vd::run_io_commands(ctx.rt, **disk, commands, std::cout, args->has("quiet"));
   vd::Error close_err = (*disk)->close();

@@ -1,4 +1,5 @@
 #include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -51,11 +52,34 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
     return vd::Error(vd::Errc::not_found, "Unknown file format '" + *req.format + "'");
   std::error_code ec;
   if (!std::filesystem::exists(req.path, ec) && !ec) {
-    return vd::Error::from_errno(ENOENT, "open", req.path);
+    // qemu-img 7.2's words (the name twice: the image, then the file under it).
+    return vd::Error(vd::Errc::not_found, "Could not open '" + req.path + "': Could not open '" + req.path +
+                                              "': " + std::strerror(ENOENT))
+        .sys_errno(ENOENT);
   }
   auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
-  if (!disk) return name_image(disk.error(), req.path);
+  if (!disk) return missing_backing_error(req.path, disk.error());
   return disk;
+}
+
+// A backing file that is not there, in qemu-img's words: "Could not open 'TOP': Could not
+// open backing file: ... Could not open 'PATH': No such file or directory", the middle part
+// once per image above the missing one, PATH resolved against the folder of its child.
+// Other errors keep vd's words, naming the image.
+vd::Error missing_backing_error(const std::string& top, const vd::Error& e) {
+  const std::string lead = "Could not open backing file '", tail = std::string(": ") + std::strerror(ENOENT);
+  const std::string& d = e.detail();
+  const size_t chain_at = d.find("' (chain: ");
+  if (!e.is(vd::Errc::not_found) || d.rfind(lead, 0) != 0 || chain_at == std::string::npos ||
+      d.size() < tail.size() || d.compare(d.size() - tail.size(), tail.size(), tail) != 0)
+    return name_image(e, top);
+  const std::string name = d.substr(lead.size(), chain_at - lead.size());
+  size_t depth = 1;
+  for (size_t at = chain_at; (at = d.find(" -> ", at)) != std::string::npos; at += 4) ++depth;
+  std::string msg = "Could not open '" + top + "': ";
+  for (size_t i = 0; i < depth; ++i) msg += "Could not open backing file: ";
+  msg += "Could not open '" + resolve_relative(e.path(), name) + "'" + tail;
+  return vd::Error(vd::Errc::not_found, msg).sys_errno(ENOENT);
 }
 
 // The image is named once, by the error's path field; an error that has one keeps it.

@@ -53,7 +53,9 @@ struct OpenRequest {
   // -U/--force-share: share the image with writers (read-only opens only, as qemu-img).
   bool force_share = false;
 };
+// A missing IMAGE or backing file fails in qemu-img's words ("Could not open 'x': ...").
 vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req);
+vd::Error missing_backing_error(const std::string& top, const vd::Error& e);
 
 
 // Prefixes the image name unless the message already names it.
