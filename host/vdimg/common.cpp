@@ -58,17 +58,23 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
         .sys_errno(ENOENT);
   }
   auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
-  if (!disk) return missing_backing_error(req.path, disk.error());
+  if (!disk) return qemu_open_error(req.path, disk.error());
   return disk;
 }
 
-// A backing file that is not there, in qemu-img's words: "Could not open 'TOP': Could not
-// open backing file: ... Could not open 'PATH': No such file or directory", the middle part
-// once per image above the missing one, PATH resolved against the folder of its child.
-// Other errors keep vd's words, naming the image.
-vd::Error missing_backing_error(const std::string& top, const vd::Error& e) {
+// A data file or backing file that is not there, in qemu-img's words: "Could not open 'TOP':
+// Could not open backing file: ... Could not open 'PATH': No such file or directory", the
+// middle part once per image above the missing one, PATH resolved against the folder of its
+// child. Other errors keep vd's words, naming the image.
+vd::Error qemu_open_error(const std::string& top, const vd::Error& e) {
   const std::string lead = "Could not open backing file '", tail = std::string(": ") + std::strerror(ENOENT);
   const std::string& d = e.detail();
+  // The top's external data file: "Could not open 'TOP': Could not open 'DATA': ...".
+  if (e.structure_name() == "external data file" && e.cause() && e.cause()->system_errno() &&
+      !e.cause()->path().empty())
+    return vd::Error(e.code(), "Could not open '" + top + "': Could not open '" + e.cause()->path() +
+                                   "': " + std::strerror(e.cause()->system_errno()))
+        .sys_errno(e.cause()->system_errno());
   const size_t chain_at = d.find("' (chain: ");
   if (!e.is(vd::Errc::not_found) || d.rfind(lead, 0) != 0 || chain_at == std::string::npos ||
       d.size() < tail.size() || d.compare(d.size() - tail.size(), tail.size(), tail) != 0)

@@ -53,9 +53,10 @@ struct OpenRequest {
   // -U/--force-share: share the image with writers (read-only opens only, as qemu-img).
   bool force_share = false;
 };
-// A missing IMAGE or backing file fails in qemu-img's words ("Could not open 'x': ...").
+// A missing IMAGE, data file or backing file fails in qemu-img's words ("Could not open
+// 'x': ..."; qemu_open_error words the errors of Disk::open so).
 vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req);
-vd::Error missing_backing_error(const std::string& top, const vd::Error& e);
+vd::Error qemu_open_error(const std::string& top, const vd::Error& e);
 
 
 // Prefixes the image name unless the message already names it.
