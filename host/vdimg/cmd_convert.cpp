@@ -4,7 +4,9 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <optional>
+#include <vector>
 #include <iostream>
 
 #include "host/vdimg/copier.h"
@@ -17,8 +19,9 @@ namespace {
 const char kUsage[] =
     "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [--target-is-zero] [-W]\n"
     "                     [-B BACKING [-F FMT]] [-l SNAPSHOT] [-S SPARSE_SIZE] [-m N] [-r RATE]\n"
-    "                     [--salvage] [-U] [--passphrase-file FILE] SRC DST\n"
-    "Copies SRC (through its backing chain) into a new image DST.\n"
+    "                     [--salvage] [-C] [-U] [--passphrase-file FILE] SRC [SRC2...] DST\n"
+    "Copies SRC (through its backing chain) into a new image DST; several sources are copied\n"
+    "one after the other into one DST.\n"
     "  -f FMT                  format of SRC (probed when absent)\n"
     "  -O FMT                  format of DST (default raw)\n"
     "  -o OPTS                 create options of DST (see vdimg create -o help)\n"
@@ -33,6 +36,8 @@ const char kUsage[] =
     "  -m N                    requests in flight (1 to 16; default 4)\n"
     "  -r RATE                 write at most RATE bytes per second to DST\n"
     "  --salvage               copy unreadable sectors of SRC as zeros (with a warning)\n"
+    "  -C                      copy what SRC holds as data as it is, zeros included (qemu-img's\n"
+    "                          copy offloading: no zero detection inside data)\n"
     "  -B BACKING, -F FMT      give DST a backing file (its format)\n"
     "  -l SNAPSHOT             copy an internal snapshot of SRC (name, or snapshot.name=X,\n"
     "                          snapshot.id=X)\n"
@@ -78,7 +83,7 @@ vd::Result<vd::CreateOptions> target_options(const Args& args, uint64_t size) {
 vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args,
                                                   const std::string& fmt,
                                                   const vd::CreateOptions& opts) {
-  const std::string& path = args.positional[1];
+  const std::string& path = args.positional.back();
   const vd::Backend* backend = ctx.registry.find(fmt);
   if (!backend) return vd::Error(vd::Errc::not_found, "Unknown file format '" + fmt + "'");
   if (args.has("c") && !(backend->capabilities() & vd::cap_compression))
@@ -97,9 +102,9 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
 }
 
 // SRC through its chain, or one of its internal snapshots, with its passphrase.
-vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args) {
+vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args, const std::string& path) {
   OpenRequest req;
-  req.path = args.positional[0];
+  req.path = path;
   req.format = args.last("format");
   req.force_share = args.has("force-share");
   if (auto snap = args.last("l")) req.snapshot = snapshot_ref(*snap);
@@ -136,9 +141,14 @@ std::optional<int> check_options(const Args& args, CopyOptions& copy) {
       copy.rate_limit = static_cast<uint64_t>(*n);
     }
   }
+  const bool offload = args.has("C");
+  if (offload && args.has("c")) return fail("Cannot enable copy offloading when -c is used");
+  if (offload && args.has("S")) return fail("Cannot enable copy offloading when -S is used");
+  if (offload && args.has("salvage")) return fail("Cannot use copy offloading in salvaging mode");
+  copy.copy_data_whole = offload;
   if (args.has("n") && args.has("options")) return fail("-o has no effect when skipping image creation");
   if (args.has("target-is-zero") && !args.has("n")) return fail("--target-is-zero requires use of -n flag");
-  if (args.positional.size() < 2) return fail("Must specify image file name");
+  if (args.positional.size() < 2) return fail("Must specify image file name");  // SRC... DST
   return std::nullopt;
 }
 
@@ -161,7 +171,7 @@ int cmd_convert(const Argv& argv) {
                                 {'B', nullptr, true}, {'F', nullptr, true},
                                 {'l', nullptr, true}, {'s', nullptr, true},
                                 {'q', "quiet", false}, {'U', "force-share", false},
-                                {'W', nullptr, false}, {'m', nullptr, true},
+                                {'W', nullptr, false}, {'m', nullptr, true}, {'C', nullptr, false},
                                 {'t', nullptr, true}, {'T', nullptr, true},
                                 {'S', nullptr, true}, {'r', nullptr, true},
                                 {0, "salvage", false}, {0, "target-is-zero", false},
@@ -170,22 +180,34 @@ int cmd_convert(const Argv& argv) {
   if (args->help) return print_usage(kUsage);
   CopyOptions copy;
   if (auto code = check_options(*args, copy)) return *code;
-  if (auto err = expect_positional(*args, 2, 2, "a source and a target image")) return fail(err);
   Context ctx;
-  auto src = open_source(ctx, *args);
-  if (!src) return fail(src.error());
+  // Several sources are copied one after the other into one target (qemu-img's
+  // concatenation); all are opened first, as qemu-img does.
+  std::vector<std::unique_ptr<vd::Disk>> sources;
+  uint64_t total = 0;
+  const std::vector<std::string> names(args->positional.begin(), args->positional.end() - 1);
+  const std::string& target = args->positional.back();
+  for (const auto& name : names) {
+    auto src = open_source(ctx, *args, name);
+    if (!src) return fail(src.error());
+    total += (*src)->size();
+    sources.push_back(std::move(*src));
+  }
+  if (sources.size() > 1 && args->has("l")) return fail("No support for concatenating multiple snapshot");
 
   std::string out_fmt = args->last("O").value_or("raw");
-  auto opts = target_options(*args, (*src)->size());
-  if (!opts) return fail(name_image(opts.error(), args->positional[1]));
+  auto opts = target_options(*args, total);
+  if (!opts) return fail(name_image(opts.error(), target));
   // qemu-img refuses this, after the source opened, and still exits 0.
   if (args->has("target-is-zero") && opts->backing_file) {
     fail("Cannot use --target-is-zero when the destination image has a backing file");
     return kExitOk;
   }
+  if (sources.size() > 1 && opts->backing_file)
+    return fail("Having a backing file for the target makes no sense when concatenating multiple input images");
   auto dst = open_target(ctx, *args, out_fmt, *opts);
   if (!dst) return fail(dst.error());
-  if (args->has("n") && (*dst)->size() < (*src)->size()) return fail("output file is smaller than input file");
+  if (args->has("n") && (*dst)->size() < total) return fail("output file is smaller than input file");
 
   copy.write_flags = args->has("c") ? vd::write_compressed : 0u;
   copy.target_is_zero = (!args->has("n") && (*dst)->depth() == 1) || args->has("target-is-zero");
@@ -196,18 +218,27 @@ int cmd_convert(const Argv& argv) {
   copy.in_order = !args->has("W");
   copy.salvage = args->has("salvage");
   if (!args->has("quiet")) copy.warn = [](const std::string& w) { fail("warning: " + w); };
-  bool progress = args->has("p") && !args->has("quiet");
-  if (progress) copy.progress = Progress{};
-  if (progress) Progress{}(0, (*src)->size());
-  vd::Error copy_err = copy_disk(ctx.rt, **src, **dst, copy);
+  const bool progress = args->has("p") && !args->has("quiet");
+  auto shown = std::make_shared<Progress>();
+  if (progress) (*shown)(0, total);
+  vd::Error copy_err;
+  for (auto& src : sources) {
+    if (progress) {
+      const uint64_t base = copy.dst_offset;
+      copy.progress = [shown, base, total](uint64_t done, uint64_t) { (*shown)(base + done, total); };
+    }
+    copy_err = copy_disk(ctx.rt, *src, **dst, copy);
+    if (copy_err) break;
+    copy.dst_offset += src->size();
+  }
   vd::Error err;
   if (!copy_err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
   if (progress) std::printf("    (100.00/100%%)\r\n");
   vd::Error close_err = (*dst)->close();
-  (*src)->close();
+  for (auto& src : sources) src->close();
   if (copy_err) return fail(copy_err);
-  if (err) return fail(err.wrap("converting to " + args->positional[1]).image(args->positional[0]));
-  if (close_err) return fail(name_image(close_err, args->positional[1]));
+  if (err) return fail(err.wrap("converting to " + target).image(names.front()));
+  if (close_err) return fail(name_image(close_err, target));
   return kExitOk;
 }
 

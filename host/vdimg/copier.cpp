@@ -65,7 +65,8 @@ struct CopyJob : std::enable_shared_from_this<CopyJob> {
   std::map<uint64_t, std::shared_ptr<Worker>> parked;
 
   CopyJob(vd::Disk& s, vd::Disk& d, boost::asio::io_context& c, CopyOptions o)
-      : src(s), dst(d), io(c), opts(std::move(o)), size(std::min(s.size(), d.size())) {}
+      : src(s), dst(d), io(c), opts(std::move(o)),
+        size(std::min(s.size(), d.size() - std::min(d.size(), opts.dst_offset))) {}
 
   // How long a write of `bytes` must wait to keep within the rate limit.
   std::chrono::steady_clock::duration throttle(uint64_t bytes) {
@@ -177,11 +178,11 @@ struct Worker : std::enable_shared_from_this<Worker> {
   // A read of the chunk failed: qemu-img reads extent by extent and names the start of the
   // one that failed, so find it.
   void locate_read_error(size_t i, vd::Error first) {
-    if (i >= data.size()) return error(qemu_error("reading", off, first));
+    if (i >= data.size()) return error(qemu_error("reading", job->opts.dst_offset + off, first));
     auto self = shared_from_this();
     const auto [a, b] = data[i];
     job->src.read(off + a, std::span(buf.get() + a, b - a), [self, i, a, first](vd::Error e) {
-      if (e) return self->error(qemu_error("reading", self->off + a, e));
+      if (e) return self->error(qemu_error("reading", self->job->opts.dst_offset + self->off + a, e));
       self->locate_read_error(i + 1, first);
     });
   }
@@ -207,7 +208,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
   void read_target() {
     if (!target) target = std::make_unique_for_overwrite<std::byte[]>(job->opts.chunk);
     auto self = shared_from_this();
-    job->dst.read(off, std::span(target.get(), len), [self](vd::Error e) {
+    job->dst.read(job->opts.dst_offset + off, std::span(target.get(), len), [self](vd::Error e) {
       if (e) return self->error(std::move(e));
       self->plan();
     });
@@ -244,7 +245,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
     for (const auto& [a, b] : data) {
       if (zeros && at < a) add_run(at, a - at, true);
       for (at = a; at < b;) {
-        auto [is_data, n] = zero_runs(at, b - at);
+        auto [is_data, n] = job->opts.copy_data_whole ? std::pair{true, b - at} : zero_runs(at, b - at);
         if (is_data || zeros) add_run(at, n, !is_data);
         at += n;
       }
@@ -270,7 +271,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
     uint64_t i = std::min(sector, n);
     while (i < n && all_zero(buf.get() + at + i, std::min(sector, n - i)) == zero) i += sector;
     if (i >= n) return {!zero, n};
-    const uint64_t tail = (off + at + i) % align;
+    const uint64_t tail = (job->opts.dst_offset + off + at + i) % align;
     if (tail == 0) return {!zero, i};
     if (!zero || i <= tail) return {true, std::min(i + align - tail, n)};
     return {false, i - tail};
@@ -326,7 +327,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
   void write_next() {
     if (run_index >= runs.size()) return written();
     auto self = shared_from_this();
-    const uint64_t at = off + runs[run_index].start;
+    const uint64_t at = job->opts.dst_offset + off + runs[run_index].start;
     issue(runs[run_index++], [self, at](vd::Error e) {
       if (e) return self->error(qemu_error("writing", at, e));
       self->write_next();
@@ -363,8 +364,9 @@ struct Worker : std::enable_shared_from_this<Worker> {
   }
 
   void issue_now(const Run& r, vd::Completion next) {
-    if (r.zero) return job->dst.write_zeroes(off + r.start, r.length, vd::zero_may_unmap, std::move(next));
-    job->dst.write(off + r.start, std::span(buf.get() + r.start, r.length),
+    const uint64_t at = job->opts.dst_offset + off + r.start;
+    if (r.zero) return job->dst.write_zeroes(at, r.length, vd::zero_may_unmap, std::move(next));
+    job->dst.write(at, std::span(buf.get() + r.start, r.length),
                    job->opts.write_flags, std::move(next));
   }
 

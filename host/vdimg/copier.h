@@ -53,6 +53,11 @@ struct CopyOptions {
   // already hold are written as zeros (an existing target, -n).
   bool compare_target = false;
   bool in_order = true;          // write chunks in guest order (false: qemu-img's -W)
+  // Where the source goes in the target (convert's concatenation of several sources).
+  uint64_t dst_offset = 0;
+  // qemu-img's -C (copy offloading): what the source holds as data is copied as it is,
+  // zeros included (no zero detection inside data).
+  bool copy_data_whole = false;
   uint64_t rate_limit = 0;       // bytes per second written to the target (qemu-img's -r); 0: none
   // qemu-img's --salvage: a read that fails is retried sector by sector and the sectors
   // that still fail are copied as zeros, each reported through `warn`.
