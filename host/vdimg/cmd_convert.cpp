@@ -152,14 +152,11 @@ std::optional<int> check_options(const Args& args, CopyOptions& copy) {
   return std::nullopt;
 }
 
-// The target's zero-detection unit: -S rounded down to a power of two (qemu-img aligns its
-// zero runs so). Where the target is not known to read as zeros, zeros and equal data are
-// found per granule, the target's cluster at least (a cluster is written whole anyway).
-uint64_t sparse_granule(uint64_t min_sparse, uint64_t cluster, bool precise) {
+// The alignment of the zero runs qemu-img finds: -S rounded down to a power of two.
+uint64_t sparse_granule(uint64_t min_sparse) {
   uint64_t g = 512;
   while (g * 2 <= min_sparse) g *= 2;
-  if (precise) return g;
-  return std::max<uint64_t>({g, cluster, 4096});
+  return g;
 }
 
 }  // namespace
@@ -211,10 +208,13 @@ int cmd_convert(const Argv& argv) {
 
   copy.write_flags = args->has("c") ? vd::write_compressed : 0u;
   copy.target_is_zero = (!args->has("n") && (*dst)->depth() == 1) || args->has("target-is-zero");
-  copy.compare_target = !copy.target_is_zero && (*dst)->depth() > 1;
+  copy.overlay = opts->backing_file.has_value();
+  if (copy.overlay && (*dst)->depth() > 1) copy.backing_size = (*dst)->image(1).size();
+  // Zeros may deallocate (as qemu-img's BDRV_REQ_MAY_UNMAP) only where nothing shows through.
+  copy.zero_flags = (*dst)->depth() == 1 ? vd::zero_may_unmap : 0u;
   const uint64_t cluster = (*dst)->image(0).cluster_size();
   copy.granule = copy.write_flags ? std::max<uint64_t>(4096, cluster)
-                                  : sparse_granule(copy.min_sparse, cluster, !copy.compare_target);
+                                  : sparse_granule(copy.min_sparse);
   copy.in_order = !args->has("W");
   copy.salvage = args->has("salvage");
   if (!args->has("quiet")) copy.warn = [](const std::string& w) { fail("warning: " + w); };

@@ -32,10 +32,17 @@ vd::Error qemu_error(const char* what, uint64_t at, const vd::Error& e) {
                                  std::strerror(err));
 }
 
-// The last extent the source reported: [start, end) holds data to copy, or not.
+// A part of a chunk and what to do with it: write its data, its zeros, or leave it (-B).
+struct Piece {
+  enum Kind { data, zero, leave };
+  uint64_t start, end;  // within the chunk
+  Kind kind;
+};
+
+// The last extent the source reported: [start, end) and what it holds.
 struct KnownExtent {
   uint64_t start = 0, end = 0;
-  bool data = false;
+  Piece::Kind kind = Piece::zero;
   bool contains(uint64_t at) const { return at >= start && at < end; }
 };
 
@@ -92,10 +99,10 @@ struct CopyJob : std::enable_shared_from_this<CopyJob> {
 struct Worker : std::enable_shared_from_this<Worker> {
   std::shared_ptr<CopyJob> job;
   // Allocated once per worker, uninitialised: every byte used is read into first.
-  std::unique_ptr<std::byte[]> buf, target;
+  std::unique_ptr<std::byte[]> buf;
   uint64_t off = 0, len = 0, scanned = 0;
-  // The parts of the chunk the source holds data in, [start, end) within the chunk.
-  std::vector<std::pair<uint64_t, uint64_t>> data;
+  std::vector<Piece> pieces;  // what the source holds in the chunk, extent by extent
+  bool have_data = false;      // buf holds the chunk's content
   // Runs of granules still to write: (start within the chunk, length, zeroes instead of data).
   struct Run { uint64_t start, length; bool zero; };
   std::vector<Run> runs;
@@ -111,31 +118,35 @@ struct Worker : std::enable_shared_from_this<Worker> {
     len = std::min(job->opts.chunk, job->size - off);
     job->next += len;
     scanned = 0;
-    data.clear();
+    pieces.clear();
+    have_data = false;
     runs.clear();
     run_index = 0;
     scan();
   }
 
-  // Looks for data in the chunk; a chunk with none is done without reading it. The source
-  // is asked about the rest of the disk, and its answer serves every chunk it covers; while
-  // a question is out, the other workers wait for its answer instead of asking again.
+  // Finds what the source holds in the chunk, extent by extent; a chunk with nothing to
+  // write is done without reading it. The source is asked about the rest of the disk, and its
+  // answer serves every chunk it covers; while a question is out, the other workers wait
+  // for its answer instead of asking again.
   void scan() {
     if (job->first_error) return job->worker_idle();
-    if (job->opts.min_sparse == 0 && scanned == 0) return read_source();  // all of it is written
-    if (scanned >= len) {
-      if (!data.empty()) return read_source();
-      if (!job->opts.target_is_zero && !job->opts.compare_target) return plan_sparse();  // zeros to write
-      return ready();
+    if (scanned < len) {
+      const uint64_t at = off + scanned;
+      if (job->known.contains(at)) return use_extent(job->known);
+      if (job->status_pending) return job->status_waiters.push_back(shared_from_this());
+      job->status_pending = true;
+      auto self = shared_from_this();
+      job->src.block_status(at, job->size - at, [self, at](vd::Error e, vd::DiskExtent x) {
+        self->status_answered(at, std::move(e), x);
+      });
+      return;
     }
-    const uint64_t at = off + scanned;
-    if (job->known.contains(at)) return use_extent(job->known);
-    if (job->status_pending) return job->status_waiters.push_back(shared_from_this());
-    job->status_pending = true;
-    auto self = shared_from_this();
-    job->src.block_status(at, job->size - at, [self, at](vd::Error e, vd::DiskExtent x) {
-      self->status_answered(at, std::move(e), x);
-    });
+    bool any_data = false, any_zero = false;
+    for (const auto& p : pieces) (p.kind == Piece::data ? any_data : any_zero) |= p.kind != Piece::leave;
+    if (any_data || (any_zero && job->opts.min_sparse == 0)) return read_source();
+    if (any_zero && !job->opts.target_is_zero) return plan();  // zeros to write, nothing to read
+    ready();
   }
 
   void status_answered(uint64_t at, vd::Error e, const vd::DiskExtent& x) {
@@ -146,16 +157,31 @@ struct Worker : std::enable_shared_from_this<Worker> {
     if (e) {
       error(std::move(e));  // the waiters are still active: the job cannot end here
     } else {
-      const bool data = x.level >= 0 && x.extent.kind == vd::Extent::Kind::data;
-      job->known = KnownExtent{at, at + x.extent.length, data};
+      job->known = KnownExtent{at, at + x.extent.length, kind_of(x)};
       use_extent(job->known);
     }
     for (auto& w : waiters) w->scan();
   }
 
+  // qemu-img's view of an extent: data, zeros, or (-B) what the new backing file is left to
+  // show: what the source's top image does not hold itself (when the source has a backing
+  // file), and zeros past the end of the new backing file.
+  Piece::Kind kind_of(const vd::DiskExtent& x) const {
+    const bool data = x.level >= 0 && x.extent.kind == vd::Extent::Kind::data && !x.extent.zero_data;
+    if (job->opts.overlay && job->src.depth() > 1 && x.level != 0) return Piece::leave;
+    return data ? Piece::data : Piece::zero;
+  }
+
   void use_extent(const KnownExtent& k) {
-    const uint64_t end = std::min(len, k.end - off);
-    if (k.data) data.emplace_back(scanned, end);  // one per extent: qemu-img's buffers
+    uint64_t end = std::min(len, k.end - off);
+    Piece::Kind kind = k.kind;
+    if (kind == Piece::zero && job->opts.overlay) {
+      const uint64_t from = job->opts.dst_offset + off;  // the chunk's place in the target
+      const uint64_t past = job->opts.backing_size > from ? job->opts.backing_size - from : 0;
+      if (scanned >= past) kind = Piece::leave;
+      else end = std::min(end, past);
+    }
+    pieces.push_back({scanned, end, kind});  // one per extent: qemu-img's buffers
     scanned = end;
     scan();
   }
@@ -166,21 +192,18 @@ struct Worker : std::enable_shared_from_this<Worker> {
     job->src.read(off, std::span(buf.get(), len), [self](vd::Error e) {
       if (e && self->job->opts.salvage) return self->salvage(0);
       if (e) return self->locate_read_error(0, std::move(e));
-      self->source_read();
+      self->have_data = true;
+      self->plan();
     });
-  }
-
-  void source_read() {
-    if (!job->opts.compare_target || job->opts.min_sparse == 0) return plan();
-    read_target();
   }
 
   // A read of the chunk failed: qemu-img reads extent by extent and names the start of the
   // one that failed, so find it.
   void locate_read_error(size_t i, vd::Error first) {
-    if (i >= data.size()) return error(qemu_error("reading", job->opts.dst_offset + off, first));
+    while (i < pieces.size() && pieces[i].kind != Piece::data) ++i;
+    if (i >= pieces.size()) return error(qemu_error("reading", job->opts.dst_offset + off, first));
     auto self = shared_from_this();
-    const auto [a, b] = data[i];
+    const uint64_t a = pieces[i].start, b = pieces[i].end;
     job->src.read(off + a, std::span(buf.get() + a, b - a), [self, i, a, first](vd::Error e) {
       if (e) return self->error(qemu_error("reading", self->job->opts.dst_offset + self->off + a, e));
       self->locate_read_error(i + 1, first);
@@ -190,7 +213,10 @@ struct Worker : std::enable_shared_from_this<Worker> {
   // --salvage: the chunk again, one sector at a time; a sector that cannot be read is
   // copied as zeros and reported (qemu-img's warning).
   void salvage(uint64_t at) {
-    if (at >= len) return source_read();
+    if (at >= len) {
+      have_data = true;
+      return plan();
+    }
     const uint64_t n = std::min<uint64_t>(512, len - at);
     auto self = shared_from_this();
     job->src.read(off + at, std::span(buf.get() + at, n), [self, at, n](vd::Error e) {
@@ -205,52 +231,48 @@ struct Worker : std::enable_shared_from_this<Worker> {
     });
   }
 
-  void read_target() {
-    if (!target) target = std::make_unique_for_overwrite<std::byte[]>(job->opts.chunk);
-    auto self = shared_from_this();
-    job->dst.read(job->opts.dst_offset + off, std::span(target.get(), len), [self](vd::Error e) {
-      if (e) return self->error(std::move(e));
-      self->plan();
-    });
-  }
-
-  // Splits the chunk into granules and merges those needing the same action into runs
-  // (compressed writes keep one granule, the target's cluster, per run: see write_all).
+  // What to write, piece by piece, as qemu-img's convert_co_write decides: data is written,
+  // except the zeros inside it that qemu-img leaves out (zero_runs); zeros are left alone
+  // on a target that reads as zeros and written as zeros on any other; -S 0 writes zeros
+  // as data (a fully allocated target); -C writes data whole. (-B's "leave" pieces are
+  // never written.) Sector-precise, as qemu-img writes.
   void plan() {
-    const bool compressed = job->opts.write_flags & vd::write_compressed;
-    if (!job->opts.compare_target && job->opts.min_sparse && !compressed) return plan_sparse();
-    const uint64_t g = job->opts.granule;
-    const auto sparse = sparse_granules();
-    for (uint64_t at = 0, i = 0; at < len; at += g, ++i) {
-      uint64_t n = std::min(g, len - at);
-      const std::byte* p = buf.get() + at;
-      bool same = job->opts.compare_target && job->opts.min_sparse && std::equal(p, p + n, target.get() + at);
-      if (same || (sparse[i] && job->opts.target_is_zero)) continue;
-      bool zero = sparse[i];
-      if (!runs.empty() && runs.back().start + runs.back().length == at && runs.back().zero == zero &&
-          !(job->opts.write_flags & vd::write_compressed))
-        runs.back().length += n;
-      else
-        runs.push_back({at, n, zero});
+    if (job->opts.write_flags & vd::write_compressed) return plan_compressed();
+    const bool write_zeros = !job->opts.target_is_zero, all = job->opts.min_sparse == 0;
+    for (const auto& p : pieces) {
+      if (p.kind == Piece::leave) continue;
+      if (p.kind == Piece::zero) {
+        if (all || write_zeros) add_run(p.start, p.end - p.start, !all);
+        continue;
+      }
+      for (uint64_t at = p.start; at < p.end;) {
+        auto [is_data, n] = all || job->opts.copy_data_whole ? std::pair{true, p.end - at} : zero_runs(at, p.end - at);
+        if (is_data || write_zeros) add_run(at, n, !is_data);
+        at += n;
+      }
     }
     ready();
   }
 
-  // The source's data is written, and within it the zeros qemu-img leaves out (zero_runs)
-  // are not; sector-precise, as qemu-img writes. A target that reads as zeros needs nothing
-  // else; an existing one gets the zeros written as zeros.
-  void plan_sparse() {
-    const bool zeros = !job->opts.target_is_zero;
-    uint64_t at = 0;
-    for (const auto& [a, b] : data) {
-      if (zeros && at < a) add_run(at, a - at, true);
-      for (at = a; at < b;) {
-        auto [is_data, n] = job->opts.copy_data_whole ? std::pair{true, b - at} : zero_runs(at, b - at);
-        if (is_data || zeros) add_run(at, n, !is_data);
-        at += n;
+  // Compressed clusters go whole (one granule, the target's cluster, per run: see
+  // write_all): a cluster with anything to write is written, compressed, unless it is all
+  // zeros (then as the plain path treats zeros).
+  void plan_compressed() {
+    const uint64_t g = job->opts.granule;
+    for (uint64_t at = 0; at < len; at += g) {
+      const uint64_t n = std::min(g, len - at);
+      bool leave = true;
+      for (const auto& p : pieces)
+        if (p.kind != Piece::leave && p.start < at + n && p.end > at) leave = false;
+      if (leave) continue;
+      const bool zero = !have_data || all_zero(buf.get() + at, n);
+      if (!zero || job->opts.min_sparse == 0) {
+        if (!have_data) std::memset(buf.get() + at, 0, n);
+        runs.push_back({at, n, false});
+      } else if (!job->opts.target_is_zero) {
+        runs.push_back({at, n, true});
       }
     }
-    if (zeros && at < len) add_run(at, len - at, true);
     ready();
   }
 
@@ -290,26 +312,6 @@ struct Worker : std::enable_shared_from_this<Worker> {
       else if (r >= min) break;
     }
     return {true, used};
-  }
-
-  // The granules that may stay sparse: all-zero granules in runs of at least min_sparse
-  // bytes, or at the start of the chunk (qemu-img's is_allocated_sectors_min). Compressed
-  // clusters go whole: one all-zero granule is enough. None with -S 0.
-  std::vector<bool> sparse_granules() const {
-    const uint64_t g = job->opts.granule;
-    std::vector<bool> zero((len + g - 1) / g, false);
-    if (job->opts.min_sparse == 0) return zero;
-    for (uint64_t at = 0, i = 0; at < len; at += g, ++i) zero[i] = all_zero(buf.get() + at, std::min(g, len - at));
-    if (job->opts.write_flags & vd::write_compressed) return zero;
-    for (size_t i = 0; i < zero.size();) {
-      size_t j = i;
-      while (j < zero.size() && zero[j] == zero[i]) ++j;
-      const uint64_t run = std::min(len, j * g) - i * g;
-      if (zero[i] && i != 0 && run < std::min(job->opts.min_sparse, len))
-        std::fill(zero.begin() + static_cast<std::ptrdiff_t>(i), zero.begin() + static_cast<std::ptrdiff_t>(j), false);
-      i = j;
-    }
-    return zero;
   }
 
   // The chunk knows what it must write: write now, or wait for the chunks before it.
@@ -365,7 +367,7 @@ struct Worker : std::enable_shared_from_this<Worker> {
 
   void issue_now(const Run& r, vd::Completion next) {
     const uint64_t at = job->opts.dst_offset + off + r.start;
-    if (r.zero) return job->dst.write_zeroes(at, r.length, vd::zero_may_unmap, std::move(next));
+    if (r.zero) return job->dst.write_zeroes(at, r.length, job->opts.zero_flags, std::move(next));
     job->dst.write(at, std::span(buf.get() + r.start, r.length),
                    job->opts.write_flags, std::move(next));
   }

@@ -48,10 +48,12 @@ struct CopyOptions {
   uint64_t min_sparse = 4096;
   unsigned write_flags = 0;      // e.g. vd::write_compressed
   bool target_is_zero = true;    // a fresh target without backing reads as zeros
-  // The target has a backing file: write only the granules that differ from what it reads
-  // (the rest shows through from the backing file). Otherwise zeros the target does not
-  // already hold are written as zeros (an existing target, -n).
-  bool compare_target = false;
+  // qemu-img's -B: the target is an overlay of a new backing file, which is left to show
+  // what the source's top image does not hold itself (as qemu-img assumes, the new backing
+  // file reads as the source's did), and zeros past its end (`backing_size`).
+  bool overlay = false;
+  uint64_t backing_size = 0;
+  unsigned zero_flags = 0;       // for the zeros written (vd::zero_may_unmap without backing)
   bool in_order = true;          // write chunks in guest order (false: qemu-img's -W)
   // Where the source goes in the target (convert's concatenation of several sources).
   uint64_t dst_offset = 0;
