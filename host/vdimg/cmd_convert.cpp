@@ -102,19 +102,27 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
 }
 
 // SRC through its chain, or one of its internal snapshots, with its passphrase.
-vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args, const std::string& path) {
+vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args, const std::string& path,
+                                                  bool snapshot) {
   OpenRequest req;
   req.path = path;
   req.format = args.last("format");
   req.force_share = args.has("force-share");
-  if (auto snap = args.last("l")) req.snapshot = snapshot_ref(*snap);
-  else if (auto s = args.last("s")) req.snapshot = *s;
+  if (!snapshot) {
+  } else if (auto snap = args.last("l")) {
+    req.snapshot = snapshot_ref(*snap);
+  } else if (auto s = args.last("s")) {
+    req.snapshot = *s;
+  }
   if (auto file = args.last("passphrase-file")) {
     auto pass = read_passphrase_file(*file);
     if (!pass) return pass.error();
     req.passphrase = *pass;
   }
-  return open_disk(ctx, req);
+  auto disk = open_disk(ctx, req);
+  if (!disk && req.snapshot && disk.error().is(vd::Errc::not_found) && disk.error().path() == req.path)
+    return vd::Error(vd::Errc::not_found, "Failed to load snapshot: Can't find snapshot");
+  return disk;
 }
 
 // The options qemu-img checks while it reads the command line, in their order, and the
@@ -185,12 +193,13 @@ int cmd_convert(const Argv& argv) {
   const std::vector<std::string> names(args->positional.begin(), args->positional.end() - 1);
   const std::string& target = args->positional.back();
   for (const auto& name : names) {
-    auto src = open_source(ctx, *args, name);
+    auto src = open_source(ctx, *args, name, names.size() == 1);
     if (!src) return fail(src.error());
     total += (*src)->size();
     sources.push_back(std::move(*src));
   }
-  if (sources.size() > 1 && args->has("l")) return fail("No support for concatenating multiple snapshot");
+  if (sources.size() > 1 && (args->has("l") || args->has("s")))
+    return fail("No support for concatenating multiple snapshot");
 
   std::string out_fmt = args->last("O").value_or("raw");
   auto opts = target_options(*args, total);

@@ -177,3 +177,44 @@ TEST(VdimgConvertOptions, RateLimitSlowsTheCopy) {
 }
 
 }  // namespace
+
+namespace {
+
+// -B: the target is an overlay of BACKING holding what the source's top image holds (its
+// data and its zeros), whatever BACKING reads; -C copies data whole; several sources are
+// concatenated. Each against qemu-img.
+TEST(VdimgConvertOptions, BackingFileOffloadAndConcatenationMatchQemuImg) {
+  VD_REQUIRE_QEMU();
+  vdtest::TempDir dir;
+  make_images(dir);
+  vdtest::sh("cd " + dir.path() + " && qemu-img create -q -f qcow2 -o compat=0.10 other.qcow2 3M && "
+             "qemu-io -c 'write -P 9 0 3M' other.qcow2 >/dev/null");
+  for (const Argv& backing : std::vector<Argv>{{"-B", "base.qcow2", "-F", "qcow2"},
+                                               {"-B", "sparse.raw", "-F", "raw"},
+                                               {"-B", "other.qcow2", "-F", "qcow2"}}) {
+    for (const char* extra : {"", "-S0", "-c"}) {
+      for (const char* src : {"top.qcow2", "sparse.raw"}) {
+        Argv args = backing;
+        if (*extra) args.push_back(extra);
+        args.insert(args.end(), {"-O", "qcow2", src, "OUT"});
+        expect_same(dir, args);
+      }
+    }
+  }
+  for (const char* fmt : {"raw", "qcow2"}) {
+    expect_same(dir, {"-C", "-O", fmt, "sparse.raw", "OUT"});
+    expect_same(dir, {"-C", "-O", fmt, "top.qcow2", "OUT"});
+    expect_same(dir, {"-O", fmt, "top.qcow2", "sparse.raw", "OUT"});
+    expect_same(dir, {"-S", "0", "-O", fmt, "sparse.raw", "base.qcow2", "top.qcow2", "OUT"});
+  }
+  for (const Argv& args : std::vector<Argv>{
+           {"-C", "-c", "-O", "qcow2", "top.qcow2", "OUT"},
+           {"-C", "-S", "4k", "top.qcow2", "OUT"},
+           {"-C", "--salvage", "top.qcow2", "OUT"},
+           {"-l", "snap", "top.qcow2", "top.qcow2", "OUT"},
+           {"-B", "base.qcow2", "-F", "qcow2", "-O", "qcow2", "top.qcow2", "sparse.raw", "OUT"},
+       })
+    expect_same(dir, args);
+}
+
+}  // namespace
