@@ -102,7 +102,9 @@ TEST(VdimgOpenNames, MissingImageAndBackingFileInQemuWords) {
                            "measure nosuch", "compare top.qcow2 nosuch", "dd if=nosuch of=out.raw",
                            "convert top.qcow2 out.raw", "convert top2.qcow2 out.raw", "check top.qcow2",
                            "map top.qcow2", "compare top.qcow2 top.qcow2", "measure top.qcow2",
-                           "rebase -b x top.qcow2", "convert sub/t.qcow2 out.raw", "convert abs.qcow2 out.raw"})
+                           "rebase -b x top.qcow2", "convert sub/t.qcow2 out.raw", "convert abs.qcow2 out.raw",
+                           "snapshot -l top.qcow2", "snapshot -c s1 top2.qcow2", "info --backing-chain top2.qcow2",
+                           "info --backing-chain --output=json sub/t.qcow2"})
     expect_same(dir.path(), args);
   expect_same(dir.path() + "/sub", "convert t.qcow2 out.raw");
   for (const char* image : {"nosuch", "top2.qcow2", "sub/t.qcow2"})
