@@ -67,6 +67,7 @@ int cmd_io(const Argv& argv) {
   vd::Error err = vd::run_io_commands(ctx.rt, **disk, commands, std::cout, args->has("quiet"));
   vd::Error close_err = (*disk)->close();
   std::cout.flush();
+  if (err && err.operation() == vd::kIoReported) return kExitError;  // qemu-io's line is out
   if (err) return fail(name_image(err, req.path));
   if (close_err) return fail(name_image(close_err, req.path));
   return kExitOk;

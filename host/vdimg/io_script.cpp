@@ -312,18 +312,30 @@ const char* verb_of(IoCommand::Op op) {
 
 Error run_io_commands(Runtime& rt, Disk& disk, const std::vector<IoCommand>& commands,
                       std::ostream& out, bool quiet) {
+  // A request that fails is reported as qemu-io reports it, on `out`: "read failed:
+  // Input/output error" (a range past the end of the disk is an I/O error there too).
+  auto failed = [&](const IoCommand& cmd, const Error& err) {
+    const char* what = cmd.op == IoCommand::Op::read ? "read"
+                     : cmd.op == IoCommand::Op::discard ? "discard"
+                     : cmd.op == IoCommand::Op::flush ? "flush" : "write";
+    const int e = err.system_errno() ? err.system_errno() : EIO;
+    out << what << " failed: " << std::strerror(e) << '\n';
+    out.flush();
+    return Error(err).wrap(kIoReported);
+  };
   for (const auto& cmd : commands) {
     if (cmd.op != IoCommand::Op::flush)
-      if (auto err = check_range(disk, cmd)) return err.wrap(cmd.text);
+      if (auto err = check_range(disk, cmd)) return failed(cmd, err.wrap(cmd.text));
     bool mismatch = false;
     auto start = std::chrono::steady_clock::now();
-    if (auto err = run_one(rt, disk, cmd, out, mismatch)) return err.wrap(cmd.text);
+    if (auto err = run_one(rt, disk, cmd, out, mismatch)) return failed(cmd, err.wrap(cmd.text));
     std::chrono::duration<double> secs = std::chrono::steady_clock::now() - start;
     const char* verb = verb_of(cmd.op);
     if (verb && !quiet && !cmd.quiet) report(out, verb, cmd, secs.count());
     if (mismatch)
       return Error(Errc::invalid_argument, cmd.text + ": pattern verification failed at offset " +
-                                               std::to_string(cmd.offset));
+                                               std::to_string(cmd.offset))
+          .wrap(kIoReported);
   }
   out.flush();
   return {};

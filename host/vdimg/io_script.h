@@ -44,6 +44,11 @@ Result<IoCommand> parse_io_command(std::string_view line);
 // True if any command changes the disk (the disk must then be opened read-write).
 bool io_commands_write(const std::vector<IoCommand>& commands);
 
+// The operation of an error run_io_commands has already reported on its output, in qemu-io's
+// words ("read failed: Input/output error", "Pattern verification failed ..."): a caller
+// that mirrors qemu-io prints nothing more.
+inline constexpr const char* kIoReported = "reported";
+
 // Runs the commands in order and stops at the first that fails, returning its error. Report
 // lines go to `out` in qemu-io's wording ("wrote 4096/4096 bytes at offset 0") unless the
 // command or `quiet` says otherwise; a pattern mismatch prints qemu-io's "Pattern verification
