@@ -1,11 +1,12 @@
-// Copies one disk onto another with several requests in flight, skipping what needs no
-// write: ranges the source reports unallocated or zero (block_status), and granules that
-// read as zeros (sparse output), or, when the target is not known to read as zeros (existing
-// target, target with a backing file), granules the target already holds.
+// Copies one disk onto another with several requests in flight, deciding what to write as
+// qemu-img convert does: the source's extents (block_status) say data, zeros or, with -B,
+// "leave to the new backing file"; data is read and written except the runs of zeros
+// qemu-img leaves out inside it (-S); zeros are skipped on a target that reads as zeros and
+// written as zeros on any other; -S 0 writes everything as data.
 //
 // Each worker owns one chunk at a time:
 //
-//   claim -> scan (source extents) -> read source -> [read target] -> plan
+//   claim -> scan (source extents) -> [read source] -> plan
 //         -> ready --(its turn)--> writes -> commit -> claim the next chunk
 //                 \-(not its turn, nothing to write)--> skipped ahead -> claim
 //                 \-(not its turn, data to write)--> parked until the chunks before it commit
