@@ -314,6 +314,8 @@ Error run_io_commands(Runtime& rt, Disk& disk, const std::vector<IoCommand>& com
                       std::ostream& out, bool quiet) {
   // A request that fails is reported as qemu-io reports it, on `out`: "read failed:
   // Input/output error" (a range past the end of the disk is an I/O error there too).
+  // The image's own account of a failure (a corruption it refused, the system error) still
+  // goes to the caller, as QEMU's block layer prints it beside qemu-io's line.
   auto failed = [&](const IoCommand& cmd, const Error& err) {
     const char* what = cmd.op == IoCommand::Op::read ? "read"
                      : cmd.op == IoCommand::Op::discard ? "discard"
@@ -321,11 +323,11 @@ Error run_io_commands(Runtime& rt, Disk& disk, const std::vector<IoCommand>& com
     const int e = err.system_errno() ? err.system_errno() : EIO;
     out << what << " failed: " << std::strerror(e) << '\n';
     out.flush();
-    return Error(err).wrap(kIoReported);
+    return err;
   };
   for (const auto& cmd : commands) {
     if (cmd.op != IoCommand::Op::flush)
-      if (auto err = check_range(disk, cmd)) return failed(cmd, err.wrap(cmd.text));
+      if (auto err = check_range(disk, cmd)) return failed(cmd, err.wrap(cmd.text).wrap(kIoReported));
     bool mismatch = false;
     auto start = std::chrono::steady_clock::now();
     if (auto err = run_one(rt, disk, cmd, out, mismatch)) return failed(cmd, err.wrap(cmd.text));
