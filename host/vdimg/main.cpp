@@ -25,8 +25,9 @@ const Subcommand kCommands[] = {
     {"commit", vdimg::cmd_commit, "commit [-f FMT] [-b BASE] [-d] [-p] [-q] IMAGE"},
     {"compare", vdimg::cmd_compare, "compare [-f FMT] [-F FMT] [-s] [-p] [-q] IMAGE1 IMAGE2"},
     {"convert", vdimg::cmd_convert,
-     "convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-B BACKING [-F FMT]] [-l SNAPSHOT] "
-     "[--passphrase-file FILE] SRC DST"},
+     "convert [-f FMT] -O FMT [-o OPTS] [-c] [-C] [-p] [-n] [--target-is-zero] [-W] [-m N] "
+     "[-S SPARSE_SIZE] [-r RATE] [--salvage] [-B BACKING [-F FMT]] [-l SNAPSHOT] "
+     "[--passphrase-file FILE] SRC [SRC2...] DST"},
     {"create", vdimg::cmd_create,
      "create -f FMT [-o OPTS] [-b BACKING [-F BACKING_FMT]] [-u] [-q] IMAGE [SIZE]"},
     {"dd", vdimg::cmd_dd,
