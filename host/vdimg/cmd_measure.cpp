@@ -254,12 +254,9 @@ std::optional<int> check_command_line(const Args& args, std::optional<uint64_t>&
   for (const auto& [key, value] : args.options) {
     if (key == "options" && !valid_option_list(value)) return fail("Invalid option list: " + value);
     if (key == "size") {
-      auto n = vd::parse_size(value);
-      if (!n || *n > uint64_t(INT64_MAX)) {
-        fail("Invalid image size specified. You may use k, M, G, T, P or E suffixes for");
-        return fail("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
-      }
-      size = *n;
+      auto n = cvtnum("image size", value);
+      if (!n) return fail(n.error());
+      size = static_cast<uint64_t>(*n);
     }
     if (key == "output") {
       if (value != "human" && value != "json")

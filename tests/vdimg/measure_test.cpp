@@ -135,6 +135,8 @@ TEST(VdimgMeasure, RefusalsMatchQemuImg) {
       {"--size", "1M", "-O", "luks", "-o", "cipher-alg=foo"},
       {"--size", "1M", "-O", "raw", "-o", "cluster_size=4k"},
       {"--size", "100000T", "-O", "qcow2", "-o", "cluster_size=512"},
+      {"--size", "8E", "-O", "qcow2"},
+      {"--size", "7E", "-O", "qcow2", "-o", "cluster_size=2M"},
   };
   for (const auto& c : cases) expect_same(c);
 }
