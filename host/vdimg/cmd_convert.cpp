@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "host/vdimg/copier.h"
+#include "host/vdimg/measure.h"
 #include "host/vdimg/secrets.h"
 #include "host/vdimg/vdimg.h"
 
@@ -156,7 +157,42 @@ std::optional<int> check_options(const Args& args, CopyOptions& copy) {
   copy.copy_data_whole = offload;
   if (args.has("n") && args.has("options")) return fail("-o has no effect when skipping image creation");
   if (args.has("target-is-zero") && !args.has("n")) return fail("--target-is-zero requires use of -n flag");
+  auto list = parse_option_list(args.all("options"));
+  const bool help = list && std::any_of(list->begin(), list->end(),
+                                         [](const auto& kv) { return kv.first == "help" || kv.first == "?"; });
+  if (help) {
+    Context ctx;
+    const std::string fmt = args.last("O").value_or("raw");
+    const vd::Backend* backend = ctx.registry.find(fmt);
+    if (!backend) return fail("Unknown file format '" + fmt + "'");
+    return print_option_help(*backend, args.positional.size() >= 2);  // SRC... DST names a file
+  }
   if (args.positional.size() < 2) return fail("Must specify image file name");  // SRC... DST
+  return std::nullopt;
+}
+
+// qemu-img's checks of the new target, after the sources opened, in its order: -o values
+// against their types, a backing file needs its format, compression excludes encryption
+// and preallocation. Returns the exit code of a refusal.
+std::optional<int> check_target(const Args& args, const std::string& fmt, Context& ctx) {
+  if (args.has("n")) return std::nullopt;
+  if (!ctx.registry.find(fmt)) return fail("Unknown file format '" + fmt + "'");
+  auto list = parse_option_list(args.all("options"));
+  if (!list) return fail(list.error());
+  if (vd::Error e = check_option_types(fmt, *list)) return fail(e);
+  if ((args.has("B") || last_option(*list, "backing_file")) && !args.has("F") && !last_option(*list, "backing_fmt"))
+    return fail("Use of backing file requires explicit backing format");
+  if (args.has("c")) {
+    const vd::Backend* backend = ctx.registry.find(fmt);
+    if (!(backend->capabilities() & vd::cap_compression))
+      return fail("Compression not supported for this file format");
+    const std::string* enc = last_option(*list, "encryption");
+    if ((enc && *enc != "off" && *enc != "no" && *enc != "false" && *enc != "n") ||
+        last_option(*list, "encrypt.format"))
+      return fail("Compression and encryption not supported at the same time");
+    const std::string* pre = last_option(*list, "preallocation");
+    if (pre && *pre != "off") return fail("Compression and preallocation not supported at the same time");
+  }
   return std::nullopt;
 }
 
@@ -211,6 +247,7 @@ int cmd_convert(const Argv& argv) {
   }
   if (sources.size() > 1 && opts->backing_file)
     return fail("Having a backing file for the target makes no sense when concatenating multiple input images");
+  if (auto code = check_target(*args, out_fmt, ctx)) return *code;
   auto dst = open_target(ctx, *args, out_fmt, *opts);
   if (!dst) return fail(dst.error());
   if (args->has("n") && (*dst)->size() < total) return fail("output file is smaller than input file");

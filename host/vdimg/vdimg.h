@@ -84,6 +84,10 @@ std::string resolve_relative(const std::string& child_path, const std::string& n
 // qemu-img's "Snapshot list:" table (info, snapshot -l).
 void print_snapshot_table(std::ostream& out, const std::vector<vd::SnapshotInfo>& snaps);
 
+// `-o help` in qemu-img's layout (option_help.cpp); `with_filename` when the command line
+// names the image (the file protocol's options are then listed too).
+int print_option_help(const vd::Backend& backend, bool with_filename);
+
 // Subcommands: each takes the words after its name.
 using Argv = std::vector<std::string>;
 int cmd_info(const Argv& argv);

@@ -136,6 +136,16 @@ TEST(VdimgConvertOptions, WorkersOrderAndRefusalsMatchQemuImg) {
            {"--target-is-zero", "top.qcow2", "OUT"},
            {"-n", "-o", "cluster_size=4k", "top.qcow2", "OUT"},
            {"top.qcow2"},
+           {"-O", "qcow2", "-o", "help"},
+           {"-O", "qcow2", "-o", "help", "top.qcow2", "OUT"},
+           {"-O", "luks", "-o", "help", "top.qcow2"},
+           {"-O", "qcow2", "-o", "foo=bar", "top.qcow2", "OUT"},
+           {"-O", "qcow2", "-o", "cluster_size=abc", "top.qcow2", "OUT"},
+           {"-c", "-O", "qcow2", "-o", "preallocation=full", "top.qcow2", "OUT"},
+           {"-c", "-O", "qcow2", "-o", "encrypt.format=aes", "top.qcow2", "OUT"},
+           {"-c", "-O", "raw", "top.qcow2", "OUT"},
+           {"-B", "base.qcow2", "-O", "qcow2", "top.qcow2", "OUT"},
+           {"-O", "qcow2", "-o", "backing_file=base.qcow2", "top.qcow2", "OUT"},
        })
     expect_same(dir, args);
 }
@@ -215,6 +225,27 @@ TEST(VdimgConvertOptions, BackingFileOffloadAndConcatenationMatchQemuImg) {
            {"-B", "base.qcow2", "-F", "qcow2", "-O", "qcow2", "top.qcow2", "sparse.raw", "OUT"},
        })
     expect_same(dir, args);
+}
+
+}  // namespace
+
+namespace {
+
+// `create -o help` in qemu-img's layout, with and without a file name.
+TEST(VdimgConvertOptions, CreateOptionHelpMatchesQemuImg) {
+  VD_REQUIRE_QEMU();
+  for (const char* fmt : {"raw", "qcow", "qcow2", "luks"}) {
+    for (bool file : {false, true}) {
+      Argv args{"create", "-f", fmt, "-o", "help"};
+      if (file) args.push_back("x.img");
+      Argv q = args;
+      q.insert(q.begin(), "qemu-img");
+      auto theirs = vdtest::run(q);
+      auto ours = vdtest::vdimg(args);
+      EXPECT_EQ(ours.exit_code, theirs.exit_code) << fmt;
+      EXPECT_EQ(ours.out, theirs.out) << fmt << (file ? " with a file" : "");
+    }
+  }
 }
 
 }  // namespace
