@@ -106,11 +106,19 @@ Error QcowImage::open_for_writing() {
   return {};
 }
 
+// The name recorded in the header, resolved as QEMU resolves it: a relative name is relative
+// to the current directory (QEMU opens the data-file child by that name as given, unlike a
+// backing file), so an image made with `qemu-img create -o data_file=img/x.data img/x` opens
+// from the folder it was made in. Where nothing is found there, next to the image (where a
+// data file usually lives, and where the image may have been moved with it).
 Error QcowImage::open_data_file() {
   if (!hdr_.data_file) return {};
   namespace fs = std::filesystem;
   fs::path p(*hdr_.data_file);
-  if (p.is_relative()) p = fs::path(path_).parent_path() / p;
+  if (p.is_relative() && !io_.exists(p.string())) {
+    const fs::path beside = fs::path(path_).parent_path() / p;
+    if (io_.exists(beside.string())) p = beside;  // else the error names QEMU's path
+  }
   const bool ro = flags_ & open_read_only;
   auto f = io_.open(p.string(), (ro ? file_read : (file_read | file_write)) | image_lock_mode(flags_));
   if (!f) return f.error().wrap("opening", "external data file").image(path_);

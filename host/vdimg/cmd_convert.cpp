@@ -1,10 +1,16 @@
 // vdimg convert: copies a disk (through its chain, or one of its snapshots) into a new image
 // of any format, sparse, with several requests in flight (copier.h).
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <optional>
+#include <vector>
 #include <iostream>
 
 #include "host/vdimg/copier.h"
+#include "host/vdimg/measure.h"
 #include "host/vdimg/secrets.h"
 #include "host/vdimg/vdimg.h"
 
@@ -12,16 +18,27 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-W] [-B BACKING [-F FMT]]\n"
-    "                     [-l SNAPSHOT] [-U] [--passphrase-file FILE] SRC DST\n"
-    "Copies SRC (through its backing chain) into a new image DST.\n"
+    "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [--target-is-zero] [-W]\n"
+    "                     [-B BACKING [-F FMT]] [-l SNAPSHOT] [-S SPARSE_SIZE] [-m N] [-r RATE]\n"
+    "                     [--salvage] [-C] [-U] [--passphrase-file FILE] SRC [SRC2...] DST\n"
+    "Copies SRC (through its backing chain) into a new image DST; several sources are copied\n"
+    "one after the other into one DST.\n"
     "  -f FMT                  format of SRC (probed when absent)\n"
     "  -O FMT                  format of DST (default raw)\n"
     "  -o OPTS                 create options of DST (see vdimg create -o help)\n"
     "  -c                      compress DST's clusters (formats that can)\n"
     "  -p                      show progress\n"
     "  -n                      DST exists: do not create it\n"
+    "  --target-is-zero        with -n: DST reads as zeros already (zeros are not written)\n"
     "  -W                      allow out-of-order writes to DST (default: guest order)\n"
+    "  -S SPARSE_SIZE          zeros left unwritten only in runs of at least this many bytes\n"
+    "                          (default 4k, a multiple of 512 up to 16M); 0 writes every byte\n"
+    "                          (a fully allocated DST)\n"
+    "  -m N                    requests in flight (1 to 16; default 4)\n"
+    "  -r RATE                 write at most RATE bytes per second to DST\n"
+    "  --salvage               copy unreadable sectors of SRC as zeros (with a warning)\n"
+    "  -C                      copy what SRC holds as data as it is, zeros included (qemu-img's\n"
+    "                          copy offloading: no zero detection inside data)\n"
     "  -B BACKING, -F FMT      give DST a backing file (its format)\n"
     "  -l SNAPSHOT             copy an internal snapshot of SRC (name, or snapshot.name=X,\n"
     "                          snapshot.id=X)\n"
@@ -29,18 +46,6 @@ const char kUsage[] =
     "  --object secret,id=ID,data=KEY  DST's key, named by -o encrypt.key-secret=ID or key-secret=ID\n"
     "  -q                      quiet\n"
     "  -U, --force-share       open SRC even while another process writes it\n";
-
-// -l accepts "NAME", "snapshot.name=NAME" and "snapshot.id=ID" (comma-separated).
-std::string snapshot_ref(const std::string& arg) {
-  for (const char* key : {"snapshot.name=", "snapshot.id="}) {
-    size_t at = arg.find(key);
-    if (at != std::string::npos) {
-      std::string v = arg.substr(at + std::string(key).size());
-      return v.substr(0, v.find(','));
-    }
-  }
-  return arg;
-}
 
 // Prints qemu-img's progress line when it moved by at least 1%.
 struct Progress {
@@ -79,7 +84,7 @@ vd::Result<vd::CreateOptions> target_options(const Args& args, uint64_t size) {
 vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args,
                                                   const std::string& fmt,
                                                   const vd::CreateOptions& opts, vd::CacheMode cache) {
-  const std::string& path = args.positional[1];
+  const std::string& path = args.positional.back();
   const vd::Backend* backend = ctx.registry.find(fmt);
   if (!backend) return vd::Error(vd::Errc::not_found, "Unknown file format '" + fmt + "'");
   if (args.has("c") && !(backend->capabilities() & vd::cap_compression))
@@ -99,20 +104,105 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
 }
 
 // SRC through its chain, or one of its internal snapshots, with its passphrase.
-vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args, vd::CacheMode cache) {
+vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args, const std::string& path,
+                                                  bool snapshot, vd::CacheMode cache) {
   OpenRequest req;
   req.cache = cache;
-  req.path = args.positional[0];
+  req.path = path;
   req.format = args.last("format");
   req.force_share = args.has("force-share");
-  if (auto snap = args.last("l")) req.snapshot = snapshot_ref(*snap);
-  else if (auto s = args.last("s")) req.snapshot = *s;
+  if (!snapshot) {
+  } else if (auto snap = args.last("l")) {
+    req.snapshot = snapshot_ref(*snap);
+  } else if (auto s = args.last("s")) {
+    req.snapshot = *s;
+  }
   if (auto file = args.last("passphrase-file")) {
     auto pass = read_passphrase_file(*file);
     if (!pass) return pass.error();
     req.passphrase = *pass;
   }
-  return open_disk(ctx, req);
+  auto disk = open_disk(ctx, req);
+  if (!disk && req.snapshot && disk.error().is(vd::Errc::not_found) && disk.error().path() == req.path)
+    return vd::Error(vd::Errc::not_found, "Failed to load snapshot: Can't find snapshot");
+  return disk;
+}
+
+// The options qemu-img checks while it reads the command line, in their order, and the
+// rules between them; returns the exit code of a refusal.
+std::optional<int> check_options(const Args& args, CopyOptions& copy) {
+  for (const auto& [key, value] : args.options) {
+    if (key == "S") {
+      auto n = cvtnum("buffer size for sparse output", value);
+      if (!n) return fail(n.error());
+      if (*n % 512 || *n / 512 > 32768)
+        return fail("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 "
+                    "up to 16777216. Select 0 to disable sparse detection (fully allocates output).");
+      copy.min_sparse = static_cast<uint64_t>(*n);
+    } else if (key == "m") {
+      char* end = nullptr;
+      errno = 0;
+      long m = std::strtol(value.c_str(), &end, 0);
+      if (value.empty() || *end || errno || m < 1 || m > 16)
+        return fail("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
+      copy.workers = static_cast<unsigned>(m);
+    } else if (key == "r") {
+      auto n = cvtnum("rate limit", value);
+      if (!n) return fail(n.error());
+      copy.rate_limit = static_cast<uint64_t>(*n);
+    }
+  }
+  const bool offload = args.has("C");
+  if (offload && args.has("c")) return fail("Cannot enable copy offloading when -c is used");
+  if (offload && args.has("S")) return fail("Cannot enable copy offloading when -S is used");
+  if (offload && args.has("salvage")) return fail("Cannot use copy offloading in salvaging mode");
+  copy.copy_data_whole = offload;
+  if (args.has("n") && args.has("options")) return fail("-o has no effect when skipping image creation");
+  if (args.has("target-is-zero") && !args.has("n")) return fail("--target-is-zero requires use of -n flag");
+  auto list = parse_option_list(args.all("options"));
+  const bool help = list && std::any_of(list->begin(), list->end(),
+                                         [](const auto& kv) { return kv.first == "help" || kv.first == "?"; });
+  if (help) {
+    Context ctx;
+    const std::string fmt = args.last("O").value_or("raw");
+    const vd::Backend* backend = ctx.registry.find(fmt);
+    if (!backend) return fail("Unknown file format '" + fmt + "'");
+    return print_option_help(*backend, args.positional.size() >= 2);  // SRC... DST names a file
+  }
+  if (args.positional.size() < 2) return fail("Must specify image file name");  // SRC... DST
+  return std::nullopt;
+}
+
+// qemu-img's checks of the new target, after the sources opened, in its order: -o values
+// against their types, a backing file needs its format, compression excludes encryption
+// and preallocation. Returns the exit code of a refusal.
+std::optional<int> check_target(const Args& args, const std::string& fmt, Context& ctx) {
+  if (args.has("n")) return std::nullopt;
+  if (!ctx.registry.find(fmt)) return fail("Unknown file format '" + fmt + "'");
+  auto list = parse_option_list(args.all("options"));
+  if (!list) return fail(list.error());
+  if (vd::Error e = check_option_types(fmt, *list)) return fail(e);
+  if ((args.has("B") || last_option(*list, "backing_file")) && !args.has("F") && !last_option(*list, "backing_fmt"))
+    return fail("Use of backing file requires explicit backing format");
+  if (args.has("c")) {
+    const vd::Backend* backend = ctx.registry.find(fmt);
+    if (!(backend->capabilities() & vd::cap_compression))
+      return fail("Compression not supported for this file format");
+    const std::string* enc = last_option(*list, "encryption");
+    if ((enc && *enc != "off" && *enc != "no" && *enc != "false" && *enc != "n") ||
+        last_option(*list, "encrypt.format"))
+      return fail("Compression and encryption not supported at the same time");
+    const std::string* pre = last_option(*list, "preallocation");
+    if (pre && *pre != "off") return fail("Compression and preallocation not supported at the same time");
+  }
+  return std::nullopt;
+}
+
+// The alignment of the zero runs qemu-img finds: -S rounded down to a power of two.
+uint64_t sparse_granule(uint64_t min_sparse) {
+  uint64_t g = 512;
+  while (g * 2 <= min_sparse) g *= 2;
+  return g;
 }
 
 }  // namespace
@@ -124,41 +214,82 @@ int cmd_convert(const Argv& argv) {
                                 {'B', nullptr, true}, {'F', nullptr, true},
                                 {'l', nullptr, true}, {'s', nullptr, true},
                                 {'q', "quiet", false}, {'U', "force-share", false},
-                                {'W', nullptr, false}, {'m', nullptr, true},
+                                {'W', nullptr, false}, {'m', nullptr, true}, {'C', nullptr, false},
                                 {'t', nullptr, true}, {'T', nullptr, true},
-                                {'S', nullptr, true}, {0, "passphrase-file", true},
-                                {0, "object", true}});
+                                {'S', nullptr, true}, {'r', nullptr, true},
+                                {0, "salvage", false}, {0, "target-is-zero", false},
+                                {0, "passphrase-file", true}, {0, "object", true}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
-  if (auto err = expect_positional(*args, 2, 2, "a source and a target image")) return fail(err);
+  CopyOptions copy;
+  if (auto code = check_options(*args, copy)) return *code;
   // qemu-img writes the target with cache=unsafe unless -t says otherwise.
   auto cache = cache_args(*args, opt_cache | opt_src_cache, vd::CacheMode::unsafe);
   if (!cache) return fail(cache.error());
   Context ctx;
-  auto src = open_source(ctx, *args, cache->src_cache);
-  if (!src) return fail(src.error());
+  // Several sources are copied one after the other into one target (qemu-img's
+  // concatenation); all are opened first, as qemu-img does.
+  std::vector<std::unique_ptr<vd::Disk>> sources;
+  uint64_t total = 0;
+  const std::vector<std::string> names(args->positional.begin(), args->positional.end() - 1);
+  const std::string& target = args->positional.back();
+  for (const auto& name : names) {
+    auto src = open_source(ctx, *args, name, names.size() == 1, cache->src_cache);
+    if (!src) return fail(src.error());
+    total += (*src)->size();
+    sources.push_back(std::move(*src));
+  }
+  if (sources.size() > 1 && (args->has("l") || args->has("s")))
+    return fail("No support for concatenating multiple snapshot");
 
   std::string out_fmt = args->last("O").value_or("raw");
-  auto opts = target_options(*args, (*src)->size());
-  if (!opts) return fail(name_image(opts.error(), args->positional[1]));
+  auto opts = target_options(*args, total);
+  if (!opts) return fail(name_image(opts.error(), target));
+  // qemu-img refuses this, after the source opened, and still exits 0.
+  if (args->has("target-is-zero") && opts->backing_file) {
+    fail("Cannot use --target-is-zero when the destination image has a backing file");
+    return kExitOk;
+  }
+  if (sources.size() > 1 && opts->backing_file)
+    return fail("Having a backing file for the target makes no sense when concatenating multiple input images");
+  if (auto code = check_target(*args, out_fmt, ctx)) return *code;
   auto dst = open_target(ctx, *args, out_fmt, *opts, cache->cache);
   if (!dst) return fail(dst.error());
+  if (args->has("n") && (*dst)->size() < total) return fail("output file is smaller than input file");
 
-  CopyOptions copy;
-  copy.granule = std::max<uint64_t>(4096, (*dst)->image(0).cluster_size());
   copy.write_flags = args->has("c") ? vd::write_compressed : 0u;
-  copy.target_is_zero = !args->has("n") && (*dst)->depth() == 1;
+  copy.target_is_zero = (!args->has("n") && (*dst)->depth() == 1) || args->has("target-is-zero");
+  copy.overlay = opts->backing_file.has_value();
+  if (copy.overlay && (*dst)->depth() > 1) copy.backing_size = (*dst)->image(1).size();
+  // Zeros may deallocate (as qemu-img's BDRV_REQ_MAY_UNMAP) only where nothing shows through.
+  copy.zero_flags = (*dst)->depth() == 1 ? vd::zero_may_unmap : 0u;
+  const uint64_t cluster = (*dst)->image(0).cluster_size();
+  copy.granule = copy.write_flags ? std::max<uint64_t>(4096, cluster)
+                                  : sparse_granule(copy.min_sparse);
   copy.in_order = !args->has("W");
-  bool progress = args->has("p") && !args->has("quiet");
-  if (progress) copy.progress = Progress{};
-  if (progress) Progress{}(0, (*src)->size());
-  vd::Error err = copy_disk(ctx.rt, **src, **dst, copy);
-  if (!err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
+  copy.salvage = args->has("salvage");
+  if (!args->has("quiet")) copy.warn = [](const std::string& w) { fail("warning: " + w); };
+  const bool progress = args->has("p") && !args->has("quiet");
+  auto shown = std::make_shared<Progress>();
+  if (progress) (*shown)(0, total);
+  vd::Error copy_err;
+  for (auto& src : sources) {
+    if (progress) {
+      const uint64_t base = copy.dst_offset;
+      copy.progress = [shown, base, total](uint64_t done, uint64_t) { (*shown)(base + done, total); };
+    }
+    copy_err = copy_disk(ctx.rt, *src, **dst, copy);
+    if (copy_err) break;
+    copy.dst_offset += src->size();
+  }
+  vd::Error err;
+  if (!copy_err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
   if (progress) std::printf("    (100.00/100%%)\r\n");
   vd::Error close_err = (*dst)->close();
-  (*src)->close();
-  if (err) return fail(err.wrap("converting to " + args->positional[1]).image(args->positional[0]));
-  if (close_err) return fail(name_image(close_err, args->positional[1]));
+  for (auto& src : sources) src->close();
+  if (copy_err) return fail(copy_err);
+  if (err) return fail(err.wrap("converting to " + target).image(names.front()));
+  if (close_err) return fail(name_image(close_err, target));
   return kExitOk;
 }
 

@@ -24,16 +24,6 @@ const char kUsage[] =
     "                  -o key-secret=ID (luks), as qemu-img; file=PATH reads it from a file\n"
     "  --passphrase-file FILE  the new image's key (with -o encrypt.format=luks|aes, or -f luks)\n";
 
-int print_create_options(const vd::Backend& backend) {
-  std::cout << "Supported options:\n";
-  for (const auto& o : backend.create_options()) {
-    std::string name = o.name;
-    if (name.size() < 24) name.resize(24, ' ');
-    std::cout << "  " << name << " - " << o.help << "\n";
-  }
-  return kExitOk;
-}
-
 // Moves -o's backing_file/backing_fmt into the fields the backend reads them from.
 void take_backing_from_options(vd::CreateOptions& opts) {
   if (auto it = opts.options.find("backing_file"); it != opts.options.end()) {
@@ -141,7 +131,7 @@ int cmd_create(const Argv& argv) {
   std::string fmt = args->last("format").value_or("raw");
   const vd::Backend* backend = ctx.registry.find(fmt);
   if (!backend) return fail("Unknown file format '" + fmt + "'");
-  if (wants_option_help(*args)) return print_create_options(*backend);
+  if (wants_option_help(*args)) return print_option_help(*backend, !args->positional.empty());
   if (auto err = expect_positional(*args, 1, 2, "an image name")) return fail(err);
   const std::string image = args->positional[0];
 

@@ -226,7 +226,19 @@ int cmd_info(const Argv& argv) {
   req.no_backing = !chain;
   req.force_share = args->has("force-share");
   auto disk = open_disk(ctx, req);
-  if (!disk) return fail(disk.error());
+  if (!disk) {
+    // qemu-img info --backing-chain opens the images one by one: a missing backing file
+    // fails as a missing image ("Could not open 'base': Could not open 'base': ...").
+    std::string msg = disk.error().message();
+    const std::string step = "Could not open backing file: ";
+    const size_t last = msg.rfind(step);
+    if (chain && last != std::string::npos) {
+      const std::string missing = msg.substr(last + step.size());  // "Could not open 'X': why"
+      const size_t quote = missing.find("': ");
+      if (quote != std::string::npos) msg = missing.substr(0, quote + 3) + missing;
+    }
+    return fail(msg);
+  }
 
   std::vector<ImageInfo> infos;
   for (size_t level = 0; level < (*disk)->depth(); ++level)

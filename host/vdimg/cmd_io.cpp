@@ -60,11 +60,18 @@ int cmd_io(const Argv& argv) {
     req.passphrase = *pass;
   }
   auto disk = open_disk(ctx, req);
-  if (!disk) return fail(disk.error());
+  if (!disk) {
+    // qemu-io's words: "can't open device X: " and the cause under the image's own name.
+    std::string msg = disk.error().message();
+    const std::string own = "Could not open '" + req.path + "': ";
+    if (msg.rfind(own, 0) == 0) return fail("can't open device " + req.path + ": " + msg.substr(own.size()));
+    return fail(msg);
+  }
 
   vd::Error err = vd::run_io_commands(ctx.rt, **disk, commands, std::cout, args->has("quiet"));
   vd::Error close_err = (*disk)->close();
   std::cout.flush();
+  if (err && err.operation() == vd::kIoReported) return kExitError;  // qemu-io's line is out
   if (err) return fail(name_image(err, req.path));
   if (close_err) return fail(name_image(close_err, req.path));
   return kExitOk;

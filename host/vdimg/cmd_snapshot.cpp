@@ -26,7 +26,7 @@ int change_snapshot(const std::string& path, const std::optional<std::string>& f
   req.path = path;
   req.format = format;
   req.flags = vd::open_info_only;
-  req.no_backing = true;
+  // The chain opens too, as qemu-img opens it (a missing backing file fails in its words).
   req.force_share = force_share;  // refused: a change needs the image read-write
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
@@ -73,7 +73,7 @@ int cmd_snapshot(const Argv& argv) {
   req.path = path;
   req.format = args->last("format");
   req.flags = vd::open_read_only | vd::open_info_only;
-  req.no_backing = true;
+  // The chain opens too, as qemu-img opens it (a missing backing file fails in its words).
   req.force_share = args->has("force-share");
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());

@@ -1,10 +1,12 @@
 #include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
+#include "backends/common/sizes.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
@@ -51,10 +53,13 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
     return vd::Error(vd::Errc::not_found, "Unknown file format '" + *req.format + "'");
   std::error_code ec;
   if (!std::filesystem::exists(req.path, ec) && !ec) {
-    return vd::Error::from_errno(ENOENT, "open", req.path);
+    // qemu-img 7.2's words (the name twice: the image, then the file under it).
+    return vd::Error(vd::Errc::not_found, "Could not open '" + req.path + "': Could not open '" + req.path +
+                                              "': " + std::strerror(ENOENT))
+        .sys_errno(ENOENT);
   }
   auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
-  if (!disk) return name_image(disk.error(), req.path);
+  if (!disk) return qemu_open_error(req.path, disk.error());
   return disk;
 }
 
@@ -96,6 +101,32 @@ vd::Result<CacheArgs> cache_args(const Args& args, unsigned which, vd::CacheMode
   return out;
 }
 
+// A data file or backing file that is not there, in qemu-img's words: "Could not open 'TOP':
+// Could not open backing file: ... Could not open 'PATH': No such file or directory", the
+// middle part once per image above the missing one, PATH resolved against the folder of its
+// child. Other errors keep vd's words, naming the image.
+vd::Error qemu_open_error(const std::string& top, const vd::Error& e) {
+  const std::string lead = "Could not open backing file '", tail = std::string(": ") + std::strerror(ENOENT);
+  const std::string& d = e.detail();
+  // The top's external data file: "Could not open 'TOP': Could not open 'DATA': ...".
+  if (e.structure_name() == "external data file" && e.cause() && e.cause()->system_errno() &&
+      !e.cause()->path().empty())
+    return vd::Error(e.code(), "Could not open '" + top + "': Could not open '" + e.cause()->path() +
+                                   "': " + std::strerror(e.cause()->system_errno()))
+        .sys_errno(e.cause()->system_errno());
+  const size_t chain_at = d.find("' (chain: ");
+  if (!e.is(vd::Errc::not_found) || d.rfind(lead, 0) != 0 || chain_at == std::string::npos ||
+      d.size() < tail.size() || d.compare(d.size() - tail.size(), tail.size(), tail) != 0)
+    return name_image(e, top);
+  const std::string name = d.substr(lead.size(), chain_at - lead.size());
+  size_t depth = 1;
+  for (size_t at = chain_at; (at = d.find(" -> ", at)) != std::string::npos; at += 4) ++depth;
+  std::string msg = "Could not open '" + top + "': ";
+  for (size_t i = 0; i < depth; ++i) msg += "Could not open backing file: ";
+  msg += "Could not open '" + resolve_relative(e.path(), name) + "'" + tail;
+  return vd::Error(vd::Errc::not_found, msg).sys_errno(ENOENT);
+}
+
 // The image is named once, by the error's path field; an error that has one keeps it.
 vd::Error name_image(const vd::Error& error, const std::string& path) {
   if (!error || !error.path().empty()) return error;
@@ -111,6 +142,31 @@ vd::Error expect_positional(const Args& args, size_t min, size_t max, const char
     return vd::Error(vd::Errc::invalid_argument,
                      "Unexpected argument '" + args.positional[max] + "' (try --help)");
   return {};
+}
+
+vd::Result<int64_t> cvtnum(const std::string& name, const std::string& text, int64_t min, int64_t max) {
+  auto n = vd::parse_size(text);
+  const bool overflow = !n && n.error().message().find("too large") != std::string::npos;
+  if (!n && !overflow) {
+    fail("Invalid " + name + " specified. You may use k, M, G, T, P or E suffixes for");
+    return vd::Error(vd::Errc::invalid_argument,
+                     "kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+  }
+  if (!n || *n > static_cast<uint64_t>(max) || static_cast<int64_t>(*n) < min)
+    return vd::Error(vd::Errc::invalid_argument, "Invalid " + name + " specified. Must be between " +
+                                                     std::to_string(min) + " and " + std::to_string(max) + ".");
+  return static_cast<int64_t>(*n);
+}
+
+std::string snapshot_ref(const std::string& arg) {
+  for (const char* key : {"snapshot.name=", "snapshot.id="}) {
+    size_t at = arg.find(key);
+    if (at != std::string::npos) {
+      std::string v = arg.substr(at + std::string(key).size());
+      return v.substr(0, v.find(','));
+    }
+  }
+  return arg;
 }
 
 std::string resolve_relative(const std::string& child_path, const std::string& name) {

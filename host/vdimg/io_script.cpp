@@ -97,6 +97,64 @@ Result<std::vector<std::string>> parse_flags(IoCommand& cmd, std::string_view li
   return positional;
 }
 
+// qemu-io's cvtnum over qemu_strtosz (QEMU 7.2): decimal with an optional '+', a fraction
+// only before a unit other than B (truncated to whole bytes, "1.k" allowed, no exponent),
+// "0x" hex without a fraction (a unit after it is deprecated but still taken), one unit
+// letter (b k m g t p e, either case, powers of 1024; no "KiB"), nothing after it, and at
+// most INT64_MAX. Errors in qemu-io's words.
+Result<uint64_t> parse_qemu_io_number(const std::string& text) {
+  const Error invalid(Errc::invalid_argument,
+                      "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- " + text);
+  const Error too_large(Errc::invalid_argument, "Parsing error: argument too large -- " + text);
+  size_t i = text[0] == '+' ? 1 : 0;
+  auto digits = [&](int base, uint64_t& v) {
+    const size_t start = i;
+    v = 0;
+    bool overflow = false;
+    for (; i < text.size(); ++i) {
+      const char c = static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
+      const int d = std::isdigit(static_cast<unsigned char>(c)) ? c - '0' : (base == 16 && c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+      if (d < 0 || d >= base) break;
+      overflow |= v > (UINT64_MAX - static_cast<uint64_t>(d)) / static_cast<uint64_t>(base);
+      v = v * static_cast<uint64_t>(base) + static_cast<uint64_t>(d);
+    }
+    return i == start ? -1 : overflow ? 1 : 0;
+  };
+  uint64_t whole = 0;
+  int r = digits(10, whole);
+  if (r < 0) return invalid;
+  if (r > 0) return too_large;
+  double fraction = 0;
+  bool hex = false;
+  if (whole == 0 && i < text.size() && (text[i] == 'x' || text[i] == 'X') && i == (text[0] == '+' ? 2u : 1u)) {
+    ++i;
+    r = digits(16, whole);
+    if (r < 0) return invalid;
+    if (r > 0) return too_large;
+    if (i < text.size() && text[i] == '.') return invalid;
+    hex = true;
+  } else if (i < text.size() && text[i] == '.') {
+    const size_t start = ++i;
+    while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+    if (i < text.size() && (text[i] == 'e' || text[i] == 'E') && i + 1 < text.size()) return invalid;
+    if (i > start) fraction = std::strtod(("0." + text.substr(start, i - start)).c_str(), nullptr);
+  }
+  unsigned shift = 0;
+  if (i < text.size()) {
+    static const std::string units = "bkmgtpe";
+    const size_t u = units.find(static_cast<char>(std::tolower(static_cast<unsigned char>(text[i]))));
+    if (u == std::string::npos) return invalid;
+    shift = static_cast<unsigned>(u) * 10;
+    ++i;
+  }
+  (void)hex;
+  if (i != text.size() || (fraction != 0 && shift == 0)) return invalid;
+  if (shift && whole > (UINT64_MAX >> shift)) return too_large;
+  const uint64_t value = (whole << shift) + static_cast<uint64_t>(fraction * static_cast<double>(uint64_t{1} << shift));
+  if (value > static_cast<uint64_t>(INT64_MAX) || value < (whole << shift)) return too_large;
+  return value;
+}
+
 }  // namespace
 
 Result<uint8_t> parse_pattern_byte(std::string_view text) {
@@ -125,10 +183,10 @@ Result<IoCommand> parse_io_command(std::string_view line) {
   if (positional->size() != want)
     return bad_command(line, want ? "expected OFFSET and LENGTH" : "takes no arguments");
   if (want == 0) return cmd;
-  auto offset = parse_size((*positional)[0]);
-  if (!offset) return bad_command(line, "offset: " + offset.error().message());
-  auto length = parse_size((*positional)[1]);
-  if (!length) return bad_command(line, "length: " + length.error().message());
+  auto offset = parse_qemu_io_number((*positional)[0]);
+  if (!offset) return offset.error();
+  auto length = parse_qemu_io_number((*positional)[1]);
+  if (!length) return length.error();
   if (*offset > UINT64_MAX - *length) return bad_command(line, "offset + length overflows");
   bool buffered = cmd.op == IoCommand::Op::read || cmd.op == IoCommand::Op::write;
   if (buffered && *length > kIoMaxTransfer)
@@ -254,18 +312,32 @@ const char* verb_of(IoCommand::Op op) {
 
 Error run_io_commands(Runtime& rt, Disk& disk, const std::vector<IoCommand>& commands,
                       std::ostream& out, bool quiet) {
+  // A request that fails is reported as qemu-io reports it, on `out`: "read failed:
+  // Input/output error" (a range past the end of the disk is an I/O error there too).
+  // The image's own account of a failure (a corruption it refused, the system error) still
+  // goes to the caller, as QEMU's block layer prints it beside qemu-io's line.
+  auto failed = [&](const IoCommand& cmd, const Error& err) {
+    const char* what = cmd.op == IoCommand::Op::read ? "read"
+                     : cmd.op == IoCommand::Op::discard ? "discard"
+                     : cmd.op == IoCommand::Op::flush ? "flush" : "write";
+    const int e = err.system_errno() ? err.system_errno() : EIO;
+    out << what << " failed: " << std::strerror(e) << '\n';
+    out.flush();
+    return err;
+  };
   for (const auto& cmd : commands) {
     if (cmd.op != IoCommand::Op::flush)
-      if (auto err = check_range(disk, cmd)) return err.wrap(cmd.text);
+      if (auto err = check_range(disk, cmd)) return failed(cmd, err.wrap(cmd.text).wrap(kIoReported));
     bool mismatch = false;
     auto start = std::chrono::steady_clock::now();
-    if (auto err = run_one(rt, disk, cmd, out, mismatch)) return err.wrap(cmd.text);
+    if (auto err = run_one(rt, disk, cmd, out, mismatch)) return failed(cmd, err.wrap(cmd.text));
     std::chrono::duration<double> secs = std::chrono::steady_clock::now() - start;
     const char* verb = verb_of(cmd.op);
     if (verb && !quiet && !cmd.quiet) report(out, verb, cmd, secs.count());
     if (mismatch)
       return Error(Errc::invalid_argument, cmd.text + ": pattern verification failed at offset " +
-                                               std::to_string(cmd.offset));
+                                               std::to_string(cmd.offset))
+          .wrap(kIoReported);
   }
   out.flush();
   return {};

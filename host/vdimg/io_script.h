@@ -44,6 +44,12 @@ Result<IoCommand> parse_io_command(std::string_view line);
 // True if any command changes the disk (the disk must then be opened read-write).
 bool io_commands_write(const std::vector<IoCommand>& commands);
 
+// The operation of an error run_io_commands has reported in full on its output, in qemu-io's
+// words (a range past the end: "read failed: Input/output error"; "Pattern verification
+// failed ..."): a caller that mirrors qemu-io prints nothing more. Other failures print
+// qemu-io's line too, and come back for the caller to print the image's own account.
+inline constexpr const char* kIoReported = "reported";
+
 // Runs the commands in order and stops at the first that fails, returning its error. Report
 // lines go to `out` in qemu-io's wording ("wrote 4096/4096 bytes at offset 0") unless the
 // command or `quiet` says otherwise; a pattern mismatch prints qemu-io's "Pattern verification

@@ -26,15 +26,20 @@ const Subcommand kCommands[] = {
     {"commit", vdimg::cmd_commit, "commit [-f FMT] [-b BASE] [-d] [-p] [-q] [-r RATE] IMAGE"},
     {"compare", vdimg::cmd_compare, "compare [-f FMT] [-F FMT] [-s] [-p] [-q] IMAGE1 IMAGE2"},
     {"convert", vdimg::cmd_convert,
-     "convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [-B BACKING [-F FMT]] [-l SNAPSHOT] "
-     "[--passphrase-file FILE] SRC DST"},
+     "convert [-f FMT] -O FMT [-o OPTS] [-c] [-C] [-p] [-n] [--target-is-zero] [-W] [-m N] "
+     "[-S SPARSE_SIZE] [-r RATE] [--salvage] [-B BACKING [-F FMT]] [-l SNAPSHOT] "
+     "[--passphrase-file FILE] SRC [SRC2...] DST"},
     {"create", vdimg::cmd_create,
      "create -f FMT [-o OPTS] [-b BACKING [-F BACKING_FMT]] [-u] [-q] IMAGE [SIZE]"},
+    {"dd", vdimg::cmd_dd,
+     "dd [-U] [-f FMT] [-O FMT] [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS] if=INPUT of=OUTPUT"},
     {"info", vdimg::cmd_info,
      "info [-f FMT] [--output=human|json] [--backing-chain] [-U] IMAGE"},
     {"io", vdimg::cmd_io,
      "io [-f FMT] [-r] [-q] [--passphrase-file FILE] -c CMD [-c CMD]... IMAGE"},
     {"map", vdimg::cmd_map, "map [-f FMT] [--output=human|json] [-U] IMAGE"},
+    {"measure", vdimg::cmd_measure,
+     "measure [--output=human|json] [-O FMT] [-o OPTS] [--size N | [-f FMT] [-l SNAPSHOT] IMAGE]"},
     {"rebase", vdimg::cmd_rebase, "rebase [-f FMT] [-u] [-p] [-q] -b BACKING [-F FMT] IMAGE"},
     {"resize", vdimg::cmd_resize, "resize [-f FMT] [--shrink] [-q] IMAGE [+|-]SIZE"},
     {"snapshot", vdimg::cmd_snapshot, "snapshot [-l] [-q] IMAGE"},

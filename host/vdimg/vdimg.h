@@ -2,6 +2,7 @@
 // "vdimg: ..." form, opening disks the way the command line asks, and the subcommand table.
 #pragma once
 
+#include <cstdint>
 #include <iosfwd>
 #include <memory>
 #include <optional>
@@ -54,7 +55,10 @@ struct OpenRequest {
   bool force_share = false;
   vd::CacheMode cache = vd::CacheMode::writeback;  // -t or -T (cache_args)
 };
+// A missing IMAGE, data file or backing file fails in qemu-img's words ("Could not open
+// 'x': ..."; qemu_open_error words the errors of Disk::open so).
 vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req);
+vd::Error qemu_open_error(const std::string& top, const vd::Error& e);
 
 
 // Host cache and aio options as qemu-img and qemu-io take them; one parser for every
@@ -83,12 +87,25 @@ std::string format_name(const vd::Image& image);
 // Checks that exactly `count` positional arguments were given.
 vd::Error expect_positional(const Args& args, size_t min, size_t max, const char* what);
 
+// qemu-img's cvtnum_full: a size with suffixes, in [min, max]. A malformed one prints the
+// first of qemu-img's two lines and returns the second; one out of range returns "Invalid
+// NAME specified. Must be between MIN and MAX.".
+vd::Result<int64_t> cvtnum(const std::string& name, const std::string& text, int64_t min = 0,
+                           int64_t max = INT64_MAX);
+
+// The snapshot a -l argument names: "NAME", "snapshot.name=NAME" or "snapshot.id=ID".
+std::string snapshot_ref(const std::string& arg);
+
 // Resolves a parent name recorded in an image the way the chain does: absolute stays, a
 // relative one is relative to the folder of the child.
 std::string resolve_relative(const std::string& child_path, const std::string& name);
 
 // qemu-img's "Snapshot list:" table (info, snapshot -l).
 void print_snapshot_table(std::ostream& out, const std::vector<vd::SnapshotInfo>& snaps);
+
+// `-o help` in qemu-img's layout (option_help.cpp); `with_filename` when the command line
+// names the image (the file protocol's options are then listed too).
+int print_option_help(const vd::Backend& backend, bool with_filename);
 
 // Subcommands: each takes the words after its name.
 using Argv = std::vector<std::string>;
@@ -105,5 +122,7 @@ int cmd_bench(const Argv& argv);
 int cmd_commit(const Argv& argv);
 int cmd_rebase(const Argv& argv);
 int cmd_snapshot(const Argv& argv);
+int cmd_measure(const Argv& argv);
+int cmd_dd(const Argv& argv);
 
 }  // namespace vdimg

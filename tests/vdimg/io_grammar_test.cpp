@@ -1,7 +1,12 @@
 // The `vdimg io` command grammar (qemu-io's subset).
 #include <gtest/gtest.h>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "host/vdimg/io_script.h"
+#include "support/support.h"
 
 namespace {
 
@@ -110,3 +115,40 @@ TEST(IoGrammar, OnlyReadsDoNotNeedWriteAccess) {
 }
 
 }  // namespace
+
+// qemu-io 7.2's number grammar (qemu_strtosz): '+' allowed, decimal (a leading 0 is not
+// octal), 0x hex (with a deprecated unit after it), a fraction only before a unit other
+// than B, truncated to bytes; one unit letter and nothing after it; at most INT64_MAX.
+TEST(IoGrammar, NumbersAsQemuIoReadsThem) {
+  const std::vector<std::pair<const char*, uint64_t>> good = {
+      {"010", 10},       {"08", 8},       {"+512", 512},     {"+0x10", 16},  {"0X200", 512},
+      {"0x1k", 1024},    {"1.k", 1024},   {"1.25k", 1280},   {"0.0001k", 0}, {"1.0", 1},
+      {"512b", 512},     {"63.5M", 66584576}};
+  for (const auto& [text, value] : good)
+    EXPECT_EQ(parsed((std::string("read ") + text + " 1").c_str()).offset, value) << text;
+  for (const char* bad : {"4KiB", "4KB", "1e3", "1.5e3k", "0x1.8", "0x", "0xk", "00x10", "1.5", "1.5B",
+                          ".5k", "k", "8E", "16E", "99999999999999999999"}) {
+    auto r = vd::parse_io_command(std::string("read ") + bad + " 1");
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().message().rfind("Parsing error: ", 0), 0u) << r.error().message();
+  }
+}
+
+// The same words and outcome as qemu-io for each number, run by both on one image.
+TEST(IoGrammar, NumbersMatchQemuIo) {
+  VD_REQUIRE_QEMU();
+  vdtest::TempDir dir;
+  const std::string img = dir.file("n.qcow2");
+  vdtest::sh("qemu-img create -q -f qcow2 " + img + " 64M");
+  for (const char* n : {"010", "0x10", "0X200", "+512", "1.k", "1.25k", "0.0001k", "512b", "4KiB", "1e3",
+                        "0x1.8", "00x10", "1.5", "8E", "99999999999999999999", ".5k", "63.5M"}) {
+    const std::string cmd = std::string("read ") + n + " 512";
+    auto theirs = vdtest::run({"qemu-io", "-c", cmd, img});
+    auto ours = vdtest::vdimg({"io", "-c", cmd, img});
+    auto first_line = [](const std::string& s) { return s.substr(0, s.find('\n')); };
+    std::string q = first_line(theirs.out.empty() ? theirs.err : theirs.out);
+    std::string v = first_line(ours.out.empty() ? ours.err : ours.out);
+    if (v.rfind("vdimg: ", 0) == 0) v.erase(0, 7);
+    EXPECT_EQ(v, q) << cmd;
+  }
+}

@@ -75,11 +75,10 @@ Error create_qcow2(const std::string& path, const QcowCreateSpec& s, const Creat
   Header h = base_header(s, opts.size);
   if (uint64_t{h.l1_size} * 8 > kMaxL1Bytes) return Error(Errc::too_large, "Image is too big").image(path);
   if (s.data_file) {
-    // The data file is named relative to the image's folder; raw data files hold the
-    // whole virtual disk at its own offsets.
-    std::string dp = *s.data_file;
-    const auto slash = path.rfind('/');
-    if (dp.empty() || (dp[0] != '/' && slash != std::string::npos)) dp = path.substr(0, slash + 1) + dp;
+    // The name is recorded as given and, as qemu-img does, created where it points from the
+    // current directory (opening finds it there first: QcowImage::open_data_file). Raw data
+    // files hold the whole virtual disk at its own offsets.
+    const std::string& dp = *s.data_file;
     auto df = io.open(dp, file_read | file_write | file_create | file_truncate | file_lock);
     if (!df) return df.error().wrap("creating", "data file").image(path);
     if (Error e = (*df)->set_size(s.data_file_raw ? opts.size : 0)) return e;
