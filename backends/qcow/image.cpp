@@ -1,4 +1,5 @@
 // QcowImage: properties, descriptive information, and the calls of the write side.
+#include "backends/qcow/bitmap/bitmap_set.h"
 #include "backends/qcow/check/check.h"
 #include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/image.h"
@@ -37,6 +38,8 @@ Error QcowImage::resize(uint64_t new_size) {
     return Error(Errc::not_supported, "shrinking QCOW2 images is not supported").image(path_);
   if (writes_active_ || flushing_)
     return Error(Errc::busy, "resize while requests are in flight").image(path_);
+  if (bitmaps_)
+    if (Error e = bitmaps_->resize(new_size)) return e;
   if (Error e = grow_l1((new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage())) return e;
   hdr_.size = new_size;
   size_ = new_size;
@@ -63,6 +66,8 @@ Error QcowImage::grow_l1(uint64_t needed) {
   return file_->set_size(std::max<uint64_t>(file_end_, *at + clusters * cs));
 }
 
+DirtyBitmaps* QcowImage::bitmaps() { return bitmaps_.get(); }
+
 Result<CheckReport> QcowImage::check(RepairMode repair) { return check_image(*this, repair); }
 
 // qemu-img's "encrypt" block for LUKS, in the order it prints the fields.
@@ -83,6 +88,7 @@ std::vector<InfoField> QcowImage::format_info() const {
   f.push_back({"compression-type",
                std::string(hdr_.compression_type == kCompressionZstd ? "zstd" : "zlib")});
   if (v3) f.push_back({"lazy-refcounts", bool(hdr_.compatible_features & kCompatLazyRefcounts)});
+  if (bitmaps_) bitmaps_->add_info(f);
   f.push_back({"refcount-bits", uint64_t{1} << hdr_.refcount_order});
   if (hdr_.data_file) {
     f.push_back({"data-file", *hdr_.data_file});
@@ -119,6 +125,8 @@ Error QcowImage::close(bool remove) {
   closed_ = true;
   Error first;
   if (!(flags_ & open_read_only)) first = FlushRequest::run_sync(*this);
+  // The bitmaps after the data's metadata: their store allocates and flushes on its own.
+  if (!first && bitmaps_ && !(flags_ & open_read_only)) first = bitmaps_->store();
   if (!first && marked_dirty_) {
     // Everything is on disk and consistent: the image is clean again.
     hdr_.incompatible_features &= ~kIncompatDirty;

@@ -49,6 +49,8 @@
 
 namespace vd::qcow {
 
+class BitmapSet;
+
 class QcowImage final : public Image {
  public:
   static Result<std::unique_ptr<Image>> open(const Backend& backend, const std::string& path,
@@ -93,6 +95,8 @@ class QcowImage final : public Image {
   Error snapshot_delete(const std::string& id_or_name) override;
   Result<CheckReport> check(RepairMode repair) override;
   Error close(bool remove) override;
+  // Persistent dirty bitmaps (bitmap/bitmap_set.h); QCOW2 only.
+  DirtyBitmaps* bitmaps() override;
 
   const Header& header() const { return hdr_; }
   const Layout& layout() const { return layout_; }
@@ -184,6 +188,9 @@ class QcowImage final : public Image {
   Result<uint64_t> allocate_bytes(uint64_t length);
   void allocate_bytes_async(uint64_t length, std::function<void(Error, uint64_t)> done);
   void forget_packing() { zbytes_next_ = 0; }
+  // The data path: the granules a write, write-zeroes or discard touches become dirty in the
+  // enabled bitmaps (in memory; stored at close).
+  void note_write(uint64_t offset, uint64_t length);
   void grew_to(uint64_t end);
 
   // create.cpp: allocates every L2 table and data cluster (preallocation=metadata|falloc|full).
@@ -196,6 +203,7 @@ class QcowImage final : public Image {
   }
 
   friend class FlushRequest;
+  friend class BitmapSet;  // bitmap/: reads and rewrites the directory, allocates clusters
   friend class Checker;  // check.h: reads the metadata, and reloads it after a repair
 
  private:
@@ -283,6 +291,7 @@ class QcowImage final : public Image {
   bool prealloc_known_ = false, prealloc_ = false;  // looks_preallocated(), computed once
   Geometry pchs_, lchs_;
   std::shared_ptr<ParentReader> parent_;
+  std::unique_ptr<BitmapSet> bitmaps_;  // QCOW2: loaded at open, stored at close
   bool closed_ = false;
 };
 

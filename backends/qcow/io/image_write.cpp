@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backends/qcow/bitmap/bitmap_set.h"
 #include "backends/qcow/io/cluster_alloc.h"
 #include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/io/l2_prepare.h"
@@ -32,6 +33,7 @@ void QcowImage::write(uint64_t offset, std::span<const std::byte> buf, unsigned 
   if (!e && (offset > size_ || buf.size() > size_ - offset))
     e = range_error(path_, "write", offset, buf.size(), size_);
   if (e || buf.empty()) return io_.post([done, e] { done(e); });
+  note_write(offset, buf.size());
   begin_write([this, offset, buf, flags, done] {
     WriteRequest::start(*this, offset, buf, flags, [this, done](Error err) {
       end_write();
@@ -45,6 +47,7 @@ void QcowImage::write_zeroes(uint64_t offset, uint64_t length, unsigned flags, C
   if (!e && (offset > size_ || length > size_ - offset))
     e = range_error(path_, "write zeroes", offset, length, size_);
   if (e || length == 0) return io_.post([done, e] { done(e); });
+  note_write(offset, length);
   begin_write([this, offset, length, flags, done] {
     ZeroRequest::start(*this, offset, length, flags, ZeroRequest::Mode::zero, [this, done](Error err) {
       end_write();
@@ -58,12 +61,18 @@ void QcowImage::discard(uint64_t offset, uint64_t length, Completion done) {
   if (!e && (offset > size_ || length > size_ - offset))
     e = range_error(path_, "discard", offset, length, size_);
   if (e || length == 0 || hdr_.version == 1) return io_.post([done, e] { done(e); });
+  note_write(offset, length);
   begin_write([this, offset, length, done] {
     ZeroRequest::start(*this, offset, length, 0, ZeroRequest::Mode::discard, [this, done](Error err) {
       end_write();
       done(err);
     });
   });
+}
+
+// Before the request starts, so a flush that waits for it stores the bits with its data.
+void QcowImage::note_write(uint64_t offset, uint64_t length) {
+  if (bitmaps_) bitmaps_->note_write(offset, length);
 }
 
 // ---- The gate ---------------------------------------------------------------------------
