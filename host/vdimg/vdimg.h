@@ -85,5 +85,6 @@ int cmd_bench(const Argv& argv);
 int cmd_commit(const Argv& argv);
 int cmd_rebase(const Argv& argv);
 int cmd_snapshot(const Argv& argv);
+int cmd_bitmap(const Argv& argv);
 
 }  // namespace vdimg

@@ -33,7 +33,7 @@
 // Bump with every change to what a plugin sees (a plain integer: it is pasted into a name).
 #define VD_PLUGIN_ABI_VERSION 2
 // The hash of the normalised plugin-visible headers (this line and the version's excluded).
-#define VD_PLUGIN_ABI_FINGERPRINT "fnv1a64-12666281c198ddf9"
+#define VD_PLUGIN_ABI_FINGERPRINT "fnv1a64-603d12c8cab7ae46"
 
 #define VD_PLUGIN_CAT_(a, b) a##b
 #define VD_PLUGIN_CAT(a, b) VD_PLUGIN_CAT_(a, b)

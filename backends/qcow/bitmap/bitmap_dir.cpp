@@ -187,13 +187,12 @@ Result<std::vector<uint64_t>> read_bitmap_table(File& f, const BitmapEntry& e, u
 
 Error check_new_bitmap(const std::string& name, uint64_t granularity, uint64_t disk_size,
                        uint64_t cluster_size) {
-  if (granularity == 0 || (granularity & (granularity - 1)))
-    return Error(Errc::invalid_argument, "Granularity must be power of 2");
+  // qemu checks the request first (block-dirty-bitmap-add), then the format's limits.
+  if (granularity < 512 || (granularity & (granularity - 1)))
+    return Error(Errc::invalid_argument, "Granularity must be power of 2 and at least 512");
   const uint32_t bits = static_cast<uint32_t>(__builtin_ctzll(granularity));
   if (bits > kBmeMaxGranularityBits)
     return Error(Errc::invalid_argument, "Granularity exceeds maximum (2147483648 bytes)");
-  if (bits < kBmeMinGranularityBits)
-    return Error(Errc::invalid_argument, "Granularity is under minimum (512 bytes)");
   const uint64_t granules = (disk_size + granularity - 1) / granularity;
   const uint64_t bytes = (granules + 7) / 8;
   if (bytes > kBmeMaxPhysSize || bytes > uint64_t{kBmeMaxTableSize} * cluster_size)

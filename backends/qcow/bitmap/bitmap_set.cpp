@@ -271,6 +271,9 @@ Result<BitmapSet::Loaded*> BitmapSet::usable(const char* op, const std::string& 
 Error BitmapSet::add(const std::string& name, uint64_t granularity, bool enabled) {
   if (img_.flags_ & open_read_only)
     return Error(Errc::read_only, "the image is open read-only").image(img_.path_).op("add bitmap");
+  // qemu's order: the request's granularity, then the name, then the format's limits.
+  if (granularity < 512 || (granularity & (granularity - 1)))
+    return Error(Errc::invalid_argument, "Granularity must be power of 2 and at least 512");
   if (find(name)) return Error(Errc::exists, "Bitmap already exists: " + name);
   if (img_.hdr_.version < 3)
     return Error(Errc::not_supported, "Can't make bitmap '" + name + "' persistent in '" + img_.path_ +
