@@ -298,6 +298,13 @@ Error BitmapSet::remove(const std::string& name) {
   auto it = std::find_if(list_.begin(), list_.end(), [&](const Loaded& l) { return l.entry.name == name; });
   if (it == list_.end()) return not_found(name);
   const uint64_t cs = img_.layout_.cluster_size();
+  if (it->entry.table_offset && !it->bits) {
+    // An inconsistent bitmap's table was never loaded; its clusters are freed all the same
+    // (QEMU reads the table to free them; a table it cannot read fails the removal).
+    auto table = read_bitmap_table(*img_.file_, it->entry, cs, img_.path_);
+    if (!table) return table.error();
+    it->table = std::move(*table);
+  }
   if (it->entry.table_offset) {
     dropped_.emplace_back(it->entry.table_offset, round_up(uint64_t{it->entry.table_size} * 8, cs));
     for (uint64_t x : it->table)
