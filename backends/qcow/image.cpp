@@ -124,9 +124,8 @@ Error QcowImage::close(bool remove) {
   if (closed_) return {};
   closed_ = true;
   Error first;
+  // The flush stores the bitmaps too (its first step), clearing their in-use flags.
   if (!(flags_ & open_read_only)) first = FlushRequest::run_sync(*this);
-  // The bitmaps after the data's metadata: their store allocates and flushes on its own.
-  if (!first && bitmaps_ && !(flags_ & open_read_only)) first = bitmaps_->store();
   if (!first && marked_dirty_) {
     // Everything is on disk and consistent: the image is clean again.
     hdr_.incompatible_features &= ~kIncompatDirty;

@@ -168,6 +168,10 @@ class QcowImage final : public Image {
   // The write gate: writes run between flushes; a flush waits for them to drain.
   void begin_write(std::function<void()> start);
   void end_write();
+  // The bitmaps must be marked in use before the next write (bitmap/mark_in_use.h): the
+  // gate holds writes meanwhile; if the marking fails, the writes it held fail with it.
+  void marking_finished(Error e);
+  bool failed_marking(const Completion& done);
   void flush_finished(Error e);
   Error write_metadata_header();
   // The header as the flush writes it. The refcount table fields follow a moved table only
@@ -204,6 +208,7 @@ class QcowImage final : public Image {
 
   friend class FlushRequest;
   friend class BitmapSet;  // bitmap/: reads and rewrites the directory, allocates clusters
+  friend class MarkInUseRequest;
   friend class Checker;  // check.h: reads the metadata, and reloads it after a repair
 
  private:
@@ -280,6 +285,8 @@ class QcowImage final : public Image {
   KeyedLocks l1_tables_{io_};
   unsigned writes_active_ = 0;
   bool flushing_ = false;
+  bool marking_ = false;  // MarkInUseRequest running: writes and flushes wait
+  Error mark_error_;      // set while the writes a failed marking held are failed
   std::deque<std::function<void()>> gated_;   // writes waiting for a flush to finish
   std::vector<Completion> flush_waiters_;     // flushes waiting for writes to drain
   uint64_t v1_end_ = 0;                       // QCOW v1: next free host offset

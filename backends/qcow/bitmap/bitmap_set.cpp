@@ -44,6 +44,7 @@ Error BitmapSet::load() {
   const uint64_t cs = img_.layout_.cluster_size();
   auto dir = read_bitmap_directory(*img_.file_, *ext, cs, img_.size_, img_.path_);
   if (!dir) return dir.error();
+  disk_entries_ = *dir;
   std::vector<std::byte> buf(cs);
   for (BitmapEntry& e : *dir) {
     Loaded l;
@@ -87,9 +88,8 @@ Error BitmapSet::load() {
 // The directory rewritten where it is (only flags change, so its size does not): QEMU's
 // update_ext_header_and_dir_in_place, with the order and flushes of the crash invariant
 // in bitmap_set.h.
-Error BitmapSet::write_directory_in_place(const std::vector<BitmapEntry>& entries, uint64_t offset) {
+Error BitmapSet::write_directory_in_place(const std::vector<std::byte>& bytes, uint64_t offset) {
   Header& h = img_.hdr_;
-  auto bytes = encode_bitmap_directory(entries);
   h.autoclear_features &= ~kAutoclearBitmaps;  // the header stops vouching for the directory
   if (Error e = img_.write_metadata_header()) return e;
   if (Error e = img_.file_->flush()) return e.wrap("flush").image(img_.path_);
@@ -103,106 +103,122 @@ Error BitmapSet::write_directory_in_place(const std::vector<BitmapEntry>& entrie
   return {};
 }
 
-Error BitmapSet::mark_in_use() {
+// The directory on disk with every entry in use (QEMU marks every bitmap it loaded, enabled
+// or not); the in-memory entries of those bitmaps follow, for info.
+std::vector<std::byte> BitmapSet::in_use_directory(uint64_t& offset) {
   auto ext = find_bitmaps_ext(img_.hdr_);
-  if (!ext) return {};
-  bool needed = false;
-  std::vector<BitmapEntry> entries;
-  for (auto& l : list_) {
-    if (!l.entry.in_use()) {
-      l.entry.flags |= kBmeFlagInUse;
-      needed = true;
-    }
-    entries.push_back(l.entry);
-  }
-  changed_ = changed_ || needed;
-  if (!needed) return {};
-  if (Error e = write_directory_in_place(entries, ext->dir_offset))
-    return e.wrap("Can't update bitmap directory").image(img_.path_);
+  if (!ext || disk_entries_.empty()) return {};
+  offset = ext->dir_offset;
+  for (auto& e : disk_entries_) e.flags |= kBmeFlagInUse;
+  for (auto& l : list_)
+    if (l.entry.table_offset) l.entry.flags |= kBmeFlagInUse;
+  return encode_bitmap_directory(disk_entries_);
+}
+
+bool BitmapSet::all_in_use() const {
+  for (const auto& e : disk_entries_)
+    if (!e.in_use()) return false;
+  return true;
+}
+
+// Synchronous marking (open; the API's operations, which run with no request in flight).
+Error BitmapSet::mark_now() {
+  if (all_in_use()) return {};
+  uint64_t offset = 0;
+  auto dir = in_use_directory(offset);
+  if (dir.empty()) return {};
+  if (Error e = write_directory_in_place(dir, offset)) return e.wrap("Can't update bitmap directory").image(img_.path_);
+  marked();
   return {};
 }
 
-Error BitmapSet::release_old(const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
-  if (ranges.empty()) return {};
-  for (auto [off, len] : ranges) img_.refs_->release_later(off, len);
-  return FlushRequest::run_sync(img_);
-}
+Error BitmapSet::mark_in_use() { return mark_now(); }
 
-// Everything in new clusters, then the header switch, then the old clusters freed (the
-// crash invariant in bitmap_set.h). Inconsistent bitmaps keep their entry as it is.
-Error BitmapSet::store() {
-  if (!changed_) return {};
+// ---- Storing (the first step of a flush) ---------------------------------------------
+
+uint64_t BitmapSet::plan_store() {
   const uint64_t cs = img_.layout_.cluster_size();
-  File& f = *img_.file_;
-  std::vector<std::pair<uint64_t, uint64_t>> old = std::move(dropped_);
+  auto plan = std::make_unique<Plan>();
+  plan->old = std::move(dropped_);
   dropped_.clear();
-  std::vector<BitmapEntry> entries;
-  std::vector<std::vector<uint64_t>> tables;
-  std::vector<std::byte> buf(cs);
   for (auto& l : list_) {
-    if (!l.bits) {
-      entries.push_back(l.entry);
-      tables.push_back(l.table);
+    if (!l.bits) {  // inconsistent: its entry stays as it is, in use
+      plan->entries.push_back(l.entry);
+      plan->tables.push_back(l.table);
       continue;
     }
     BitmapEntry e = l.entry;
     const uint64_t n = bitmap_table_entries(img_.size_, e.granularity_bits, cs);
-    std::vector<uint64_t> table(n, 0);
+    Plan::Data d{plan->entries.size(), {}};
     for (uint64_t i = 0; i < n; ++i) {
       if (l.bits->cluster_empty(i, cs)) continue;  // all zeros: no cluster, as QEMU writes it
-      auto at = img_.allocate_clusters(1);
-      if (!at) return at.error().wrap("Failed to allocate clusters for bitmap '" + e.name + "'");
+      std::vector<std::byte> buf(cs);
       l.bits->store_cluster(i, buf);
-      if (Error err = f.write(IoKind::meta, *at, buf))
-        return err.wrap("Failed to write bitmap '" + e.name + "' to file", "bitmap data", *at).image(img_.path_);
-      table[i] = *at;
+      d.clusters.emplace_back(i, std::move(buf));
     }
-    const uint64_t tbytes = n * 8;
-    auto tab_at = img_.allocate_clusters(round_up(tbytes, cs) / cs);
-    if (!tab_at) return tab_at.error().wrap("Failed to allocate clusters for bitmap '" + e.name + "'");
-    std::vector<std::byte> raw(round_up(tbytes, cs), std::byte{0});
-    for (uint64_t i = 0; i < n; ++i) store_be64(raw.data() + i * 8, table[i]);
-    if (Error err = f.write(IoKind::meta, *tab_at, raw))
-      return err.wrap("Failed to write bitmap '" + e.name + "' to file", "bitmap table", *tab_at).image(img_.path_);
+    plan->clusters += d.clusters.size() + round_up(n * 8, cs) / cs;
     if (e.table_offset) {
-      old.emplace_back(e.table_offset, round_up(uint64_t{e.table_size} * 8, cs));
+      plan->old.emplace_back(e.table_offset, round_up(uint64_t{e.table_size} * 8, cs));
       for (uint64_t x : l.table)
-        if (uint64_t off = x & kBmeEntryOffsetMask) old.emplace_back(off, cs);
+        if (uint64_t off = x & kBmeEntryOffsetMask) plan->old.emplace_back(off, cs);
     }
-    e.table_offset = *tab_at;
     e.table_size = static_cast<uint32_t>(n);
     e.flags = l.enabled ? kBmeFlagAuto : 0;
-    entries.push_back(e);
-    tables.push_back(std::move(table));
+    plan->data.push_back(std::move(d));
+    plan->entries.push_back(e);
+    plan->tables.emplace_back(n, 0);
   }
-  auto old_ext = find_bitmaps_ext(img_.hdr_);
-  std::optional<BitmapsExt> ext;
-  if (!entries.empty()) {
-    for (const auto& e : entries)
-      if (!bitmap_entry_valid(e, cs, img_.size_))
-        return Error(Errc::invalid_argument, "Bitmap '" + e.name + "' doesn't satisfy the constraints").image(img_.path_);
-    auto dir = encode_bitmap_directory(entries);
-    if (dir.size() > kMaxBitmapDirBytes) return Error(Errc::too_large, "Bitmap directory is too large").image(img_.path_);
-    auto at = img_.allocate_clusters(round_up(dir.size(), cs) / cs);
-    if (!at) return at.error().wrap("Failed to update bitmap extension");
-    if (Error err = f.write(IoKind::meta, *at, dir))
-      return err.wrap("writing", "bitmap directory", *at).image(img_.path_);
-    ext = BitmapsExt{static_cast<uint32_t>(entries.size()), dir.size(), *at};
+  if (!plan->entries.empty()) plan->clusters += round_up(bitmap_directory_bytes(plan->entries), cs) / cs;
+  if (auto ext = find_bitmaps_ext(img_.hdr_)) plan->old.emplace_back(ext->dir_offset, round_up(ext->dir_size, cs));
+  changed_ = false;  // a write from now on marks the next flush
+  plan_ = std::move(plan);
+  return plan_->clusters;
+}
+
+std::vector<Refcounts::MetaWrite> BitmapSet::place_store(uint64_t at) {
+  const uint64_t cs = img_.layout_.cluster_size();
+  Plan& p = *plan_;
+  p.encoded.reserve(p.data.size() + 1);  // the writes point into it
+  std::vector<Refcounts::MetaWrite> writes;
+  for (auto& d : p.data) {
+    auto& table = p.tables[d.entry];
+    for (auto& [index, buf] : d.clusters) {
+      table[index] = at;
+      writes.push_back({at, buf});
+      at += cs;
+    }
+    BitmapEntry& e = p.entries[d.entry];
+    e.table_offset = at;
+    std::vector<std::byte> raw(round_up(table.size() * 8, cs), std::byte{0});
+    for (uint64_t i = 0; i < table.size(); ++i) store_be64(raw.data() + i * 8, table[i]);
+    at += raw.size();
+    p.encoded.push_back(std::move(raw));
+    writes.push_back({e.table_offset, p.encoded.back()});
   }
-  // New clusters and the refcounts that hold them durable before the header points at them.
-  if (Error err = FlushRequest::run_sync(img_)) return err;
-  set_bitmaps_ext(img_.hdr_, ext);
+  if (!p.entries.empty()) {
+    auto dir = encode_bitmap_directory(p.entries);
+    p.ext = BitmapsExt{static_cast<uint32_t>(p.entries.size()), dir.size(), at};
+    p.encoded.push_back(std::move(dir));
+    writes.push_back({at, p.encoded.back()});
+  }
+  return writes;  // (p.encoded was reserved by count: no reallocation moved a buffer)
+}
+
+void BitmapSet::commit_store() {
+  Plan& p = *plan_;
+  set_bitmaps_ext(img_.hdr_, p.ext);
+  disk_entries_ = p.entries;
+  img_.mark_header_dirty();
   img_.metadata_moved();
-  if (Error err = img_.write_metadata_header()) return err;
-  if (Error err = f.flush()) return err.wrap("flush").image(img_.path_);
-  for (size_t i = 0; i < list_.size(); ++i) {
-    list_[i].entry = entries[i];
-    list_[i].table = std::move(tables[i]);
+  size_t k = 0;
+  for (auto& l : list_) {
+    l.entry = p.entries[k];
+    l.table = std::move(p.tables[k]);
+    ++k;
   }
-  if (old_ext) old.emplace_back(old_ext->dir_offset, round_up(old_ext->dir_size, cs));
-  changed_ = false;
-  // Nothing points at the old clusters any more.
-  return release_old(old);
+  for (auto [off, len] : p.old) img_.refs_->release_later(off, len);
+  on_disk_clean_ = true;
+  plan_.reset();
 }
 
 Error BitmapSet::resize(uint64_t new_size) {
@@ -297,6 +313,7 @@ Error BitmapSet::remove(const std::string& name) {
     return Error(Errc::read_only, "the image is open read-only").image(img_.path_).op("remove bitmap");
   auto it = std::find_if(list_.begin(), list_.end(), [&](const Loaded& l) { return l.entry.name == name; });
   if (it == list_.end()) return not_found(name);
+  if (Error e = mark_now()) return e;
   const uint64_t cs = img_.layout_.cluster_size();
   if (it->entry.table_offset && !it->bits) {
     // An inconsistent bitmap's table was never loaded; its clusters are freed all the same
@@ -319,6 +336,7 @@ Error BitmapSet::remove(const std::string& name) {
 Error BitmapSet::clear(const std::string& name) {
   auto l = usable("clear bitmap", name);
   if (!l) return l.error();
+  if (Error e = mark_now()) return e;
   (*l)->bits->clear_all();
   changed_ = true;
   return {};
@@ -327,6 +345,7 @@ Error BitmapSet::clear(const std::string& name) {
 Error BitmapSet::set_enabled(const std::string& name, bool enabled) {
   auto l = usable(enabled ? "enable bitmap" : "disable bitmap", name);
   if (!l) return l.error();
+  if (Error e = mark_now()) return e;
   (*l)->enabled = enabled;
   changed_ = true;
   retrack();
@@ -336,6 +355,7 @@ Error BitmapSet::set_enabled(const std::string& name, bool enabled) {
 Error BitmapSet::set_dirty(const std::string& name, uint64_t offset, uint64_t length) {
   auto l = usable("merge bitmap", name);
   if (!l) return l.error();
+  if (Error e = mark_now()) return e;
   (*l)->bits->set(offset, length);
   changed_ = true;
   return {};

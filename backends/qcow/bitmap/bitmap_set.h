@@ -10,8 +10,13 @@
 //                    are stale until a store rewrites them.
 //   every write      write, write-zeroes and discard set the bits of the granules they touch
 //                    in each enabled bitmap (note_write: in memory, synchronous, no I/O).
-//   close            store(): the bits go to new clusters, then the directory (in use
-//                    cleared), then the header points at it, then the old clusters are freed.
+//   flush and close  the first step of every flush (FlushRequest) stores what changed: the
+//                    bits go to new clusters, then the directory (in use cleared), then the
+//                    header points at it, then the old clusters are freed. So a crash loses
+//                    nothing that was flushed.
+//   next write       after a flush stored them, the first write waits until the bitmaps are
+//                    marked in use again (MarkInUseRequest, the same in-place update as the
+//                    open's), so no write reaches the disk while a bitmap there looks valid.
 //
 // Crash invariants (the same as the rest of the metadata, docs/design.md):
 //   - the in-use marking rewrites the directory in place, so the header first stops vouching
@@ -26,11 +31,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "backends/qcow/bitmap/bitmap_dir.h"
 #include "backends/qcow/bitmap/dirty_bitmap.h"
+#include "backends/qcow/meta/refcount.h"
 #include "vd/backend.h"
 
 namespace vd::qcow {
@@ -45,16 +52,42 @@ class BitmapSet final : public DirtyBitmaps {
   Error load();
   // A read-write open: marks the consistent bitmaps in use on disk. Synchronous.
   Error mark_in_use();
-  // Close: writes what changed since the open (nothing on a read-only open). Synchronous,
-  // after the data path's metadata is flushed.
-  Error store();
+  // ---- Storing, as the first step of every flush (FlushRequest::store_bitmaps) ----
+  // Something differs from the disk: bits set, in-use flags to clear, bitmaps added,
+  // removed or changed.
+  bool store_pending() const { return changed_; }
+  // Snapshots what to store (serialises the bits now: writes that arrive while the flush
+  // runs mark the next one) and answers how many clusters it needs (0: no bitmap left).
+  uint64_t plan_store();
+  // The planned clusters at `at` (one run, just allocated): the writes that put them there.
+  std::vector<Refcounts::MetaWrite> place_store(uint64_t at);
+  // The writes are durable: the header (written later in the same flush, after the
+  // refcounts) points at the new directory, and the old clusters are released after it.
+  void commit_store();
+  // The flush failed before commit: the next one stores again.
+  void store_failed() { changed_ = true; plan_.reset(); }
+  bool store_planned() const { return plan_ != nullptr; }
+
+  // After a flush stored them, the bitmaps on disk are not in use: before the next write
+  // is issued they must be marked again (MarkInUseRequest), or a crash after that write
+  // would leave a bitmap that looks consistent and misses it.
+  bool needs_mark() const { return on_disk_clean_ && !tracking_.empty() && !all_in_use(); }
+  // The directory bytes with every consistent bitmap in use, and where they go.
+  std::vector<std::byte> in_use_directory(uint64_t& offset);
+  void marked() {
+    on_disk_clean_ = false;
+    changed_ = true;  // in use on disk: a store must clear it
+  }
+
   // The disk grew or shrank: bitmaps follow (new granules clean); refused while one is
   // inconsistent, as QEMU refuses.
   Error resize(uint64_t new_size);
 
   // The data path: marks [offset, offset + length) in every enabled, consistent bitmap.
   void note_write(uint64_t offset, uint64_t length) {
+    if (tracking_.empty()) return;
     for (DirtyBitmap* b : tracking_) b->set(offset, length);
+    changed_ = true;
   }
   bool empty() const { return list_.empty(); }
   // qemu-img info's "bitmaps" list (format-specific fields, dotted keys).
@@ -81,14 +114,34 @@ class BitmapSet final : public DirtyBitmaps {
   const Loaded* find(const std::string& name) const;
   Result<Loaded*> usable(const char* op, const std::string& name);
   void retrack();
-  Error write_directory_in_place(const std::vector<BitmapEntry>& entries, uint64_t offset);
-  Error release_old(const std::vector<std::pair<uint64_t, uint64_t>>& ranges);
+  Error write_directory_in_place(const std::vector<std::byte>& bytes, uint64_t offset);
+  bool all_in_use() const;
+  Error mark_now();
+
+  struct Plan {
+    std::vector<BitmapEntry> entries;          // the new directory (in use cleared)
+    std::vector<std::vector<uint64_t>> tables;  // their tables (offsets filled by place_store)
+    // Per consistent bitmap: its index in `entries` and, per non-empty data cluster, the
+    // table index and the serialised bits.
+    struct Data {
+      size_t entry;
+      std::vector<std::pair<uint64_t, std::vector<std::byte>>> clusters;
+    };
+    std::vector<Data> data;
+    std::vector<std::vector<std::byte>> encoded;  // tables and directory, kept for the writes
+    std::vector<std::pair<uint64_t, uint64_t>> old;  // clusters to release after the switch
+    std::optional<BitmapsExt> ext;
+    uint64_t clusters = 0;
+  };
 
   QcowImage& img_;
   std::vector<Loaded> list_;
+  std::vector<BitmapEntry> disk_entries_;  // the directory as on disk
   std::vector<DirtyBitmap*> tracking_;  // enabled and consistent: what a write marks
   std::vector<std::pair<uint64_t, uint64_t>> dropped_;  // clusters of removed bitmaps
-  bool changed_ = false;  // something to store at close
+  bool changed_ = false;        // something to store at the next flush
+  bool on_disk_clean_ = false;  // the last flush stored them: not in use on disk
+  std::unique_ptr<Plan> plan_;
 };
 
 }  // namespace vd::qcow
