@@ -45,6 +45,7 @@ Error BitmapSet::load() {
   auto dir = read_bitmap_directory(*img_.file_, *ext, cs, img_.size_, img_.path_);
   if (!dir) return dir.error();
   disk_entries_ = *dir;
+  disk_ext_ = ext;
   std::vector<std::byte> buf(cs);
   for (BitmapEntry& e : *dir) {
     Loaded l;
@@ -104,15 +105,24 @@ Error BitmapSet::write_directory_in_place(const std::vector<std::byte>& bytes, u
 }
 
 // The directory on disk with every entry in use (QEMU marks every bitmap it loaded, enabled
-// or not); the in-memory entries of those bitmaps follow, for info.
-std::vector<std::byte> BitmapSet::in_use_directory(uint64_t& offset) {
-  auto ext = find_bitmaps_ext(img_.hdr_);
-  if (!ext || disk_entries_.empty()) return {};
-  offset = ext->dir_offset;
+// or not). Nothing changes in memory until marked(): a marking that fails is tried again.
+std::vector<std::byte> BitmapSet::in_use_directory(uint64_t& offset) const {
+  // Where the directory is on disk, even while a failed marking left the autoclear bit
+  // clear in memory.
+  if (!disk_ext_ || disk_entries_.empty()) return {};
+  offset = disk_ext_->dir_offset;
+  auto entries = disk_entries_;
+  for (auto& e : entries) e.flags |= kBmeFlagInUse;
+  return encode_bitmap_directory(entries);
+}
+
+// The marking is on disk: the entries there are in use (and info shows it, as qemu-img).
+void BitmapSet::marked() {
   for (auto& e : disk_entries_) e.flags |= kBmeFlagInUse;
   for (auto& l : list_)
     if (l.entry.table_offset) l.entry.flags |= kBmeFlagInUse;
-  return encode_bitmap_directory(disk_entries_);
+  on_disk_clean_ = false;
+  changed_ = true;  // in use on disk: a store must clear it
 }
 
 bool BitmapSet::all_in_use() const {
@@ -169,7 +179,7 @@ uint64_t BitmapSet::plan_store() {
     plan->tables.emplace_back(n, 0);
   }
   if (!plan->entries.empty()) plan->clusters += round_up(bitmap_directory_bytes(plan->entries), cs) / cs;
-  if (auto ext = find_bitmaps_ext(img_.hdr_)) plan->old.emplace_back(ext->dir_offset, round_up(ext->dir_size, cs));
+  if (disk_ext_) plan->old.emplace_back(disk_ext_->dir_offset, round_up(disk_ext_->dir_size, cs));
   changed_ = false;  // a write from now on marks the next flush
   plan_ = std::move(plan);
   return plan_->clusters;
@@ -207,6 +217,7 @@ std::vector<Refcounts::MetaWrite> BitmapSet::place_store(uint64_t at) {
 void BitmapSet::commit_store() {
   Plan& p = *plan_;
   set_bitmaps_ext(img_.hdr_, p.ext);
+  disk_ext_ = p.ext;
   disk_entries_ = p.entries;
   img_.mark_header_dirty();
   img_.metadata_moved();

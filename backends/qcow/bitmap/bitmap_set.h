@@ -73,11 +73,8 @@ class BitmapSet final : public DirtyBitmaps {
   // would leave a bitmap that looks consistent and misses it.
   bool needs_mark() const { return on_disk_clean_ && !tracking_.empty() && !all_in_use(); }
   // The directory bytes with every consistent bitmap in use, and where they go.
-  std::vector<std::byte> in_use_directory(uint64_t& offset);
-  void marked() {
-    on_disk_clean_ = false;
-    changed_ = true;  // in use on disk: a store must clear it
-  }
+  std::vector<std::byte> in_use_directory(uint64_t& offset) const;
+  void marked();
 
   // The disk grew or shrank: bitmaps follow (new granules clean); refused while one is
   // inconsistent, as QEMU refuses.
@@ -137,6 +134,7 @@ class BitmapSet final : public DirtyBitmaps {
   QcowImage& img_;
   std::vector<Loaded> list_;
   std::vector<BitmapEntry> disk_entries_;  // the directory as on disk
+  std::optional<BitmapsExt> disk_ext_;     // and where it is
   std::vector<DirtyBitmap*> tracking_;  // enabled and consistent: what a write marks
   std::vector<std::pair<uint64_t, uint64_t>> dropped_;  // clusters of removed bitmaps
   bool changed_ = false;        // something to store at the next flush
