@@ -297,4 +297,33 @@ TEST(VdimgBitmap, CorruptDirectoriesRefusedAsQemu) {
   }
 }
 
+// commit writes into the base through its image: the base's enabled bitmaps mark what the
+// commit changed, as qemu-img commit's do. snapshot -c keeps bitmaps; -a is refused while
+// the image has any, as by qemu-img.
+TEST(VdimgBitmap, CommitAndSnapshotAsQemuImg) {
+  VD_REQUIRE_QEMU();
+  if (!have_nbd()) GTEST_SKIP() << "no nbdinfo/qemu-nbd";
+  TempDir dir;
+  for (const char* p : {"q", "v"}) {
+    const std::string base = dir.file(std::string(p) + "base.qcow2"), top = dir.file(std::string(p) + "top.qcow2");
+    vdtest::sh("qemu-img create -q -f qcow2 " + base + " 4M && qemu-img bitmap --add " + base + " b0 && " +
+               "qemu-img create -q -f qcow2 -b " + base + " -F qcow2 " + top + " && " +
+               "qemu-io -c 'write 1M 64k' -c 'write 3M 4k' " + top + " >/dev/null");
+  }
+  ASSERT_EQ(vdtest::run({"qemu-img", "commit", "-q", dir.file("qtop.qcow2")}).exit_code, 0);
+  auto c = vdimg({"commit", "-q", dir.file("vtop.qcow2")});
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_EQ(bitmap_map(dir.file("vbase.qcow2"), "b0"), bitmap_map(dir.file("qbase.qcow2"), "b0"));
+  expect_check_clean(dir.file("vbase.qcow2"));
+
+  ASSERT_EQ(vdtest::run({"qemu-img", "snapshot", "-c", "s", dir.file("qbase.qcow2")}).exit_code, 0);
+  ASSERT_EQ(vdimg({"snapshot", "-c", "s", dir.file("vbase.qcow2")}).exit_code, 0);
+  EXPECT_EQ(bitmap_map(dir.file("vbase.qcow2"), "b0"), bitmap_map(dir.file("qbase.qcow2"), "b0"));
+  expect_check_clean(dir.file("vbase.qcow2"));
+  auto q = vdtest::run({"qemu-img", "snapshot", "-a", "s", dir.file("qbase.qcow2")});
+  auto v = vdimg({"snapshot", "-a", "s", dir.file("vbase.qcow2")});
+  EXPECT_EQ(v.exit_code, q.exit_code);
+  EXPECT_NE(v.err.find("Could not apply snapshot 's': Device has active dirty bitmaps"), std::string::npos) << v.err;
+}
+
 }  // namespace
