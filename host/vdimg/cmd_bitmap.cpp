@@ -43,6 +43,35 @@ vd::Error merge(vd::DirtyBitmaps& target, const std::string& name, const vd::Dir
 
 }  // namespace
 
+vd::Error check_source_bitmaps(vd::Image& src, bool skip_broken) {
+  vd::DirtyBitmaps* b = src.bitmaps();
+  if (!b) return vd::Error(vd::Errc::not_supported, "Source lacks bitmap support");
+  for (const auto& i : b->list())
+    if (i.inconsistent && !skip_broken)
+      return vd::Error(vd::Errc::corrupt, "Cannot copy inconsistent bitmap '" + i.name +
+                                              "'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it");
+  return {};
+}
+
+vd::Error target_supports_bitmaps(vd::Image& dst) {
+  if (!dst.bitmaps() || dst.version() < 3)
+    return vd::Error(vd::Errc::not_supported, "Format driver '" + format_name(dst) + "' does not support bitmaps");
+  return {};
+}
+
+vd::Error copy_bitmaps(vd::Image& src, vd::Image& dst, bool skip_broken) {
+  vd::DirtyBitmaps* from = src.bitmaps();
+  vd::DirtyBitmaps* to = dst.bitmaps();
+  if (!from || !to) return {};
+  for (const auto& i : from->list()) {
+    if (i.inconsistent && skip_broken) continue;
+    vd::Error e = to->add(i.name, i.granularity, i.enabled);
+    if (!e) e = merge(*to, i.name, *from, i.name, std::min(src.size(), dst.size()));
+    if (e) return vd::Error(e.kind(), "Failed to populate bitmap " + i.name + ": " + e.message());
+  }
+  return {};
+}
+
 int cmd_bitmap(const Argv& argv) {
   auto args = parse_args(argv, {{0, "add", false}, {0, "remove", false}, {0, "clear", false},
                                 {0, "enable", false}, {0, "disable", false}, {0, "merge", true},

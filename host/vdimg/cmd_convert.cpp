@@ -22,6 +22,8 @@ const char kUsage[] =
     "  -p                      show progress\n"
     "  -n                      DST exists: do not create it\n"
     "  -W                      allow out-of-order writes to DST (default: guest order)\n"
+    "  --bitmaps               copy SRC's persistent bitmaps too (--skip-broken-bitmaps:\n"
+    "                          leave out inconsistent ones instead of failing)\n"
     "  -B BACKING, -F FMT      give DST a backing file (its format)\n"
     "  -l SNAPSHOT             copy an internal snapshot of SRC (name, or snapshot.name=X,\n"
     "                          snapshot.id=X)\n"
@@ -125,19 +127,28 @@ int cmd_convert(const Argv& argv) {
                                 {'W', nullptr, false}, {'m', nullptr, true},
                                 {'t', nullptr, true}, {'T', nullptr, true},
                                 {'S', nullptr, true}, {0, "passphrase-file", true},
-                                {0, "object", true}});
+                                {0, "object", true}, {0, "bitmaps", false},
+                                {0, "skip-broken-bitmaps", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 2, 2, "a source and a target image")) return fail(err);
   Context ctx;
   auto src = open_source(ctx, *args);
   if (!src) return fail(src.error());
+  const bool bitmaps = args->has("bitmaps");  // persistent bitmaps too (cmd_bitmap.cpp)
+  if (bitmaps)
+    if (vd::Error e = check_source_bitmaps((*src)->image(0), args->has("skip-broken-bitmaps"))) return fail(e);
 
   std::string out_fmt = args->last("O").value_or("raw");
   auto opts = target_options(*args, (*src)->size());
   if (!opts) return fail(name_image(opts.error(), args->positional[1]));
   auto dst = open_target(ctx, *args, out_fmt, *opts);
   if (!dst) return fail(dst.error());
+  if (bitmaps)
+    if (vd::Error e = target_supports_bitmaps((*dst)->image(0))) {
+      (void)(*dst)->close();
+      return fail(e);
+    }
 
   CopyOptions copy;
   copy.granule = std::max<uint64_t>(4096, (*dst)->image(0).cluster_size());
@@ -148,6 +159,7 @@ int cmd_convert(const Argv& argv) {
   if (progress) copy.progress = Progress{};
   if (progress) Progress{}(0, (*src)->size());
   vd::Error err = copy_disk(ctx.rt, **src, **dst, copy);
+  if (!err && bitmaps) err = copy_bitmaps((*src)->image(0), (*dst)->image(0), args->has("skip-broken-bitmaps"));
   if (!err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
   if (progress) std::printf("    (100.00/100%%)\r\n");
   vd::Error close_err = (*dst)->close();

@@ -326,4 +326,27 @@ TEST(VdimgBitmap, CommitAndSnapshotAsQemuImg) {
   EXPECT_NE(v.err.find("Could not apply snapshot 's': Device has active dirty bitmaps"), std::string::npos) << v.err;
 }
 
+// convert --bitmaps copies every bitmap (name, granularity, enabled flag, bits) as qemu-img
+// does, and refuses targets without bitmaps with its words.
+TEST(VdimgBitmap, ConvertCopiesBitmapsAsQemuImg) {
+  VD_REQUIRE_QEMU();
+  if (!have_nbd()) GTEST_SKIP() << "no nbdinfo/qemu-nbd";
+  TempDir dir;
+  const std::string src = dir.file("src.qcow2");
+  vdtest::sh("qemu-img create -q -f qcow2 " + src + " 4M && qemu-img bitmap --add " + src + " b0 && " +
+             "qemu-img bitmap --add -g 512 --disable " + src + " b1 && qemu-io -c 'write 0 64k' -c 'write 2M 3k' " +
+             src + " >/dev/null && qemu-img bitmap --disable " + src + " b0 && qemu-img bitmap --enable " + src +
+             " b1 && qemu-io -c 'write 3M 1k' " + src + " >/dev/null");
+  ASSERT_EQ(vdtest::run({"qemu-img", "convert", "--bitmaps", "-O", "qcow2", src, dir.file("q.qcow2")}).exit_code, 0);
+  auto v = vdimg({"convert", "--bitmaps", "-O", "qcow2", src, dir.file("v.qcow2")});
+  ASSERT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_EQ(info_body(dir.file("v.qcow2")), info_body(dir.file("q.qcow2")));
+  for (const char* b : {"b0", "b1"})
+    EXPECT_EQ(bitmap_map(dir.file("v.qcow2"), b), bitmap_map(dir.file("q.qcow2"), b)) << b;
+  expect_check_clean(dir.file("v.qcow2"));
+  auto raw = vdimg({"convert", "--bitmaps", "-O", "raw", src, dir.file("v.raw")});
+  EXPECT_EQ(raw.exit_code, 1);
+  EXPECT_NE(raw.err.find("Format driver 'raw' does not support bitmaps"), std::string::npos) << raw.err;
+}
+
 }  // namespace
