@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config libboost-dev zlib1g-dev libzstd-dev
-          libssl-dev libgtest-dev libgmock-dev qemu-utils bzip2 clang libclang-rt-dev valgrind)
+          libssl-dev libgtest-dev libgmock-dev qemu-utils bzip2 clang libclang-rt-dev valgrind
+          libnbd-bin)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
