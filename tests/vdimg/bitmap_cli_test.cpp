@@ -349,4 +349,37 @@ TEST(VdimgBitmap, ConvertCopiesBitmapsAsQemuImg) {
   EXPECT_NE(raw.err.find("Format driver 'raw' does not support bitmaps"), std::string::npos) << raw.err;
 }
 
+// The bitmap directory is in the overlap map (QEMU's QCOW2_OL_BITMAP_DIRECTORY): a data
+// cluster entry pointing at it is refused, the image marked corrupt, the directory intact.
+TEST(VdimgBitmap, WriteOverTheDirectoryIsRefused) {
+  VD_REQUIRE_QEMU();
+  TempDir dir;
+  const std::string img = dir.file("o.qcow2");
+  vdtest::sh("qemu-img create -q -f qcow2 " + img + " 4M && qemu-io -c 'write -P 7 0 64k' " + img +
+             " >/dev/null && qemu-img bitmap --add " + img + " b0");
+  ASSERT_EQ(vdtest::peek_be64(img, 0x30000) & ~(1ull << 63), 0x40000u) << "unexpected layout";
+  uint64_t ext = 0;
+  for (uint64_t at = 112; at + 8 < 4096;) {
+    uint32_t type = vdtest::peek_be32(img, at), len = vdtest::peek_be32(img, at + 4);
+    if (type == 0x23852875) ext = at;
+    if (type == 0x23852875 || type == 0) break;
+    at += 8 + (len + 7) / 8 * 8;
+  }
+  ASSERT_NE(ext, 0u);
+  const uint64_t d = vdtest::peek_be64(img, ext + 24);
+  vdtest::poke_be64(img, 0x40000, d | (1ull << 63));
+  const auto before = vdtest::read_file(img);
+  auto r = vdimg({"io", "-c", "write -P 1 0 4k", img});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("overlaps with bitmap directory"), std::string::npos) << r.err;
+  EXPECT_NE(vdtest::run({"qemu-img", "info", img}).out.find("corrupt: true"), std::string::npos);
+  // The directory stays where it was, whole; the bitmap in use (it could not be stored on a
+  // corrupt image), as QEMU leaves it.
+  const auto after = vdtest::read_file(img);
+  EXPECT_TRUE(std::equal(before.begin() + d, before.begin() + d + 12, after.begin() + d));
+  EXPECT_TRUE(std::equal(before.begin() + d + 16, before.begin() + d + 32, after.begin() + d + 16));
+  EXPECT_EQ(vdtest::peek_be32(img, d + 12), 3u);
+  EXPECT_EQ(vdtest::peek_be64(img, ext + 24), d);
+}
+
 }  // namespace

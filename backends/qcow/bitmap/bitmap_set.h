@@ -87,6 +87,8 @@ class BitmapSet final : public DirtyBitmaps {
     changed_ = true;
   }
   bool empty() const { return list_.empty(); }
+  // The directory on disk (for the overlap map).
+  const std::optional<BitmapsExt>& directory() const { return disk_ext_; }
   // qemu-img info's "bitmaps" list (format-specific fields, dotted keys).
   void add_info(std::vector<InfoField>& f) const;
 

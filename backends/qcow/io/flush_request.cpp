@@ -90,7 +90,10 @@ void FlushRequest::write_header(void (FlushRequest::*next)(), bool commit_reftab
 // bitmaps are in use (inconsistent to every reader), and leaked clusters.
 void FlushRequest::store_bitmaps() {
   BitmapSet* b = img_.bitmaps_.get();
-  if (!b || !b->store_pending() || !img_.refs_) return sync_data();
+  // An image marked corrupt gets no new metadata: its bitmaps stay in use (inconsistent),
+  // as QEMU leaves them when it stops writing a corrupt image.
+  if (!b || !b->store_pending() || !img_.refs_ || (img_.hdr_.incompatible_features & kIncompatCorrupt))
+    return sync_data();
   const uint64_t n = b->plan_store();
   if (n == 0) {  // the last bitmap was removed: only the header changes
     b->commit_store();
