@@ -173,5 +173,27 @@ TEST(BitmapFaults, StoreAndMarkUnderHeldCompletions) {
   }
 }
 
+// After a flush stored the bitmap, a write over granules it already marks needs no marking
+// (the stored bitmap covers it: a crash keeps it consistent); a write that dirties a new
+// granule is held until the bitmap is in use on disk.
+TEST(BitmapFaults, RewritesOfDirtyGranulesKeepTheStoredBitmapValid) {
+  VD_REQUIRE_QEMU();
+  const Files f = bitmap_fixture("cluster_size=4k");
+  Rig rig(f);
+  ASSERT_FALSE(rig.open());
+  ASSERT_FALSE(rig.write(100000, pattern(5000, 3)));
+  ASSERT_FALSE(rig.flush());
+  rig.io.reset_counts();
+  ASSERT_FALSE(rig.write(100000 + 512, pattern(2000, 4)));  // inside the dirty granules
+  Files crashed = rig.snapshot();
+  EXPECT_TRUE(expect_bitmap_covers_changes(crashed, f.at("initial"))) << "a rewrite made the bitmap in use";
+  ASSERT_FALSE(rig.write(900000, pattern(100, 5)));  // a clean granule: marked in use first
+  crashed = rig.snapshot();
+  EXPECT_FALSE(expect_bitmap_covers_changes(crashed, f.at("initial"), true)) << "in use expected";
+  EXPECT_TRUE(qemu_check(crashed, "top.qcow2").clean_or_leaks());
+  ASSERT_FALSE(rig.top().close(false));
+  EXPECT_TRUE(expect_bitmap_covers_changes(rig.snapshot(), f.at("initial")));
+}
+
 }  // namespace
 }  // namespace vdtest::faults

@@ -71,7 +71,7 @@ class BitmapSet final : public DirtyBitmaps {
   // After a flush stored them, the bitmaps on disk are not in use: before the next write
   // is issued they must be marked again (MarkInUseRequest), or a crash after that write
   // would leave a bitmap that looks consistent and misses it.
-  bool needs_mark() const { return on_disk_clean_ && !tracking_.empty() && !all_in_use(); }
+  bool needs_mark() const { return on_disk_clean_ && changed_ && !all_in_use(); }
   // The directory bytes with every consistent bitmap in use, and where they go.
   std::vector<std::byte> in_use_directory(uint64_t& offset) const;
   void marked();
@@ -81,10 +81,13 @@ class BitmapSet final : public DirtyBitmaps {
   Error resize(uint64_t new_size);
 
   // The data path: marks [offset, offset + length) in every enabled, consistent bitmap.
+  // Only a write that dirties a clean granule changes anything: one over granules already
+  // dirty is covered by what the last flush stored, so it needs neither a store nor a
+  // marking (writes that keep hitting the same regions between flushes cost nothing).
   void note_write(uint64_t offset, uint64_t length) {
-    if (tracking_.empty()) return;
-    for (DirtyBitmap* b : tracking_) b->set(offset, length);
-    changed_ = true;
+    bool any = false;
+    for (DirtyBitmap* b : tracking_) any = b->set(offset, length) || any;
+    if (any) changed_ = true;
   }
   bool empty() const { return list_.empty(); }
   // The directory on disk (for the overlap map).

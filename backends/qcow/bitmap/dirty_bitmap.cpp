@@ -11,8 +11,9 @@ DirtyBitmap::DirtyBitmap(uint64_t disk_size, uint32_t granularity_bits)
       granules_((disk_size + (uint64_t{1} << granularity_bits) - 1) >> granularity_bits),
       words_((granules_ + 63) / 64, 0) {}
 
-void DirtyBitmap::set(uint64_t offset, uint64_t length) {
-  if (length == 0 || offset >= disk_size_) return;
+bool DirtyBitmap::set(uint64_t offset, uint64_t length) {
+  if (length == 0 || offset >= disk_size_) return false;
+  bool changed = false;
   const uint64_t end = std::min(disk_size_, offset + length);
   uint64_t first = offset >> gran_bits_;
   const uint64_t last = (end - 1) >> gran_bits_;  // inclusive
@@ -20,9 +21,12 @@ void DirtyBitmap::set(uint64_t offset, uint64_t length) {
   while (first <= last) {
     const uint64_t w = first / 64, b = first % 64;
     const uint64_t n = std::min<uint64_t>(64 - b, last - first + 1);
-    words_[w] |= (n == 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << b;
+    const uint64_t bits = (n == 64 ? ~uint64_t{0} : ((uint64_t{1} << n) - 1)) << b;
+    changed = changed || (words_[w] & bits) != bits;
+    words_[w] |= bits;
     first += n;
   }
+  return changed;
 }
 
 void DirtyBitmap::clear_all() { std::fill(words_.begin(), words_.end(), 0); }

@@ -19,8 +19,8 @@ class DirtyBitmap {
   uint32_t granularity_bits() const { return gran_bits_; }
   uint64_t granules() const { return granules_; }
 
-  // Marks the granules [offset, offset + length) touches.
-  void set(uint64_t offset, uint64_t length);
+  // Marks the granules [offset, offset + length) touches; true if one was clean.
+  bool set(uint64_t offset, uint64_t length);
   void clear_all();
   bool test(uint64_t granule) const { return (words_[granule / 64] >> (granule % 64)) & 1; }
   uint64_t count() const;
