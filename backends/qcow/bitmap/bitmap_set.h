@@ -14,9 +14,11 @@
 //                    bits go to new clusters, then the directory (in use cleared), then the
 //                    header points at it, then the old clusters are freed. So a crash loses
 //                    nothing that was flushed.
-//   next write       after a flush stored them, the first write waits until the bitmaps are
-//                    marked in use again (MarkInUseRequest, the same in-place update as the
-//                    open's), so no write reaches the disk while a bitmap there looks valid.
+//   next write       after a flush stored them, the first write that dirties a clean
+//                    granule waits until the bitmaps are marked in use again
+//                    (MarkInUseRequest, the same in-place update as the open's), so no such
+//                    write reaches the disk while a bitmap there looks valid and misses it.
+//                    Writes over granules already dirty are covered by the stored bitmap.
 //
 // Crash invariants (the same as the rest of the metadata, docs/design.md):
 //   - the in-use marking rewrites the directory in place, so the header first stops vouching
