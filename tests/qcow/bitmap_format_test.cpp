@@ -5,6 +5,9 @@
 #include "backends/common/endian.h"
 #include "backends/qcow/bitmap/bitmap_dir.h"
 #include "backends/qcow/bitmap/dirty_bitmap.h"
+#include "support/support.h"
+#include "vd/registry.h"
+#include "vd/runtime.h"
 
 namespace {
 
@@ -153,6 +156,57 @@ TEST(BitmapDirectory, TableEntriesAndSizes) {
   EXPECT_FALSE(static_cast<bool>(check_new_bitmap("x", 512, 1 << 20, 65536)));
   EXPECT_NE(check_new_bitmap(std::string(1024, 'n'), 65536, 1 << 20, 65536).message().find("Name length"),
             std::string::npos);
+}
+
+// The API the NBD export uses (Image::bitmaps): on a read-only open, the runs extent()
+// reports are the ones qemu-nbd -B exports for the same bitmap (nbdinfo --map).
+TEST(BitmapApi, ExtentsMatchQemuNbd) {
+  VD_REQUIRE_QEMU();
+  if (vdtest::run({"sh", "-c", "command -v nbdinfo && command -v qemu-nbd"}).exit_code != 0)
+    GTEST_SKIP() << "no nbdinfo/qemu-nbd";
+  vdtest::TempDir dir;
+  const std::string img = dir.file("a.qcow2");
+  vdtest::sh("qemu-img create -q -f qcow2 " + img + " 5M && qemu-img bitmap --add -g 512 " + img +
+             " fine && qemu-img bitmap --add --disable -g 1M " + img + " coarse && qemu-io -c 'write 1000 3000' -c "
+             "'write -z 2M 70k' -c 'discard 4M 64k' -c 'write 5119k 1k' " + img + " >/dev/null && qemu-img bitmap --enable " +
+             img + " coarse && qemu-io -c 'write 3M 1' " + img + " >/dev/null");
+  vd::Runtime rt(1);
+  vd::OpenOptions o;
+  o.flags = vd::open_read_only;
+  auto opened = vd::Registry::builtin().find("qcow2")->open(img, o, rt.files());
+  ASSERT_TRUE(opened) << opened.error().message();
+  vd::DirtyBitmaps* b = (*opened)->bitmaps();
+  ASSERT_NE(b, nullptr);
+  auto list = b->list();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].name, "fine");
+  EXPECT_EQ(list[0].granularity, 512u);
+  EXPECT_TRUE(list[0].enabled);
+  EXPECT_FALSE(list[0].in_use);
+  EXPECT_FALSE(list[0].inconsistent);
+  EXPECT_EQ(list[1].granularity, 1u << 20);
+  for (const auto& bm : list) {
+    SCOPED_TRACE(bm.name);
+    auto q = vdtest::run({"nbdinfo", "--map=qemu:dirty-bitmap:" + bm.name, "--", "[", "qemu-nbd", "-r", "-f", "qcow2",
+                          "-B", bm.name, img, "]"});
+    ASSERT_EQ(q.exit_code, 0) << q.err;
+    std::string ours;
+    const uint64_t size = (*opened)->size();
+    for (uint64_t off = 0; off < size;) {
+      auto run = b->extent(bm.name, off, size - off);
+      ASSERT_TRUE(run) << run.error().message();
+      ASSERT_GT(run->second, 0u);
+      char line[128];
+      std::snprintf(line, sizeof line, "%10llu  %10llu    %d  %s\n", static_cast<unsigned long long>(off),
+                    static_cast<unsigned long long>(run->second), run->first ? 1 : 0, run->first ? "dirty" : "clean");
+      ours += line;
+      off += run->second;
+    }
+    EXPECT_EQ(ours, q.out);
+  }
+  EXPECT_FALSE(b->extent("nope", 0, 1).ok());
+  EXPECT_TRUE(static_cast<bool>(b->clear("fine")));  // read-only: refused
+  EXPECT_FALSE((*opened)->close(false));
 }
 
 }  // namespace
