@@ -132,8 +132,11 @@ int cmd_bitmap(const Argv& argv) {
   std::string failed_op;
   for (const auto& [op, value] : ops) {
     if (!bitmaps) {
-      failed = vd::Error(vd::Errc::not_supported, "Dirty bitmaps are not supported by the '" +
-                                                      format_name(img) + "' format");
+      // qemu-img's words (it names its node where we name the file).
+      failed = op == "add" ? vd::Error(vd::Errc::not_supported,
+                                       "Can't store persistent bitmaps to " + path + ": Operation not supported")
+                           : vd::Error(vd::Errc::not_found, "Dirty bitmap '" + (op == "merge" ? value : name) +
+                                                                "' not found");
     } else if (op == "add") {
       failed = bitmaps->add(name, granularity ? *granularity : default_granularity(img), true);
     } else if (op == "remove") {
