@@ -1,4 +1,5 @@
 // QcowImage: properties, descriptive information, and the calls of the write side.
+#include "backends/qcow/bitmap/bitmap_set.h"
 #include "backends/qcow/check/check.h"
 #include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/image.h"
@@ -38,6 +39,8 @@ Error QcowImage::resize(uint64_t new_size) {
   // A v2 snapshot records no disk size: it would take the new one (QEMU refuses too).
   if (hdr_.version == 2 && !snapshots_.empty())
     return Error(Errc::not_supported, "Can't resize a v2 image which has snapshots").image(path_);
+  if (bitmaps_)
+    if (Error e = bitmaps_->resize(new_size)) return e;
   if (new_size < size_) {
     if (Error e = shrink(new_size)) return e;
   } else {
@@ -74,6 +77,8 @@ Error QcowImage::grow_l1(uint64_t needed) {
   return file_->set_size(std::max<uint64_t>(file_end_, *at + clusters * cs));
 }
 
+DirtyBitmaps* QcowImage::bitmaps() { return bitmaps_.get(); }
+
 Result<CheckReport> QcowImage::check(RepairMode repair) { return check_image(*this, repair); }
 
 // qemu-img's "encrypt" block for LUKS, in the order it prints the fields.
@@ -94,6 +99,7 @@ std::vector<InfoField> QcowImage::format_info() const {
   f.push_back({"compression-type",
                std::string(hdr_.compression_type == kCompressionZstd ? "zstd" : "zlib")});
   if (v3) f.push_back({"lazy-refcounts", bool(hdr_.compatible_features & kCompatLazyRefcounts)});
+  if (bitmaps_) bitmaps_->add_info(f);
   f.push_back({"refcount-bits", uint64_t{1} << hdr_.refcount_order});
   if (hdr_.data_file) {
     f.push_back({"data-file", *hdr_.data_file});
@@ -129,6 +135,7 @@ Error QcowImage::close(bool remove) {
   if (closed_) return {};
   closed_ = true;
   Error first;
+  // The flush stores the bitmaps too (its first step), clearing their in-use flags.
   if (!(flags_ & open_read_only)) first = FlushRequest::run_sync(*this);
   if (!first && marked_dirty_) {
     // Everything is on disk and consistent: the image is clean again.

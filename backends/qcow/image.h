@@ -52,6 +52,8 @@
 
 namespace vd::qcow {
 
+class BitmapSet;
+
 class QcowImage final : public Image {
  public:
   static Result<std::unique_ptr<Image>> open(const Backend& backend, const std::string& path,
@@ -100,6 +102,8 @@ class QcowImage final : public Image {
   Error make_empty() override;
   // amend/amend.cpp
   Error amend(const AmendOptions& opts) override;
+  // Persistent dirty bitmaps (bitmap/bitmap_set.h); QCOW2 only.
+  DirtyBitmaps* bitmaps() override;
 
   const Header& header() const { return hdr_; }
   const Layout& layout() const { return layout_; }
@@ -171,6 +175,10 @@ class QcowImage final : public Image {
   // The write gate: writes run between flushes; a flush waits for them to drain.
   void begin_write(std::function<void()> start);
   void end_write();
+  // The bitmaps must be marked in use before the next write (bitmap/mark_in_use.h): the
+  // gate holds writes meanwhile; if the marking fails, the writes it held fail with it.
+  void marking_finished(Error e);
+  bool failed_marking(const Completion& done);
   void flush_finished(Error e);
   Error write_metadata_header();
   // The header as the flush writes it. The refcount table fields follow a moved table only
@@ -191,6 +199,9 @@ class QcowImage final : public Image {
   Result<uint64_t> allocate_bytes(uint64_t length);
   void allocate_bytes_async(uint64_t length, std::function<void(Error, uint64_t)> done);
   void forget_packing() { zbytes_next_ = 0; }
+  // The data path: the granules a write, write-zeroes or discard touches become dirty in the
+  // enabled bitmaps (in memory; stored at close).
+  void note_write(uint64_t offset, uint64_t length);
   void grew_to(uint64_t end);
 
   // create.cpp: allocates every L2 table and data cluster (preallocation=metadata|falloc|full).
@@ -203,6 +214,8 @@ class QcowImage final : public Image {
   }
 
   friend class FlushRequest;
+  friend class BitmapSet;  // bitmap/: reads and rewrites the directory, allocates clusters
+  friend class MarkInUseRequest;
   friend class Checker;  // check.h: reads the metadata, and reloads it after a repair
 
  private:
@@ -292,6 +305,8 @@ class QcowImage final : public Image {
   KeyedLocks l1_tables_{io_};
   unsigned writes_active_ = 0;
   bool flushing_ = false;
+  bool marking_ = false;  // MarkInUseRequest running: writes and flushes wait
+  Error mark_error_;      // set while the writes a failed marking held are failed
   std::deque<std::function<void()>> gated_;   // writes waiting for a flush to finish
   std::vector<Completion> flush_waiters_;     // flushes waiting for writes to drain
   uint64_t v1_end_ = 0;                       // QCOW v1: next free host offset
@@ -303,6 +318,7 @@ class QcowImage final : public Image {
   bool prealloc_known_ = false, prealloc_ = false;  // looks_preallocated(), computed once
   Geometry pchs_, lchs_;
   std::shared_ptr<ParentReader> parent_;
+  std::unique_ptr<BitmapSet> bitmaps_;  // QCOW2: loaded at open, stored at close
   bool closed_ = false;
 };
 

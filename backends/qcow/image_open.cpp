@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "backends/qcow/bitmap/bitmap_set.h"
 #include "backends/qcow/check/check.h"
 #include "backends/qcow/meta/header.h"
 #include "backends/qcow/image.h"
@@ -63,6 +64,9 @@ Error QcowImage::load(const OpenOptions& opts) {
     auto snaps = read_snapshot_table(*file_, hdr_, path_);
     if (!snaps) return snaps.error();
     snapshots_ = std::move(*snaps);
+    // Bitmaps as QEMU loads them at every open: a hostile directory or table fails it.
+    bitmaps_ = std::make_unique<BitmapSet>(*this);
+    if (Error e = bitmaps_->load()) return e;
   }
   if (opts.snapshot) {
     if (Error e = select_snapshot(*opts.snapshot)) return e;
@@ -73,7 +77,8 @@ Error QcowImage::load(const OpenOptions& opts) {
 }
 
 // Read-write opens load the refcounts (QCOW2) or find the end of the file (QCOW v1), and
-// clear the autoclear bits of everything vd does not keep up to date as it writes.
+// clear the autoclear bits of everything vd does not keep up to date as it writes. The
+// bitmaps (autoclear bit 0) vd keeps: they are marked in use on disk before the open returns.
 Error QcowImage::open_for_writing() {
   if (flags_ & open_read_only) return {};
   const uint64_t cs = layout_.cluster_size();
@@ -97,13 +102,13 @@ Error QcowImage::open_for_writing() {
                         hdr_.refcount_table_clusters});
   if (Error e = refs_->load(file_end_)) return e;
   guard_refcounts();
-  const uint64_t keep = hdr_.autoclear_features & kAutoclearDataFileRaw;
+  const uint64_t keep = hdr_.autoclear_features & (kAutoclearDataFileRaw | kAutoclearBitmaps);
   if (keep != hdr_.autoclear_features) {
     hdr_.autoclear_features = keep;
     if (Error e = write_metadata_header()) return e;
     if (Error e = file_->flush()) return e.wrap("flush").image(path_);
   }
-  return {};
+  return bitmaps_ ? bitmaps_->mark_in_use() : Error{};
 }
 
 // The name recorded in the header, resolved as QEMU resolves it: a relative name is relative

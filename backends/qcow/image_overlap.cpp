@@ -1,5 +1,6 @@
 // The overlap check (overlap.h): every write the backend makes into the image file is
 // checked against the metadata map first.
+#include "backends/qcow/bitmap/bitmap_set.h"
 #include "backends/qcow/meta/header.h"
 #include "backends/qcow/image.h"
 #include "backends/qcow/meta/snapshot_table.h"
@@ -31,6 +32,11 @@ const OverlapMap& QcowImage::overlap_map() {
     overlap_.add(hdr_.snapshots_offset, std::max<uint64_t>(snapshot_table_size(snapshots_), 1), MetaKind::snapshot_table);
     for (const auto& s : snapshots_) overlap_.add(s.l1_table_offset, uint64_t{s.l1_size} * 8, MetaKind::inactive_l1);
   }
+  // QEMU's overlap check covers the bitmap directory (QCOW2_OL_BITMAP_DIRECTORY), not the
+  // bitmap tables and data. Where it is on disk, also while an in-place update has the
+  // autoclear bit clear (the map may be built in between).
+  if (bitmaps_)
+    if (auto bm = bitmaps_->directory()) overlap_.add(bm->dir_offset, bm->dir_size, MetaKind::bitmap_directory);
   overlap_.seal();
   overlap_stale_ = false;
   return overlap_;

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "backends/qcow/bitmap/bitmap_set.h"
 #include "backends/qcow/check/check.h"
 #include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/image.h"
@@ -235,6 +236,8 @@ Error QcowImage::snapshot_create(const std::string& name) {
 }
 
 Error QcowImage::snapshot_apply(const std::string& id_or_name) {
+  // As qemu-img: bitmaps track the current state, which applying would replace under them.
+  if (bitmaps_ && !bitmaps_->empty()) return Error(Errc::busy, "Device has active dirty bitmaps");
   auto found = snapshot_for_op("apply", id_or_name);
   if (!found) return found.error();
   const Snapshot& sn = *found;

@@ -39,6 +39,8 @@ const char kUsage[] =
     "  --salvage               copy unreadable sectors of SRC as zeros (with a warning)\n"
     "  -C                      copy what SRC holds as data as it is, zeros included (qemu-img's\n"
     "                          copy offloading: no zero detection inside data)\n"
+    "  --bitmaps               copy SRC's persistent bitmaps too (--skip-broken-bitmaps:\n"
+    "                          leave out inconsistent ones instead of failing)\n"
     "  -B BACKING, -F FMT      give DST a backing file (its format)\n"
     "  -l SNAPSHOT             copy an internal snapshot of SRC (name, or snapshot.name=X,\n"
     "                          snapshot.id=X)\n"
@@ -218,7 +220,8 @@ int cmd_convert(const Argv& argv) {
                                 {'t', nullptr, true}, {'T', nullptr, true},
                                 {'S', nullptr, true}, {'r', nullptr, true},
                                 {0, "salvage", false}, {0, "target-is-zero", false},
-                                {0, "passphrase-file", true}, {0, "object", true}});
+                                {0, "passphrase-file", true}, {0, "object", true},
+                                {0, "bitmaps", false}, {0, "skip-broken-bitmaps", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   CopyOptions copy;
@@ -241,6 +244,10 @@ int cmd_convert(const Argv& argv) {
   }
   if (sources.size() > 1 && (args->has("l") || args->has("s")))
     return fail("No support for concatenating multiple snapshot");
+  const bool bitmaps = args->has("bitmaps");  // persistent bitmaps too (cmd_bitmap.cpp)
+  if (bitmaps && sources.size() > 1) return fail("Copying bitmaps only possible with single source");
+  if (bitmaps)
+    if (vd::Error e = check_source_bitmaps(sources.front()->image(0), args->has("skip-broken-bitmaps"))) return fail(e);
 
   std::string out_fmt = args->last("O").value_or("raw");
   auto opts = target_options(*args, total);
@@ -256,6 +263,11 @@ int cmd_convert(const Argv& argv) {
   auto dst = open_target(ctx, *args, out_fmt, *opts, cache->cache);
   if (!dst) return fail(dst.error());
   if (args->has("n") && (*dst)->size() < total) return fail("output file is smaller than input file");
+  if (bitmaps)
+    if (vd::Error e = target_supports_bitmaps((*dst)->image(0))) {
+      (void)(*dst)->close();
+      return fail(e);
+    }
 
   copy.write_flags = args->has("c") ? vd::write_compressed : 0u;
   copy.target_is_zero = (!args->has("n") && (*dst)->depth() == 1) || args->has("target-is-zero");
@@ -282,6 +294,8 @@ int cmd_convert(const Argv& argv) {
     if (copy_err) break;
     copy.dst_offset += src->size();
   }
+  if (!copy_err && bitmaps)
+    copy_err = copy_bitmaps(sources.front()->image(0), (*dst)->image(0), args->has("skip-broken-bitmaps"));
   vd::Error err;
   if (!copy_err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
   if (progress) std::printf("    (100.00/100%%)\r\n");

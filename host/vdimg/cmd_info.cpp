@@ -74,7 +74,8 @@ bool is_index(const std::string& segment) {
 }
 
 // Format-specific fields as qemu-img nests them: a dotted key ("encrypt.format") is a path
-// of object members, and an all-digit segment ("encrypt.slots.0.active") an array index.
+// of object members, and an all-digit segment ("encrypt.slots.0.active") an array index;
+// a last segment "[]" makes an empty array ("bitmaps.0.flags.[]").
 Json specific_tree(const std::vector<vd::InfoField>& fields) {
   Json root = Json::object();
   for (const auto& f : fields) {
@@ -83,11 +84,12 @@ Json specific_tree(const std::vector<vd::InfoField>& fields) {
     for (;;) {
       size_t dot = f.key.find('.', start);
       std::string seg = f.key.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+      if (seg == "[]") break;  // "x.[]": x is an empty array (a bitmap without flags)
       node = is_index(seg) ? &node->element(std::stoul(seg)) : &node->member(seg);
       if (dot == std::string::npos) break;
       start = dot + 1;
     }
-    *node = info_value(f.value);
+    *node = f.key.ends_with(".[]") ? Json::array() : info_value(f.value);
   }
   return root;
 }

@@ -22,6 +22,9 @@ const Subcommand kCommands[] = {
     {"bench", vdimg::cmd_bench,
      "bench [-c N] [-d DEPTH] [-f FMT] [-n] [-o OFFSET] [--pattern=BYTE] [-q] [-s SIZE] "
      "[-S STEP] [-t CACHE] [-i AIO] [-w] [-U] IMAGE"},
+    {"bitmap", vdimg::cmd_bitmap,
+     "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... "
+     "[-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] [-f FMT] IMAGE BITMAP"},
     {"check", vdimg::cmd_check, "check [-f FMT] [-r leaks|all] [--output=human|json] [-q] IMAGE"},
     {"commit", vdimg::cmd_commit, "commit [-f FMT] [-b BASE] [-d] [-p] [-q] [-r RATE] IMAGE"},
     {"compare", vdimg::cmd_compare, "compare [-f FMT] [-F FMT] [-s] [-p] [-q] IMAGE1 IMAGE2"},

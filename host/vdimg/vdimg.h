@@ -124,5 +124,11 @@ int cmd_rebase(const Argv& argv);
 int cmd_snapshot(const Argv& argv);
 int cmd_measure(const Argv& argv);
 int cmd_dd(const Argv& argv);
+int cmd_bitmap(const Argv& argv);
+// convert --bitmaps (cmd_bitmap.cpp): checks the source's bitmaps before the copy, then
+// copies every one (name, granularity, enabled, bits) into the target after it.
+vd::Error check_source_bitmaps(vd::Image& src, bool skip_broken);
+vd::Error target_supports_bitmaps(vd::Image& dst);
+vd::Error copy_bitmaps(vd::Image& src, vd::Image& dst, bool skip_broken);
 
 }  // namespace vdimg

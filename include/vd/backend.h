@@ -13,6 +13,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -184,6 +185,37 @@ struct CheckReport {
 
 class Backend;
 
+// ---- Persistent dirty bitmaps (QCOW2; docs/bitmaps.md) -----------------------------------
+
+struct BitmapInfo {
+  std::string name;
+  uint64_t granularity = 0;  // bytes per bit
+  bool enabled = false;      // records writes (qcow2's "auto" flag)
+  bool in_use = false;       // in-use flag on disk
+  bool inconsistent = false; // found in use when the image was opened: its bits are lost
+};
+
+// The bitmaps of one image, loaded when it was opened: every call answers from memory and
+// never blocks. Changes reach the disk when the image is closed (or flushed, for the bits
+// writes set). Reached from an Image through Image::bitmaps().
+class VD_API DirtyBitmaps {
+ public:
+  virtual ~DirtyBitmaps() = default;
+  virtual std::vector<BitmapInfo> list() const = 0;
+  // From `offset` (bytes): whether the bitmap marks it dirty, and the length of the run that
+  // shares that state (at most `max_len`; 0 at or past the disk's end). Like block status:
+  // the caller steps through a range run by run. Fails for an unknown or inconsistent bitmap.
+  virtual Result<std::pair<bool, uint64_t>> extent(const std::string& name, uint64_t offset,
+                                                  uint64_t max_len) const = 0;
+  // qemu-img bitmap's operations (read-write images; messages are qemu-img's).
+  virtual Error add(const std::string& name, uint64_t granularity, bool enabled) = 0;
+  virtual Error remove(const std::string& name) = 0;
+  virtual Error clear(const std::string& name) = 0;
+  virtual Error set_enabled(const std::string& name, bool enabled) = 0;
+  // Marks [offset, offset + length) dirty in `name` (merging another bitmap into it).
+  virtual Error set_dirty(const std::string& name, uint64_t offset, uint64_t length) = 0;
+};
+
 // ---- One open image ----------------------------------------------------------------------
 
 class VD_API Image {
@@ -255,6 +287,9 @@ class VD_API Image {
 
   // Consistency check and repair (formats without metadata answer not_supported).
   virtual Result<CheckReport> check(RepairMode repair) = 0;
+
+  // Persistent dirty bitmaps, for formats that keep them (QCOW2); nullptr otherwise.
+  virtual DirtyBitmaps* bitmaps() { return nullptr; }
 
   // Flushes and releases the image; with `remove`, deletes its file(s). After close the
   // image only answers property queries.

@@ -1,5 +1,6 @@
 #include "backends/qcow/io/flush_request.h"
 
+#include "backends/qcow/bitmap/bitmap_set.h"
 #include "backends/qcow/image.h"
 
 namespace vd::qcow {
@@ -8,7 +9,7 @@ FlushRequest::FlushRequest(IoProvider& io, QcowImage& img, bool blocking, Comple
     : Request(io, std::move(done)), img_(img), blocking_(blocking) {}
 
 void FlushRequest::start(QcowImage& img) {
-  launch(&FlushRequest::sync_data, img.io(), img, false, [&img](Error e) { img.flush_finished(e); });
+  launch(&FlushRequest::store_bitmaps, img.io(), img, false, [&img](Error e) { img.flush_finished(e); });
 }
 
 Error FlushRequest::run_sync(QcowImage& img) {
@@ -16,7 +17,7 @@ Error FlushRequest::run_sync(QcowImage& img) {
   // Every step runs inline in blocking mode; refcount blocks load synchronously (outside a
   // refcount step, the default).
   std::shared_ptr<FlushRequest> r(new FlushRequest(img.io(), img, true, [&result](Error e) { result = e; }));
-  r->sync_data();
+  r->store_bitmaps();
   // Blocking mode never waits for the executor; an unfinished flush here is a bug.
   if (!r->finished()) return Error(Errc::internal, "a blocking flush did not complete").image(img.path());
   return result;
@@ -79,6 +80,43 @@ void FlushRequest::write_header(void (FlushRequest::*next)(), bool commit_reftab
     self->img_.corrupt_unwritten_ = false;
     self->sync(next);
   });
+}
+
+// Persistent bitmaps (bitmap/bitmap_set.h): what changed goes to new clusters, written
+// here, before everything else, so that the steps below make them durable with the data
+// (sync_data) and their refcounts (write_refblocks) before the header points at the new
+// directory (write_header_fields); the old clusters are released after that
+// (write_releases). A crash before the header switch leaves the old directory, whose
+// bitmaps are in use (inconsistent to every reader), and leaked clusters.
+void FlushRequest::store_bitmaps() {
+  BitmapSet* b = img_.bitmaps_.get();
+  // An image marked corrupt gets no new metadata: its bitmaps stay in use (inconsistent),
+  // as QEMU leaves them when it stops writing a corrupt image.
+  if (!b || !b->store_pending() || !img_.refs_ || (img_.hdr_.incompatible_features & kIncompatCorrupt))
+    return sync_data();
+  const uint64_t n = b->plan_store();
+  if (n == 0) {  // the last bitmap was removed: only the header changes
+    b->commit_store();
+    return sync_data();
+  }
+  auto placed = [self = shared_from_this(), b](Error e, uint64_t at) {
+    if (e) {
+      b->store_failed();
+      return self->end(e.wrap("Failed to allocate clusters for bitmaps").image(self->img_.path()));
+    }
+    self->write_all(b->place_store(at), "bitmap", &FlushRequest::bitmaps_stored);
+  };
+  if (blocking_) {
+    auto at = img_.allocate_clusters(n);
+    return placed(at ? Error{} : at.error(), at ? *at : 0);
+  }
+  img_.allocation_step([&img = img_, n] { return img.allocate_clusters(n); }, placed);
+}
+
+// write_all ended with a barrier: the bitmaps are durable (as is the guest data).
+void FlushRequest::bitmaps_stored() {
+  img_.bitmaps_->commit_store();
+  mark_dirty();
 }
 
 void FlushRequest::sync_data() { sync(&FlushRequest::mark_dirty); }
@@ -220,6 +258,7 @@ void FlushRequest::write_releases() {
 // The one exit of the steps. A step refused because the metadata overlaps (the image was just
 // marked corrupt) still gets the corrupt bit onto the disk before the flush reports failure.
 void FlushRequest::end(Error e) {
+  if (e && img_.bitmaps_ && img_.bitmaps_->store_planned()) img_.bitmaps_->store_failed();
   if (!e || !img_.corrupt_unwritten_ || corrupt_tried_) return finish(std::move(e));
   corrupt_tried_ = true;
   auto bytes = img_.encode_metadata_header();

@@ -4,6 +4,9 @@
 //
 //   drain (the image gate: writes in flight finish, new ones wait)
 //     |
+//   store_bitmaps -- changed persistent bitmaps to new clusters (bitmap/bitmap_set.h);
+//     |              the steps below make them durable, count them, then switch the header
+//     |              to their directory and release the old clusters
 //   sync_data ------ data of new clusters durable                 (invariant 1: data first)
 //     |
 //   mark_dirty ----- lazy refcounts: the header's dirty bit, before any metadata; a corrupt
@@ -65,6 +68,8 @@ class FlushRequest : public Request<FlushRequest> {
                  void (FlushRequest::*next)());
   void write_header(void (FlushRequest::*next)(), bool commit_reftable = false);
 
+  void store_bitmaps();
+  void bitmaps_stored();
   void sync_data();
   void mark_dirty();
   void write_refblocks();

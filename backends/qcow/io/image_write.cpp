@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backends/qcow/bitmap/bitmap_set.h"
+#include "backends/qcow/bitmap/mark_in_use.h"
 #include "backends/qcow/io/cluster_alloc.h"
 #include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/io/l2_prepare.h"
@@ -32,7 +34,9 @@ void QcowImage::write(uint64_t offset, std::span<const std::byte> buf, unsigned 
   if (!e && (offset > size_ || buf.size() > size_ - offset))
     e = range_error(path_, "write", offset, buf.size(), size_);
   if (e || buf.empty()) return io_.post([done, e] { done(e); });
+  note_write(offset, buf.size());
   begin_write([this, offset, buf, flags, done] {
+    if (failed_marking(done)) return;
     WriteRequest::start(*this, offset, buf, flags, [this, done](Error err) {
       end_write();
       done(err);
@@ -45,7 +49,9 @@ void QcowImage::write_zeroes(uint64_t offset, uint64_t length, unsigned flags, C
   if (!e && (offset > size_ || length > size_ - offset))
     e = range_error(path_, "write zeroes", offset, length, size_);
   if (e || length == 0) return io_.post([done, e] { done(e); });
+  note_write(offset, length);
   begin_write([this, offset, length, flags, done] {
+    if (failed_marking(done)) return;
     ZeroRequest::start(*this, offset, length, flags, ZeroRequest::Mode::zero, [this, done](Error err) {
       end_write();
       done(err);
@@ -58,7 +64,9 @@ void QcowImage::discard(uint64_t offset, uint64_t length, Completion done) {
   if (!e && (offset > size_ || length > size_ - offset))
     e = range_error(path_, "discard", offset, length, size_);
   if (e || length == 0 || hdr_.version == 1) return io_.post([done, e] { done(e); });
+  note_write(offset, length);
   begin_write([this, offset, length, done] {
+    if (failed_marking(done)) return;
     ZeroRequest::start(*this, offset, length, 0, ZeroRequest::Mode::discard, [this, done](Error err) {
       end_write();
       done(err);
@@ -66,15 +74,52 @@ void QcowImage::discard(uint64_t offset, uint64_t length, Completion done) {
   });
 }
 
+// Before the request starts, so a flush that waits for it stores the bits with its data.
+void QcowImage::note_write(uint64_t offset, uint64_t length) {
+  if (bitmaps_) bitmaps_->note_write(offset, length);
+}
+
 // ---- The gate ---------------------------------------------------------------------------
 
 void QcowImage::begin_write(std::function<void()> start) {
-  if (flushing_) {
+  if (flushing_ || marking_) {
     gated_.push_back(std::move(start));
+    return;
+  }
+  if (bitmaps_ && bitmaps_->needs_mark()) {
+    gated_.push_back(std::move(start));
+    marking_ = true;
+    MarkInUseRequest::start(*this, [this](Error e) { marking_finished(e); });
     return;
   }
   ++writes_active_;
   start();
+}
+
+void QcowImage::marking_finished(Error e) {
+  marking_ = false;
+  if (flushing_) return FlushRequest::start(*this);  // no write ran: it replays them after
+  auto gated = std::move(gated_);
+  gated_.clear();
+  if (!e) {
+    for (auto& g : gated) begin_write(std::move(g));
+    return;
+  }
+  // Not through begin_write: it would try to mark again at once, for ever.
+  mark_error_ = e;
+  for (auto& g : gated) {
+    ++writes_active_;
+    g();
+  }
+  mark_error_ = {};
+}
+
+bool QcowImage::failed_marking(const Completion& done) {
+  if (!mark_error_) return false;
+  Error e = mark_error_;
+  end_write();
+  io_.post([done, e] { done(e); });
+  return true;
 }
 
 void QcowImage::end_write() {
@@ -87,7 +132,7 @@ void QcowImage::flush(Completion done) {
   flush_waiters_.push_back(std::move(done));
   if (flushing_) return;  // joins the flush in progress (no write ran since it began)
   flushing_ = true;       // new writes wait from now on
-  if (writes_active_ == 0) FlushRequest::start(*this);
+  if (writes_active_ == 0 && !marking_) FlushRequest::start(*this);
 }
 
 // Called by FlushRequest when it is done: completes the flushes and lets writes through.

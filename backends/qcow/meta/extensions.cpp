@@ -54,9 +54,9 @@ Error parse_crypto_header(std::span<const std::byte> d, uint64_t at, Header& h,
   return {};
 }
 
-// Bitmaps are not implemented; the extension is validated as QEMU does and kept so a
-// header rewrite preserves it. Without the autoclear bit its bitmaps are stale, and
-// QEMU drops the extension, so we do too.
+// The extension is validated as QEMU does and kept raw; backends/qcow/bitmap reads the
+// directory it points at (find_bitmaps_ext) and keeps the bitmaps. Without the autoclear
+// bit its bitmaps are stale, and QEMU drops the extension, so we do too.
 Error parse_bitmaps(std::span<const std::byte> d, uint64_t at, Header& h, const std::string& path) {
   auto bad = [&](const std::string& what) {
     return header_error(Errc::corrupt, path, "bitmaps_ext: " + what + " (extension at " + hex(at) + ")");

@@ -13,6 +13,7 @@ const char* meta_kind_name(MetaKind kind) {
     case MetaKind::refcount_block: return "refcount block";
     case MetaKind::snapshot_table: return "snapshot table";
     case MetaKind::inactive_l1: return "inactive L1 table";
+    case MetaKind::bitmap_directory: return "bitmap directory";
   }
   return "metadata";
 }

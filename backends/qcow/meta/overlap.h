@@ -26,6 +26,7 @@ enum class MetaKind : uint8_t {
   refcount_block,
   snapshot_table,
   inactive_l1,
+  bitmap_directory,
 };
 
 // QEMU's names for the structures, as its "overlaps with ..." messages give them.
