@@ -180,6 +180,11 @@ int main(int argc, char** argv) {
     x.read_only = o.read_only;
     x.multi_conn = o.shared != 1;  // qemu-nbd's rule
     x.allocation_depth = o.allocation_depth;
+    for (const std::string& name : o.bitmaps) {
+      auto ctx = vd::nbd::dirty_bitmap_context(shared, name);
+      if (!ctx) return fail(ctx.error().message());
+      x.contexts.push_back(*ctx);
+    }
     x.unmap = o.discard_unmap;
     x.detect_zeroes = o.detect_zeroes;
     const vd::Image& top = shared->image(0);

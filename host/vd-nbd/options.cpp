@@ -33,7 +33,8 @@ const char* const kUsage =
     "\n"
     "Exposing part of the image:\n"
     "  -A, --allocation-depth    expose the allocation depth (qemu:allocation-depth)\n"
-    "  -B, --bitmap=NAME         expose a persistent dirty bitmap (not supported yet)\n"
+    "  -B, --bitmap=NAME         expose a persistent dirty bitmap (qemu:dirty-bitmap:NAME);\n"
+    "                            may repeat\n"
     "\n"
     "General purpose options:\n"
     "  --object type,id=ID,...   tls-creds-x509,id=ID,endpoint=server,dir=DIR[,verify-peer=on|off]\n"
@@ -203,7 +204,7 @@ vd::Result<Options> parse_options(int argc, char** argv) {
       case 'x': pending_name = optarg; break;
       case 'D': pending_desc = optarg; break;
       case 'A': o.allocation_depth = true; break;
-      case 'B': return vd::Error(vd::Errc::not_supported, "-B/--bitmap: dirty bitmaps are not supported yet");
+      case 'B': o.bitmaps.push_back(optarg); break;
       case 'f': o.format = optarg; break;
       case 'r': o.read_only = true; break;
       case 'l': {

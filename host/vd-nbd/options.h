@@ -25,6 +25,7 @@ struct Options {
   bool persistent = false;
   unsigned shared = 1;  // -e; 0 = unlimited
   bool allocation_depth = false;
+  std::vector<std::string> bitmaps;  // -B, each exposed as qemu:dirty-bitmap:NAME
   bool force_share = false;
   std::optional<std::string> snapshot;  // -l
   bool snapshot_overlay = false;        // -s

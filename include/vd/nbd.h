@@ -59,6 +59,12 @@ VD_API std::shared_ptr<MetaContext> base_allocation_context(std::shared_ptr<Disk
 // `qemu:allocation-depth` (qemu-nbd -A): 0 where no image of the chain holds the range, 1
 // where the top holds it, 2 its backing file, and so on.
 VD_API std::shared_ptr<MetaContext> allocation_depth_context(std::shared_ptr<Disk> disk);
+// `qemu:dirty-bitmap:NAME` (qemu-nbd -B NAME): flag 1 where the top image's persistent
+// bitmap NAME marks the range dirty (docs/bitmaps.md). Refused, in qemu-nbd's words, when the
+// top has no such bitmap or it is inconsistent (found in use after a crash). Put it in
+// Export::contexts.
+VD_API Result<std::shared_ptr<MetaContext>> dirty_bitmap_context(std::shared_ptr<Disk> disk,
+                                                                 const std::string& bitmap);
 
 struct ExportLimits {
   uint32_t min_block = 1;           // NBD_INFO_BLOCK_SIZE minimum

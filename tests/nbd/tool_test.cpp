@@ -122,7 +122,12 @@ TEST_F(VdNbdTool, SeveralExportsAreListedAndMappedLikeQemuNbd) {
 TEST_F(VdNbdTool, RefusesWhatItCannotDo) {
   CmdResult r = run({VD_NBD_PATH, "-B", "bm0", "-k", sock_, top_});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.err.find("not supported yet"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("Bitmap 'bm0' is not found"), std::string::npos) << r.err;  // qemu-nbd's words
+  r = run({VD_NBD_PATH, "--aio=native", "-k", sock_, top_});
+  EXPECT_EQ(r.exit_code, 1);
+  r = run({VD_NBD_PATH, "--detect-zeroes=unmap", "-k", sock_, top_});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("not allowed without setting discard operation to unmap"), std::string::npos) << r.err;
   r = run({VD_NBD_PATH, "-k", sock_, dir_.file("missing.qcow2")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("missing.qcow2"), std::string::npos) << r.err;
