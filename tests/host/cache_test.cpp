@@ -195,7 +195,10 @@ TEST(UringTest, RuntimeUsesTheRingWhenAskedAndTheKernelHasIt) {
   ASSERT_FALSE(rt.wait([&](vd::Completion done) { (*f)->async_allocate(8192, 65536, std::move(done)); }));
   EXPECT_EQ(got, data);
   EXPECT_EQ(*(*f)->size(), 8192u + 65536u);
-  EXPECT_EQ(vd::io_counters().uring_ops.load(), before + 4);
+  // The write, flush and allocate go through the ring; the read may be served inline (a
+  // buffered read that cannot block: RWF_NOWAIT, or tmpfs) and never reach it.
+  const uint64_t ops = vd::io_counters().uring_ops.load() - before;
+  EXPECT_TRUE(ops == 3 || ops == 4) << ops;
 }
 
 TEST(UringTest, AioNamesAreQemus) {
