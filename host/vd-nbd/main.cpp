@@ -19,6 +19,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "host/tool_passphrase.h"
 #include "host/vd-nbd/options.h"
 #include "vd/disk.h"
 #include "vd/nbd.h"
@@ -30,16 +31,6 @@ namespace {
 int fail(const std::string& msg) {
   std::cerr << "vd-nbd: " << msg << std::endl;
   return 1;
-}
-
-vd::Result<std::string> read_passphrase(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return vd::Error(vd::Errc::not_found, "cannot read passphrase file '" + path + "'");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str();
-  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
-  return s;
 }
 
 // systemd socket activation: LISTEN_PID names us and LISTEN_FDS counts fds from 3.
@@ -132,7 +123,7 @@ int main(int argc, char** argv) {
   }
   std::optional<std::string> passphrase;
   if (o.passphrase_file) {
-    auto p = read_passphrase(*o.passphrase_file);
+    auto p = vd::tools::read_passphrase_file(*o.passphrase_file);
     if (!p) return fail(p.error().message());
     passphrase = *p;
   }

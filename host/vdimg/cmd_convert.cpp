@@ -119,15 +119,8 @@ vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args
   } else if (auto s = args.last("s")) {
     req.snapshot = *s;
   }
-  if (auto file = args.last("passphrase-file")) {
-    auto pass = read_passphrase_file(*file);
-    if (!pass) return pass.error();
-    req.passphrase = *pass;
-  }
-  auto disk = open_disk(ctx, req);
-  if (!disk && req.snapshot && disk.error().is(vd::Errc::not_found) && disk.error().path() == req.path)
-    return vd::Error(vd::Errc::not_found, "Failed to load snapshot: Can't find snapshot");
-  return disk;
+  if (vd::Error e = take_passphrase_file(args, req)) return e;
+  return open_disk_at_snapshot(ctx, req);
 }
 
 // The options qemu-img checks while it reads the command line, in their order, and the

@@ -116,11 +116,7 @@ int cmd_dd(const Argv& argv) {
   req.path = *dd->in;
   req.format = args->last("format");
   req.force_share = args->has("force-share");
-  if (auto file = args->last("passphrase-file")) {
-    auto pass = read_passphrase_file(*file);
-    if (!pass) return fail(pass.error());
-    req.passphrase = *pass;
-  }
+  if (vd::Error e = take_passphrase_file(*args, req)) return fail(e);
   auto in = open_disk(ctx, req);
   if (!in) return fail(in.error());
   const vd::Backend* backend = ctx.registry.find(args->last("O").value_or("raw"));

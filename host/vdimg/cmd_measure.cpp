@@ -287,15 +287,8 @@ vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args
   req.format = args.last("format");
   req.force_share = args.has("force-share");
   if (auto snap = args.last("l")) req.snapshot = snapshot_ref(*snap);
-  if (auto file = args.last("passphrase-file")) {
-    auto pass = read_passphrase_file(*file);
-    if (!pass) return pass.error();
-    req.passphrase = *pass;
-  }
-  auto disk = open_disk(ctx, req);
-  if (!disk && req.snapshot && disk.error().is(vd::Errc::not_found) && disk.error().path() == req.path)
-    return vd::Error(vd::Errc::not_found, "Failed to load snapshot: Can't find snapshot");
-  return disk;
+  if (vd::Error e = take_passphrase_file(args, req)) return e;
+  return open_disk_at_snapshot(ctx, req);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "backends/common/sizes.h"
+#include "host/tool_passphrase.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
@@ -25,14 +26,23 @@ int print_usage(const char* usage) {
 }
 
 vd::Result<std::string> read_passphrase_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return vd::Error(vd::Errc::not_found, "cannot read passphrase file '" + path + "'");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  std::string s = ss.str();
-  if (!s.empty() && s.back() == '\n') s.pop_back();
-  if (!s.empty() && s.back() == '\r') s.pop_back();
-  return s;
+  return vd::tools::read_passphrase_file(path);
+}
+
+vd::Error take_passphrase_file(const Args& args, OpenRequest& req) {
+  if (auto file = args.last("passphrase-file")) {
+    auto pass = read_passphrase_file(*file);
+    if (!pass) return pass.error();
+    req.passphrase = *pass;
+  }
+  return {};
+}
+
+vd::Result<std::unique_ptr<vd::Disk>> open_disk_at_snapshot(Context& ctx, const OpenRequest& req) {
+  auto disk = open_disk(ctx, req);
+  if (!disk && req.snapshot && disk.error().is(vd::Errc::not_found) && disk.error().path() == req.path)
+    return vd::Error(vd::Errc::not_found, "Failed to load snapshot: Can't find snapshot");
+  return disk;
 }
 
 vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req) {

@@ -58,6 +58,10 @@ struct OpenRequest {
 // A missing IMAGE, data file or backing file fails in qemu-img's words ("Could not open
 // 'x': ..."; qemu_open_error words the errors of Disk::open so).
 vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req);
+// --passphrase-file FILE, when given, into req.passphrase.
+vd::Error take_passphrase_file(const Args& args, OpenRequest& req);
+// open_disk, with a missing internal snapshot (req.snapshot) in qemu-img's words.
+vd::Result<std::unique_ptr<vd::Disk>> open_disk_at_snapshot(Context& ctx, const OpenRequest& req);
 vd::Error qemu_open_error(const std::string& top, const vd::Error& e);
 
 
