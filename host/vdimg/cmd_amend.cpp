@@ -10,12 +10,14 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg amend [-f FMT] [-p] [-q] [--force] -o OPTIONS IMAGE\n"
+    "usage: vdimg amend [-f FMT] [-t CACHE] [-p] [-q] [--force] -o OPTIONS IMAGE\n"
     "Changes format options of IMAGE (see -o help).\n"
     "  -f FMT      format of IMAGE\n"
     "  -o OPTIONS  comma-separated key=value options to change\n"
     "  -p          show progress\n"
     "  --force     allow changes that qemu-img asks to be forced\n"
+    "  -t CACHE    cache mode of IMAGE: writeback (default), none, writethrough, directsync,\n"
+    "              unsafe\n"
     "  -q          quiet\n";
 
 // qemu-img amend -o help, for QCOW2.

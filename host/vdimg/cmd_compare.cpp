@@ -17,13 +17,16 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg compare [-f FMT] [-F FMT] [-s] [-p] [-q] [-U] [--passphrase-file FILE]\n"
-    "                     [--b-passphrase-file FILE] IMAGE1 IMAGE2\n"
+    "usage: vdimg compare [-f FMT] [-F FMT] [-T SRC_CACHE] [-s] [-p] [-q] [-U]\n"
+    "                     [--passphrase-file FILE] [--b-passphrase-file FILE] IMAGE1 IMAGE2\n"
     "Compares the content of two disks (each through its backing chain).\n"
     "Exit status: 0 identical, 1 different, 2 on any error (qemu-img uses 3 and 4 for\n"
     "errors after the open).\n"
     "  -f FMT   format of IMAGE1        -F FMT   format of IMAGE2\n"
     "  -s       strict: sizes and allocation status must match too\n"
+    "  -T SRC_CACHE  cache mode of both disks: writeback (default), none, writethrough,\n"
+    "           directsync, unsafe\n"
+    "  -p       show progress\n"
     "  -q       quiet\n"
     "  --passphrase-file FILE    passphrase of encrypted images (IMAGE1 and IMAGE2)\n"
     "  --b-passphrase-file FILE  a different passphrase for IMAGE2\n"

@@ -10,12 +10,17 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg rebase [-f FMT] [-u] [-q] [-U] -b BACKING [-F BACKING_FMT] IMAGE\n"
+    "usage: vdimg rebase [-f FMT] [-t CACHE] [-T SRC_CACHE] [-p] [-u] [-q] [-U] -b BACKING\n"
+    "                    [-F BACKING_FMT] IMAGE\n"
     "Changes the backing file of IMAGE. BACKING \"\" removes it.\n"
     "  -f FMT          format of IMAGE\n"
     "  -b BACKING      new backing file (relative to IMAGE's folder)\n"
     "  -F BACKING_FMT  format of the new backing file\n"
     "  -u              unsafe: only change the recorded name, copy nothing\n"
+    "  -t CACHE        cache mode of IMAGE: writeback (default), none, writethrough,\n"
+    "                  directsync, unsafe\n"
+    "  -T SRC_CACHE    cache mode of the old and new backing chains (same modes)\n"
+    "  -p              show progress\n"
     "  -q              quiet\n"
     "  -U, --force-share  open the new backing file even while another process writes it\n";
 

@@ -65,7 +65,7 @@ int cmd_resize(const Argv& argv_in) {
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = 0;
-  req.no_backing = true;
+  // The chain is opened, as qemu-img does: a missing backing file fails in its words.
   req.force_share = args->has("force-share");  // refused: resizing writes
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
