@@ -5,6 +5,7 @@
 
 #include <regex>
 
+#include "host/vdimg/bench_schedule.h"
 #include "support/support.h"
 
 namespace {
@@ -63,6 +64,76 @@ TEST(VdimgHonouredOptions, ResizeWithMissingBackingFailsAsQemuImg) {
   expect_same_output(v, CmdResult{q.exit_code, q.out, std::regex_replace(q.err, std::regex("theirs"), "ours")},
                      "resize, backing file missing");
   EXPECT_EQ(vdtest::sha256_file(ours), vdtest::sha256_file(theirs));
+}
+
+// Draining (the default): after every 4th completed write nothing new is sent until the
+// writes in flight have completed and a flush after them has too.
+TEST(VdimgHonouredOptions, BenchDrainsBeforeEachFlush) {
+  vdimg::BenchSchedule s(8, 4, 4, true);
+  EXPECT_EQ(s.start().issue, 4u);
+  for (int i = 0; i < 3; ++i) {
+    auto step = s.request_done();
+    EXPECT_FALSE(step.flush);
+    EXPECT_EQ(step.issue, 0u);
+  }
+  auto step = s.request_done();
+  EXPECT_TRUE(step.flush);  // the queue is empty: flush now
+  EXPECT_EQ(step.issue, 0u);
+  EXPECT_EQ(s.in_flight(), 0u);
+  EXPECT_EQ(s.flush_done(true).issue, 4u);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(s.request_done().flush);
+  EXPECT_TRUE(s.request_done().flush);
+  EXPECT_FALSE(s.finished());
+  EXPECT_EQ(s.flush_done(true).issue, 0u);
+  EXPECT_TRUE(s.finished());
+}
+
+// --no-drain: the flush goes out at once among the writes in flight, and the queue stays full.
+TEST(VdimgHonouredOptions, BenchNoDrainFlushesAmongWritesInFlight) {
+  vdimg::BenchSchedule s(8, 4, 4, false);
+  EXPECT_EQ(s.start().issue, 4u);
+  auto step = s.request_done();
+  EXPECT_TRUE(step.flush);
+  EXPECT_EQ(step.issue, 1u);
+  EXPECT_EQ(s.in_flight(), 4u);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(s.request_done().flush);
+  EXPECT_EQ(s.in_flight(), 4u);
+  // Everything is sent: qemu-img's test (requests not yet sent, 0, a multiple of the
+  // interval) then holds at each of the last completions, and each sends a flush.
+  for (int i = 0; i < 4; ++i) {
+    step = s.request_done();
+    EXPECT_TRUE(step.flush);
+    EXPECT_EQ(step.issue, 0u);
+  }
+  for (int i = 0; i < 5; ++i) {  // the first flush too
+    EXPECT_FALSE(s.finished());
+    EXPECT_EQ(s.flush_done(false).issue, 0u);
+  }
+  EXPECT_TRUE(s.finished());
+}
+
+// The output and refusals of bench with --flush-interval, drained or not, are qemu-img's.
+TEST(VdimgHonouredOptions, BenchFlushIntervalMatchesQemuImg) {
+  VD_REQUIRE_QEMU();
+  TempDir dir;
+  const std::string img = dir.file("b.raw");
+  vdtest::sh("qemu-img create -q -f raw '" + img + "' 1M");
+  static const std::regex timing("completed in [0-9.]+ seconds");
+  for (std::vector<std::string> extra :
+       {std::vector<std::string>{"-w", "--flush-interval=64"}, {"-w", "--flush-interval=64", "--no-drain"},
+        {"-w", "-d", "8", "--flush-interval=16", "--no-drain"}, {"--flush-interval=64"},
+        {"-w", "--flush-interval=32"}, {"-w", "--no-drain"}}) {
+    std::vector<std::string> args = {"bench", "-f", "raw", "-c", "300"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.push_back(img);
+    CmdResult q = qemu_img(args);
+    CmdResult v = vdtest::vdimg(args);
+    q.out = std::regex_replace(q.out, timing, "completed");
+    v.out = std::regex_replace(v.out, timing, "completed");
+    std::string what = "bench";
+    for (const auto& a : extra) what += " " + a;
+    expect_same_output(v, q, what);
+  }
 }
 
 }  // namespace
