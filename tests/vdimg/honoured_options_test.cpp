@@ -136,4 +136,34 @@ TEST(VdimgHonouredOptions, BenchFlushIntervalMatchesQemuImg) {
   }
 }
 
+// compare -p prints qemu-img's progress lines (a 2-point step, the share of the larger disk
+// each range is) and the newline it ends with, on every outcome.
+TEST(VdimgHonouredOptions, CompareProgressMatchesQemuImg) {
+  VD_REQUIRE_QEMU();
+  TempDir dir;
+  vdtest::sh("cd '" + dir.path() + "' && qemu-img create -q -f qcow2 a.qcow2 4M && "
+             "qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 3M 64k' a.qcow2 >/dev/null && "
+             "cp a.qcow2 same.qcow2 && cp a.qcow2 other.qcow2 && "
+             "qemu-io -c 'write -P 3 2M 64k' other.qcow2 >/dev/null && "
+             "qemu-img create -q -f qcow2 big.qcow2 6M && qemu-img create -q -f raw big.raw 6M");
+  auto f = [&](const char* name) { return dir.file(name); };
+  const std::vector<std::vector<std::string>> cases = {
+      {f("a.qcow2"), f("same.qcow2")},          {"-s", f("a.qcow2"), f("same.qcow2")},
+      {f("a.qcow2"), f("other.qcow2")},         {f("a.qcow2"), f("big.qcow2")},
+      {f("big.qcow2"), f("big.raw")},           {"-s", f("big.qcow2"), f("a.qcow2")},
+      {f("a.qcow2"), f("missing.qcow2")},       {"-T", "bogus", f("a.qcow2"), f("same.qcow2")},
+      {"-q", f("a.qcow2"), f("other.qcow2")},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> args = {"compare", "-p"};
+    args.insert(args.end(), c.begin(), c.end());
+    std::string what;
+    for (const auto& a : args) what += " " + a;
+    CmdResult q = qemu_img(args);
+    CmdResult v = vdtest::vdimg(args);
+    if (q.exit_code > 1) q.exit_code = 2;  // vdimg's documented exit for errors (docs/cli.md)
+    expect_same_output(v, q, what);
+  }
+}
+
 }  // namespace
