@@ -166,4 +166,47 @@ TEST(VdimgHonouredOptions, CompareProgressMatchesQemuImg) {
   }
 }
 
+// rebase -p prints qemu-img's progress: 0%, a step for each range of at most 2 MiB the top
+// does not hold (cut at the ends of the old and new backing disks), 100% once the backing
+// file is changed, and the closing newline on every outcome; the images end up the same.
+TEST(VdimgHonouredOptions, RebaseProgressMatchesQemuImg) {
+  VD_REQUIRE_QEMU();
+  TempDir dir;
+  // The same fixture in q/ (for qemu-img) and v/ (for vdimg): an 8 MiB top over a 6 MiB old
+  // backing, new backing files of 8 and 5 MiB.
+  const std::string fixture =
+      "qemu-img create -q -f qcow2 old.qcow2 6M && "
+      "qemu-io -c 'write -P 1 0 3M' -c 'write -P 2 5M 1M' old.qcow2 >/dev/null && "
+      "qemu-img create -q -f qcow2 new.qcow2 8M && qemu-io -c 'write -P 1 0 1M' new.qcow2 >/dev/null && "
+      "qemu-img create -q -f qcow2 small.qcow2 5M && "
+      "qemu-img create -q -f qcow2 -b old.qcow2 -F qcow2 top.qcow2 8M && "
+      "qemu-io -c 'write -P 5 2M 1536k' -c 'write -z 7M 64k' top.qcow2 >/dev/null && cp top.qcow2 top0.qcow2";
+  for (const char* side : {"q", "v"})
+    vdtest::sh("mkdir '" + dir.file(side) + "' && cd '" + dir.file(side) + "' && " + fixture);
+  const std::vector<std::vector<std::string>> cases = {
+      {"-b", "new.qcow2", "-F", "qcow2"}, {"-b", "small.qcow2", "-F", "qcow2"}, {"-b", ""},
+      {"-u", "-b", "new.qcow2", "-F", "qcow2"}, {"-b", "missing.qcow2", "-F", "qcow2"},
+      {"-q", "-b", "new.qcow2", "-F", "qcow2"}, {"-t", "bogus", "-b", "new.qcow2", "-F", "qcow2"},
+  };
+  for (const auto& c : cases) {
+    std::string what = "rebase -p";
+    for (const auto& a : c) what += " '" + a + "'";
+    CmdResult results[2];
+    for (int i = 0; i < 2; ++i) {
+      const std::string top = dir.file(i ? "v/top.qcow2" : "q/top.qcow2");
+      vdtest::sh("cp '" + dir.file(i ? "v/top0.qcow2" : "q/top0.qcow2") + "' '" + top + "'");
+      std::vector<std::string> args = {"rebase", "-p"};
+      args.insert(args.end(), c.begin(), c.end());
+      args.push_back(top);
+      results[i] = i ? vdtest::vdimg(args) : qemu_img(args);
+    }
+    results[0].err = std::regex_replace(results[0].err, std::regex("/q/"), "/v/");
+    expect_same_output(results[1], results[0], what);
+    if (results[0].exit_code != 0) continue;
+    CmdResult same = qemu_img({"compare", dir.file("q/top.qcow2"), dir.file("v/top.qcow2")});
+    EXPECT_EQ(same.exit_code, 0) << what << "\n" << same.out;
+    EXPECT_EQ(qemu_img({"check", dir.file("v/top.qcow2")}).exit_code, 0) << what;
+  }
+}
+
 }  // namespace
