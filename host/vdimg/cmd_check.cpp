@@ -110,6 +110,8 @@ vd::Result<vd::CheckReport> repair_and_recheck(vd::Image& image, vd::RepairMode 
   if (!second) return second;
   second->leaks_fixed = first->leaks_fixed;
   second->corruptions_fixed = first->corruptions_fixed;
+  // qemu-img prints what the repair found and did, then what the double check finds.
+  second->messages.insert(second->messages.begin(), first->messages.begin(), first->messages.end());
   return second;
 }
 

@@ -209,4 +209,35 @@ TEST(VdimgHonouredOptions, RebaseProgressMatchesQemuImg) {
   }
 }
 
+// A QCOW2 image with lazy refcounts left dirty by a killed writer: qemu-img amend's open
+// repairs it and prints the repair's lines on stderr before amending, and check -r all
+// prints what it found and did; vdimg prints the same.
+TEST(VdimgHonouredOptions, AmendAndCheckOfADirtyImagePrintTheRepairAsQemuImg) {
+  VD_REQUIRE_QEMU();
+  TempDir dir;
+  vdtest::sh("cd '" + dir.path() + "' && qemu-img create -q -f qcow2 -o lazy_refcounts=on d.qcow2 4M && "
+             "(ulimit -c 0; qemu-io -c 'write -P 1 0 1M' -c 'write -P 2 2M 64k' -c abort d.qcow2 "
+             ">/dev/null 2>&1; true) && for f in qa va qc vc; do cp d.qcow2 $f.qcow2; done");
+  ASSERT_NE(vdtest::run({"qemu-img", "check", dir.file("d.qcow2")}).exit_code, 0) << "the fixture is not dirty";
+  for (const std::string cmd : {"amend", "check"}) {
+    const std::vector<std::string> opts =
+        cmd == "amend" ? std::vector<std::string>{"-o", "lazy_refcounts=off"} : std::vector<std::string>{"-r", "all"};
+    const std::string theirs = dir.file(std::string("q") + cmd[0] + ".qcow2");
+    const std::string ours = dir.file(std::string("v") + cmd[0] + ".qcow2");
+    std::vector<std::string> args = {cmd};
+    args.insert(args.end(), opts.begin(), opts.end());
+    std::vector<std::string> qargs = args, vargs = args;
+    qargs.push_back(theirs);
+    vargs.push_back(ours);
+    CmdResult q = qemu_img(qargs);
+    CmdResult v = vdtest::vdimg(vargs);
+    EXPECT_FALSE(q.err.empty()) << cmd;
+    expect_same_output(v, q, cmd + " of a dirty image");
+    EXPECT_EQ(qemu_img({"compare", ours, theirs}).exit_code, 0) << cmd;
+    CmdResult check = qemu_img({"check", ours});
+    EXPECT_EQ(check.exit_code, 0) << cmd << "\n" << check.out << check.err;
+    EXPECT_EQ(check.out, qemu_img({"check", theirs}).out) << cmd;
+  }
+}
+
 }  // namespace
