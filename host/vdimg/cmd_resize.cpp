@@ -1,6 +1,7 @@
 // vdimg resize: changes the virtual size of an image, absolutely or by +/- a delta.
 #include <cctype>
 #include <iostream>
+#include <variant>
 
 #include "backends/common/sizes.h"
 #include "host/vdimg/vdimg.h"
@@ -81,6 +82,36 @@ vd::Error preallocate(vd::Runtime& rt, vd::Disk& disk, const std::string& format
   return rt.wait([&](vd::Completion done) { disk.flush(std::move(done)); });
 }
 
+// The QCOW2 compat level and whether the image has subclusters, from its info fields.
+std::string info_string(const vd::Image& image, const std::string& key) {
+  for (const auto& f : image.format_info())
+    if (f.key == key) {
+      if (const auto* s = std::get_if<std::string>(&f.value)) return *s;
+      if (const auto* b = std::get_if<bool>(&f.value)) return *b ? "true" : "false";
+    }
+  return {};
+}
+
+// Growing an image whose backing file is longer than its old size: qemu's bdrv_co_truncate
+// zeroes the new area, so that the backing file's data there does not show through (QCOW2
+// v3: zero clusters from the first (sub)cluster boundary, explicit zeros before it).
+vd::Error zero_new_area(vd::Runtime& rt, vd::Disk& disk, uint64_t from, uint64_t to) {
+  vd::Image& top = disk.image(0);
+  const uint64_t unit = info_string(top, "extended-l2") == "true" ? top.cluster_size() / 32 : top.cluster_size();
+  const uint64_t zero_start = unit ? (from + unit - 1) / unit * unit : from;
+  if (zero_start < to)
+    if (vd::Error e = rt.wait([&](vd::Completion done) {
+          disk.write_zeroes(zero_start, to - zero_start, 0, std::move(done));
+        }))
+      return e;
+  if (zero_start > from) {
+    const std::vector<std::byte> zeros(static_cast<size_t>(std::min(zero_start, to) - from));
+    if (vd::Error e = rt.wait([&](vd::Completion done) { disk.write(from, zeros, 0, std::move(done)); }))
+      return e;
+  }
+  return rt.wait([&](vd::Completion done) { disk.flush(std::move(done)); });
+}
+
 }  // namespace
 
 int cmd_resize(const Argv& argv_in) {
@@ -129,9 +160,16 @@ int cmd_resize(const Argv& argv_in) {
     (*disk)->close();
     return fail("Unsupported preallocation mode: " + prealloc);
   }
+  const bool zero_new = *size > old_size && prealloc == "off" && (*disk)->depth() > 1 &&
+                        (*disk)->image(1).size() > old_size;
+  if (zero_new && info_string(image, "compat") == "0.10") {
+    (*disk)->close();
+    return fail("Failed to zero out new clusters: Operation not supported");  // qemu's (v2 has none)
+  }
   vd::Error err = image.resize(*size);
   if (!err && *size > old_size)
-    err = preallocate(ctx.rt, **disk, format_name(image), prealloc, old_size, *size);
+    err = zero_new ? zero_new_area(ctx.rt, **disk, old_size, *size)
+                   : preallocate(ctx.rt, **disk, format_name(image), prealloc, old_size, *size);
   vd::Error close_err = (*disk)->close();
   if (err) return fail(name_image(err, req.path));
   if (close_err) return fail(name_image(close_err, req.path));

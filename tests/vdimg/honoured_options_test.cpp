@@ -284,4 +284,37 @@ TEST(VdimgHonouredOptions, ResizePreallocationMatchesQemuImg) {
   }
 }
 
+// Growing a QCOW2 image whose backing file is longer than its old size: the new area reads
+// as zeros, not as the backing file's data (qemu's bdrv_co_truncate zeroes it; v2, which
+// has no zero clusters, fails in qemu's words and keeps its size). The map too is qemu's,
+// except with extended L2 entries, where vd's zeroing of a partial cluster allocates it.
+TEST(VdimgHonouredOptions, ResizeOverALongerBackingZeroesTheNewAreaAsQemuImg) {
+  VD_REQUIRE_QEMU();
+  TempDir dir;
+  vdtest::sh("cd '" + dir.path() + "' && qemu-img create -q -f qcow2 b.qcow2 4M && "
+             "qemu-io -c 'write -P 7 0 4M' b.qcow2 >/dev/null");
+  for (const std::string opts : {"", "-o compat=0.10", "-o cluster_size=4k", "-o extended_l2=on"}) {
+    std::string img[2];
+    CmdResult r[2];
+    for (int i = 0; i < 2; ++i) {
+      img[i] = dir.file(i ? "ours.qcow2" : "theirs.qcow2");
+      vdtest::sh("cd '" + dir.path() + "' && rm -f '" + img[i] + "' && qemu-img create -q -f qcow2 " + opts +
+                 " -b b.qcow2 -F qcow2 '" + img[i] + "' 1000k");
+      std::vector<std::string> args = {"resize", img[i], "3M"};
+      r[i] = i ? vdtest::vdimg(args) : qemu_img(args);
+    }
+    expect_same_output(r[1], r[0], "resize over a longer backing " + opts);
+    EXPECT_EQ(qemu_img({"compare", img[1], img[0]}).exit_code, 0) << opts;
+    EXPECT_EQ(vdtest::sh("qemu-img info '" + img[1] + "' | grep 'virtual size'"),
+              vdtest::sh("qemu-img info '" + img[0] + "' | grep 'virtual size'")) << opts;
+    CmdResult check = qemu_img({"check", img[1]});
+    EXPECT_EQ(check.exit_code, 0) << opts << "\n" << check.out << check.err;
+    if (opts != "-o extended_l2=on") {
+      EXPECT_EQ(vdtest::sh("qemu-img map --output=json '" + img[1] + "'"),
+                vdtest::sh("qemu-img map --output=json '" + img[0] + "'")) << opts;
+      EXPECT_EQ(check.out, qemu_img({"check", img[0]}).out) << opts;
+    }
+  }
+}
+
 }  // namespace
