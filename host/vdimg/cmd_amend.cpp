@@ -10,12 +10,14 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg amend [-f FMT] [-p] [-q] [--force] -o OPTIONS IMAGE\n"
+    "usage: vdimg amend [-f FMT] [-t CACHE] [-p] [-q] [--force] -o OPTIONS IMAGE\n"
     "Changes format options of IMAGE (see -o help).\n"
     "  -f FMT      format of IMAGE\n"
     "  -o OPTIONS  comma-separated key=value options to change\n"
     "  -p          show progress\n"
     "  --force     allow changes that qemu-img asks to be forced\n"
+    "  -t CACHE    cache mode of IMAGE: writeback (default), none, writethrough, directsync,\n"
+    "              unsafe\n"
     "  -q          quiet\n";
 
 // qemu-img amend -o help, for QCOW2.
@@ -61,11 +63,24 @@ int cmd_amend(const Argv& argv) {
   req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
-  req.flags = help ? unsigned{vd::open_read_only} : 0u;
+  // The repair of a dirty image (lazy refcounts after a crash) is done here rather than by
+  // the open, so that its findings reach stderr as qemu-img's open prints them.
+  req.flags = help ? unsigned{vd::open_read_only} : unsigned{vd::open_no_repair};
   req.no_backing = true;
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   vd::Image& image = (*disk)->image(0);
+  if (!help && image.dirty()) {
+    auto report = image.check(vd::RepairMode::all);
+    if (report)
+      for (const auto& m : report->messages) std::cerr << m << "\n";
+    if (!report || report->corruptions > report->corruptions_fixed || report->check_errors) {
+      vd::Error err = report ? vd::Error(vd::Errc::corrupt, "Could not repair dirty image")
+                             : report.error().wrap("Could not repair dirty image");
+      (*disk)->close();
+      return fail(name_image(err, req.path));
+    }
+  }
   const std::string format = format_name(image);
   if (help) {
     (*disk)->close();

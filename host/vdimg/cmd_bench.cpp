@@ -10,6 +10,7 @@
 #include <tuple>
 #include <algorithm>
 
+#include "host/vdimg/bench_schedule.h"
 #include "host/vdimg/io_script.h"
 #include "backends/common/sizes.h"
 #include "host/vdimg/vdimg.h"
@@ -30,16 +31,18 @@ const char kUsage[] =
 
 struct BenchConfig {
   uint64_t count = 75000, depth = 64, size = 4096, step = 0, offset = 0, flush_interval = 0;
-  bool write = false;
+  bool write = false, drain_on_flush = true;
   uint8_t pattern = 0;
 };
 
-// Keeps `depth` requests in flight until `count` have completed.
+// Sends the requests and flushes BenchSchedule asks for until it is finished (or a request
+// failed and the ones in flight have completed).
 struct Bench : std::enable_shared_from_this<Bench> {
   vd::Disk& disk;
   BenchConfig cfg;
-  uint64_t issued = 0, completed = 0, next_offset = 0, since_flush = 0;
-  unsigned in_flight = 0;
+  BenchSchedule schedule;
+  uint64_t next_offset = 0;
+  unsigned outstanding = 0;  // requests and flushes sent, not completed
   // One block aligned for O_DIRECT (as qemu-img bench's blk_blockalign): with -t none the
   // requests then reach the kernel without a bounce buffer.
   struct Free {
@@ -51,7 +54,9 @@ struct Bench : std::enable_shared_from_this<Bench> {
   vd::Error error;
   vd::Completion finished;
 
-  Bench(vd::Disk& d, BenchConfig c) : disk(d), cfg(c), next_offset(c.offset) {}
+  Bench(vd::Disk& d, BenchConfig c)
+      : disk(d), cfg(c), schedule(c.count, c.depth, c.write ? c.flush_interval : 0, c.drain_on_flush),
+        next_offset(c.offset) {}
 
   void start(vd::Completion done) {
     finished = std::move(done);
@@ -65,7 +70,7 @@ struct Bench : std::enable_shared_from_this<Bench> {
     std::memset(memory.get(), cfg.pattern, stride * n);
     for (size_t i = 0; i < n; ++i) buffers.emplace_back(memory.get() + i * stride, static_cast<size_t>(cfg.size));
     for (size_t i = 0; i < n; ++i) free_buffers.push_back(i);
-    fill();
+    run(schedule.start());
   }
 
   uint64_t take_offset() {
@@ -77,40 +82,38 @@ struct Bench : std::enable_shared_from_this<Bench> {
     return off;
   }
 
-  void fill() {
-    while (!error && issued < cfg.count && !free_buffers.empty()) {
+  void run(BenchSchedule::Step step) {
+    if (!error && step.flush) {
+      ++outstanding;
+      const bool drained = schedule.in_drained_flush();
+      auto self = shared_from_this();
+      disk.flush([self, drained](vd::Error fe) {
+        --self->outstanding;
+        if (fe && !self->error) self->error = std::move(fe);
+        self->run(self->schedule.flush_done(drained));
+      });
+    }
+    for (uint64_t i = 0; !error && i < step.issue; ++i) {
       size_t b = free_buffers.back();
       free_buffers.pop_back();
-      ++issued;
-      ++in_flight;
+      ++outstanding;
       uint64_t off = take_offset();
       auto self = shared_from_this();
       auto cb = [self, b](vd::Error e) { self->on_done(b, std::move(e)); };
       if (cfg.write) disk.write(off, buffers[b], 0, cb);
       else disk.read(off, buffers[b], cb);
     }
-    if (in_flight == 0 && finished) {
+    if (outstanding == 0 && finished && (error || schedule.finished())) {
       auto done = std::move(finished);
       done(error);
     }
   }
 
   void on_done(size_t b, vd::Error e) {
-    --in_flight;
-    ++completed;
+    --outstanding;
     free_buffers.push_back(b);
     if (e && !error) error = std::move(e);
-    if (cfg.write && cfg.flush_interval && ++since_flush >= cfg.flush_interval && !error) {
-      since_flush = 0;
-      ++in_flight;
-      auto self = shared_from_this();
-      disk.flush([self](vd::Error fe) {
-        --self->in_flight;
-        if (fe && !self->error) self->error = std::move(fe);
-        self->fill();
-      });
-    }
-    fill();
+    run(schedule.request_done());
   }
 };
 
@@ -135,8 +138,14 @@ vd::Error parse_config(const Args& args, BenchConfig& cfg) {
     cfg.pattern = *byte;
   }
   cfg.write = args.has("write");
+  cfg.drain_on_flush = !args.has("no-drain");
   if (cfg.step == 0) cfg.step = cfg.size;
   if (cfg.depth == 0 || cfg.size == 0) return vd::Error(vd::Errc::invalid_argument, "Invalid depth or size");
+  // qemu-img's checks, in its order, before the image is opened.
+  if (!cfg.write && cfg.flush_interval)
+    return vd::Error(vd::Errc::invalid_argument, "--flush-interval is only available in write tests");
+  if (cfg.flush_interval && cfg.flush_interval < cfg.depth)
+    return vd::Error(vd::Errc::invalid_argument, "Flush interval can't be smaller than depth");
   // Buffers are allocated up front: keep them sane.
   if (cfg.size > vd::kIoMaxTransfer || std::min(cfg.depth, cfg.count) * cfg.size > vd::kIoMaxTransfer)
     return vd::Error(vd::Errc::too_large, "depth x size above " + vd::format_size(vd::kIoMaxTransfer));
@@ -180,6 +189,8 @@ int cmd_bench(const Argv& argv) {
                 static_cast<unsigned long long>(cfg.count), cfg.write ? "write" : "read",
                 static_cast<unsigned long long>(cfg.size), static_cast<unsigned long long>(cfg.depth),
                 static_cast<unsigned long long>(cfg.offset), static_cast<unsigned long long>(cfg.step));
+  if (cfg.flush_interval)
+    std::printf("Sending flush every %llu requests\n", static_cast<unsigned long long>(cfg.flush_interval));
   std::fflush(stdout);
   auto t0 = std::chrono::steady_clock::now();
   vd::Error err;

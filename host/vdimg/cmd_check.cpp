@@ -10,7 +10,7 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg check [-f FMT] [-r leaks|all] [--output=human|json] [-q] [-U]\n"
+    "usage: vdimg check [-f FMT] [-r leaks|all] [--output=human|json] [-q] [-T SRC_CACHE] [-U]\n"
     "                   [--passphrase-file FILE] IMAGE\n"
     "Checks the metadata of IMAGE (not its backing files, which must open) and optionally\n"
     "repairs it.\n"
@@ -22,6 +22,8 @@ const char kUsage[] =
     "  --passphrase-file FILE  passphrase of an encrypted IMAGE; optional, since the check\n"
     "                reads only metadata (given, it must be right)\n"
     "  -q            quiet\n"
+    "  -T SRC_CACHE  cache mode of IMAGE: writeback (default), none, writethrough,\n"
+    "                directsync, unsafe\n"
     "  -U, --force-share  check while another process writes IMAGE (not with -r)\n";
 
 constexpr int kExitCorrupt = 2;
@@ -108,6 +110,8 @@ vd::Result<vd::CheckReport> repair_and_recheck(vd::Image& image, vd::RepairMode 
   if (!second) return second;
   second->leaks_fixed = first->leaks_fixed;
   second->corruptions_fixed = first->corruptions_fixed;
+  // qemu-img prints what the repair found and did, then what the double check finds.
+  second->messages.insert(second->messages.begin(), first->messages.begin(), first->messages.end());
   return second;
 }
 

@@ -26,7 +26,7 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg commit [-f FMT] [-b BASE] [-d] [-p] [-q] [-r RATE] IMAGE\n"
+    "usage: vdimg commit [-f FMT] [-t CACHE] [-b BASE] [-d] [-p] [-q] [-r RATE] IMAGE\n"
     "Copies the data of IMAGE (and of the images between it and BASE) into BASE, by default\n"
     "its backing file, then empties IMAGE.\n"
     "  -f FMT   format of IMAGE\n"
@@ -34,6 +34,8 @@ const char kUsage[] =
     "  -d       keep IMAGE's data (do not empty it)\n"
     "  -p       show progress\n"
     "  -r RATE  copy at most RATE bytes per second (k, M, G... suffixes)\n"
+    "  -t CACHE cache mode of the chain: writeback (default), none, writethrough, directsync,\n"
+    "           unsafe\n"
     "  -q       quiet\n";
 
 constexpr uint64_t kChunk = 2ull << 20;

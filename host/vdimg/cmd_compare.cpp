@@ -11,19 +11,23 @@
 #include <iostream>
 #include <vector>
 
+#include "host/vdimg/progress.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg compare [-f FMT] [-F FMT] [-s] [-p] [-q] [-U] [--passphrase-file FILE]\n"
-    "                     [--b-passphrase-file FILE] IMAGE1 IMAGE2\n"
+    "usage: vdimg compare [-f FMT] [-F FMT] [-T SRC_CACHE] [-s] [-p] [-q] [-U]\n"
+    "                     [--passphrase-file FILE] [--b-passphrase-file FILE] IMAGE1 IMAGE2\n"
     "Compares the content of two disks (each through its backing chain).\n"
     "Exit status: 0 identical, 1 different, 2 on any error (qemu-img uses 3 and 4 for\n"
     "errors after the open).\n"
     "  -f FMT   format of IMAGE1        -F FMT   format of IMAGE2\n"
     "  -s       strict: sizes and allocation status must match too\n"
+    "  -T SRC_CACHE  cache mode of both disks: writeback (default), none, writethrough,\n"
+    "           directsync, unsafe\n"
+    "  -p       show progress\n"
     "  -q       quiet\n"
     "  --passphrase-file FILE    passphrase of encrypted images (IMAGE1 and IMAGE2)\n"
     "  --b-passphrase-file FILE  a different passphrase for IMAGE2\n"
@@ -143,10 +147,14 @@ std::optional<uint64_t> first_nonzero_sector(const std::vector<std::byte>& buf) 
 // The outcome of the walk: an exit code, set once something is decided.
 class Comparison {
  public:
-  Comparison(vd::Runtime& rt, Side a, Side b, bool strict, bool quiet)
-      : rt_(rt), a_(std::move(a)), b_(std::move(b)), strict_(strict), quiet_(quiet) {}
+  Comparison(vd::Runtime& rt, Side a, Side b, bool strict, bool quiet, QemuProgress& progress)
+      : rt_(rt), a_(std::move(a)), b_(std::move(b)), strict_(strict), quiet_(quiet), progress_(progress) {}
 
   int run() {
+    // qemu-img's progress: each range compared is its share of the larger disk.
+    const float base = static_cast<float>(std::max(a_.size, b_.size));
+    auto advance = [&](uint64_t chunk) { progress_.print(static_cast<float>(chunk) / base * 100, 100); };
+    progress_.print(0, 100);
     if (strict_ && a_.size != b_.size) return differ("Strict mode: Image size mismatch!");
     const uint64_t common = std::min(a_.size, b_.size);
     uint64_t offset = 0;
@@ -154,10 +162,11 @@ class Comparison {
       auto chunk = compare_at(offset);
       if (!chunk) return code_;
       offset += *chunk;
+      advance(*chunk);
     }
     if (a_.size != b_.size) {
       say("Warning: Image size mismatch!");
-      if (!check_tail(a_.size > b_.size ? a_ : b_, offset)) return code_;
+      if (!check_tail(a_.size > b_.size ? a_ : b_, offset, advance)) return code_;
     }
     say("Images are identical.");
     return kExitOk;
@@ -202,7 +211,8 @@ class Comparison {
   }
 
   // The part of the larger disk past the smaller one must read as zeros.
-  bool check_tail(const Side& over, uint64_t offset) {
+  template <class Advance>
+  bool check_tail(const Side& over, uint64_t offset, Advance advance) {
     while (offset < over.size) {
       auto s = status_at(rt_, over, offset);
       if (!s) {
@@ -215,6 +225,7 @@ class Comparison {
         if (!reads_zeros(over, offset, chunk)) return false;
       }
       offset += chunk;
+      advance(chunk);
     }
     return true;
   }
@@ -242,6 +253,7 @@ class Comparison {
   vd::Runtime& rt_;
   Side a_, b_;
   bool strict_, quiet_;
+  QemuProgress& progress_;
   int code_ = kExitOk;
   std::vector<std::byte> buf1_, buf2_;
 };
@@ -272,8 +284,10 @@ int cmd_compare(const Argv& argv) {
   if (!args) return fail(args.error(), kExitOpen);
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 2, 2, "two image names")) return fail(err, kExitOpen);
+  // From here qemu-img ends its output with the progress newline, failures included.
+  QemuProgress progress(args->has("progress") && !args->has("quiet"), 2.0f);
   auto cache = cache_args(*args, opt_src_cache);
-  if (!cache) return fail(cache.error());
+  if (!cache) return fail(cache.error(), kExitOpen);  // qemu-img compare's exit 2
   Context ctx;
   OpenRequest ra, rb;
   ra.cache = rb.cache = cache->src_cache;
@@ -289,7 +303,7 @@ int cmd_compare(const Argv& argv) {
   if (!b) return fail(b.error(), kExitOpen);
 
   Comparison cmp(ctx.rt, Side{ra.path, a->get(), (*a)->size()},
-                 Side{rb.path, b->get(), (*b)->size()}, args->has("strict"), args->has("quiet"));
+                 Side{rb.path, b->get(), (*b)->size()}, args->has("strict"), args->has("quiet"), progress);
   int code = cmp.run();
   (*b)->close();
   (*a)->close();

@@ -20,7 +20,8 @@ namespace {
 const char kUsage[] =
     "usage: vdimg convert [-f FMT] -O FMT [-o OPTS] [-c] [-p] [-n] [--target-is-zero] [-W]\n"
     "                     [-B BACKING [-F FMT]] [-l SNAPSHOT] [-S SPARSE_SIZE] [-m N] [-r RATE]\n"
-    "                     [--salvage] [-C] [-U] [--passphrase-file FILE] SRC [SRC2...] DST\n"
+    "                     [--salvage] [-C] [-U] [-t CACHE] [-T SRC_CACHE] [--passphrase-file FILE]\n"
+    "                     SRC [SRC2...] DST\n"
     "Copies SRC (through its backing chain) into a new image DST; several sources are copied\n"
     "one after the other into one DST.\n"
     "  -f FMT                  format of SRC (probed when absent)\n"
@@ -46,6 +47,10 @@ const char kUsage[] =
     "                          snapshot.id=X)\n"
     "  --passphrase-file FILE  passphrase of an encrypted SRC\n"
     "  --object secret,id=ID,data=KEY  DST's key, named by -o encrypt.key-secret=ID or key-secret=ID\n"
+    "  -t CACHE                cache mode of DST: unsafe (default: flushes ignored), writeback,\n"
+    "                          none, writethrough, directsync\n"
+    "  -T SRC_CACHE            cache mode of SRC: writeback (default), none, writethrough,\n"
+    "                          directsync, unsafe\n"
     "  -q                      quiet\n"
     "  -U, --force-share       open SRC even while another process writes it\n";
 

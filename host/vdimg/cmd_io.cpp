@@ -8,7 +8,8 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg io [-f FMT] [-r] [-U] [-q] [--passphrase-file FILE] -c CMD [-c CMD]... IMAGE\n"
+    "usage: vdimg io [-f FMT] [-r] [-U] [-q] [-t CACHE] [-n] [-i AIO] [--passphrase-file FILE]\n"
+    "                -c CMD [-c CMD]... IMAGE\n"
     "Runs qemu-io style commands in order on IMAGE (through its backing chain) and stops at\n"
     "the first that fails. Commands:\n"
     "  read [-P BYTE] [-q] [-v] OFF LEN   with -P, fail unless every byte equals BYTE\n"
@@ -20,6 +21,10 @@ const char kUsage[] =
     "  -f FMT                  format of IMAGE (also lifts the raw probe guard)\n"
     "  -r, --read-only         open read-only\n"
     "  -q                      no report lines\n"
+    "  -t CACHE                cache mode of IMAGE: writeback (default), none, writethrough,\n"
+    "                          directsync, unsafe\n"
+    "  -n, --nocache           the same as -t none\n"
+    "  -i AIO                  threads (default) or io_uring; native (Linux AIO) is refused\n"
     "  --passphrase-file FILE  passphrase of an encrypted image\n"
     "  -U, --force-share       open even while another process writes IMAGE (with -r)\n";
 

@@ -4,22 +4,28 @@
 #include <algorithm>
 #include <iostream>
 
+#include "host/vdimg/progress.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg rebase [-f FMT] [-u] [-q] [-U] -b BACKING [-F BACKING_FMT] IMAGE\n"
+    "usage: vdimg rebase [-f FMT] [-t CACHE] [-T SRC_CACHE] [-p] [-u] [-q] [-U] -b BACKING\n"
+    "                    [-F BACKING_FMT] IMAGE\n"
     "Changes the backing file of IMAGE. BACKING \"\" removes it.\n"
     "  -f FMT          format of IMAGE\n"
     "  -b BACKING      new backing file (relative to IMAGE's folder)\n"
     "  -F BACKING_FMT  format of the new backing file\n"
     "  -u              unsafe: only change the recorded name, copy nothing\n"
+    "  -t CACHE        cache mode of IMAGE: writeback (default), none, writethrough,\n"
+    "                  directsync, unsafe\n"
+    "  -T SRC_CACHE    cache mode of the old and new backing chains (same modes)\n"
+    "  -p              show progress\n"
     "  -q              quiet\n"
     "  -U, --force-share  open the new backing file even while another process writes it\n";
 
-constexpr uint64_t kChunk = 1ull << 20;
+constexpr uint64_t kChunk = 2ull << 20;  // qemu-img's IO_BUF_SIZE
 constexpr uint64_t kGranule = 4096;
 
 vd::Error read(vd::Runtime& rt, vd::Disk* d, uint64_t off, std::vector<std::byte>& buf) {
@@ -60,23 +66,50 @@ vd::Error fix_range(vd::Runtime& rt, vd::Disk& top, vd::Disk* fresh, uint64_t of
   return {};
 }
 
-vd::Error safe_rebase(vd::Runtime& rt, vd::Disk& top, vd::Disk* fresh) {
-  for (uint64_t pos = 0; pos < top.size();) {
-    uint64_t len = std::min(kChunk, top.size() - pos);
+// Whether the top holds [pos, pos+len) itself, and for how long from `pos` (at most `len`):
+// qemu's bdrv_is_allocated on the top alone.
+vd::Result<std::pair<bool, uint64_t>> top_allocation(vd::Runtime& rt, vd::Disk& top, uint64_t pos, uint64_t len) {
+  std::optional<bool> held;
+  uint64_t run = 0;
+  while (run < len) {
     vd::DiskExtent x;
     vd::Error e = rt.wait([&](vd::Completion done) {
-      top.block_status(pos, len, [&x, done](vd::Error err, vd::DiskExtent ext) {
+      top.block_status(pos + run, len - run, [&x, done](vd::Error err, vd::DiskExtent ext) {
         x = ext;
         done(err);
       });
     });
     if (e) return e;
-    if (x.extent.length == 0 || x.extent.length > len)
-      return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos) + " returned a bad length");
+    if (x.extent.length == 0 || x.extent.length > len - run)
+      return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos + run) + " returned a bad length");
     // Anything the top does not hold itself reads from below: it may change with the base.
-    if (x.level != 0 || x.extent.kind == vd::Extent::Kind::unallocated)
-      if (auto err = fix_range(rt, top, fresh, pos, x.extent.length)) return err;
-    pos += x.extent.length;
+    const bool here = x.level == 0 && x.extent.kind != vd::Extent::Kind::unallocated;
+    if (held && *held != here) break;
+    held = here;
+    run += x.extent.length;
+  }
+  return std::pair{*held, run};
+}
+
+// qemu-img 7.2's walk: steps of at most IO_BUF_SIZE, each as long as the top's allocation
+// stays the same (and, where the top does not hold it, cut at the end of the old and of the
+// new backing disk); every step the top does not hold is compared and fixed, and counts
+// 100 / (size / IO_BUF_SIZE) points of progress, as qemu counts it.
+vd::Error safe_rebase(vd::Runtime& rt, vd::Disk& top, vd::Disk* fresh, QemuProgress& progress) {
+  const uint64_t size = top.size();
+  const uint64_t old_size = top.depth() > 1 ? top.image(1).size() : 0;
+  const uint64_t new_size = fresh ? fresh->size() : 0;
+  float step_progress = 0;
+  if (size) step_progress = 100.0f / static_cast<float>(size / std::min(size, kChunk));
+  for (uint64_t pos = 0, n = 0; pos < size; pos += n) {
+    auto a = top_allocation(rt, top, pos, std::min(kChunk, size - pos));
+    if (!a) return a.error();
+    n = a->second;
+    if (a->first) continue;
+    if (pos < old_size && pos + n > old_size) n = old_size - pos;
+    if (fresh && pos < new_size && pos + n > new_size) n = new_size - pos;
+    if (auto err = fix_range(rt, top, fresh, pos, n)) return err;
+    progress.print(step_progress, 100);
   }
   return {};
 }
@@ -98,6 +131,10 @@ int cmd_rebase(const Argv& argv) {
   if (!backing->empty()) name = *backing;
   if (!name) fmt.reset();
 
+  // From here qemu-img prints 0% (with -p) and ends its output with the progress newline,
+  // failures included.
+  QemuProgress progress(args->has("p") && !args->has("quiet"), 2.0f);
+  progress.print(0, 100);
   auto cache = cache_args(*args, opt_cache | opt_src_cache);
   if (!cache) return fail(cache.error());
   Context ctx;
@@ -119,10 +156,17 @@ int cmd_rebase(const Argv& argv) {
       nreq.cache = cache->src_cache;
       nreq.force_share = args->has("force-share");
       auto d = open_disk(ctx, nreq);
-      if (!d) return fail(d.error().wrap("opening", "new backing file"));
+      if (!d) {
+        // qemu-img's words: "Could not open new backing file 'NAME': " and the open's error,
+        // which names the file opened (NAME resolved against IMAGE's folder).
+        std::string why = d.error().message();
+        const std::string lead = "Could not open '" + nreq.path + "': ";
+        if (why.rfind(lead, 0) == 0) why = why.substr(lead.size());
+        return fail("Could not open new backing file '" + *name + "': " + why);
+      }
       fresh = std::move(*d);
     }
-    err = safe_rebase(ctx.rt, **top, fresh.get());
+    err = safe_rebase(ctx.rt, **top, fresh.get(), progress);
     if (fresh) fresh->close();
   }
   if (!err) err = (*top)->image(0).set_parent(name, fmt);
@@ -132,6 +176,7 @@ int cmd_rebase(const Argv& argv) {
   vd::Error close_err = (*top)->close();
   if (err) return fail(err.wrap("rebase").image(req.path));
   if (close_err) return fail(name_image(close_err, req.path));
+  progress.print(100, 0);
   return kExitOk;
 }
 

@@ -1,6 +1,7 @@
 // vdimg resize: changes the virtual size of an image, absolutely or by +/- a delta.
 #include <cctype>
 #include <iostream>
+#include <variant>
 
 #include "backends/common/sizes.h"
 #include "host/vdimg/vdimg.h"
@@ -9,9 +10,11 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg resize [-f FMT] [--shrink] [-q] IMAGE [+|-]SIZE\n"
+    "usage: vdimg resize [-f FMT] [--preallocation=MODE] [--shrink] [-q] IMAGE [+|-]SIZE\n"
     "Sets the virtual size of IMAGE to SIZE, or grows/shrinks it by SIZE.\n"
     "  -f FMT     format of IMAGE\n"
+    "  --preallocation=MODE  when growing: off (default), falloc or full (raw, QCOW2: the\n"
+    "             new area allocated); metadata is refused\n"
     "  --shrink   allow making the image smaller (data past the new end is lost;\n"
     "             QCOW2 frees the clusters there, raw is truncated)\n"
     "  -q         quiet\n";
@@ -47,6 +50,68 @@ vd::Result<uint64_t> new_size(const std::string& arg, uint64_t current) {
   return *amount;
 }
 
+// --preallocation for the new area when growing. raw and QCOW2 get qemu-img's result for
+// falloc and full: raw falloc reserves the file's blocks (unwritten, they map as zeros),
+// raw full writes zeros; QCOW2 writes zeros through the image, so the data clusters are
+// allocated in guest order after their L2 tables, reading as zeros, as qemu's preallocation
+// leaves them (for falloc qemu reserves their host space rather than writing it: the same
+// map and check). metadata (QCOW2's zero-flagged allocated clusters) is not
+// implemented and refused in qemu's words for a mode the format lacks, as are falloc and
+// full on the other formats.
+vd::Error preallocate(vd::Runtime& rt, vd::Disk& disk, const std::string& format, const std::string& mode,
+                      uint64_t from, uint64_t to) {
+  if (mode == "off") return {};
+  if (mode == "metadata" || (format != "raw" && format != "qcow2"))
+    return vd::Error(vd::Errc::not_supported, "Unsupported preallocation mode: " + mode);
+  if (format == "raw" && mode == "falloc") {
+    // raw's write_zeroes without unmap punches and reserves the range again: the blocks are
+    // allocated unwritten, as qemu's fallocate leaves them (they map as zeros).
+    if (vd::Error e = rt.wait([&](vd::Completion done) { disk.write_zeroes(from, to - from, 0, std::move(done)); }))
+      return e;
+    return rt.wait([&](vd::Completion done) { disk.flush(std::move(done)); });
+  }
+  const std::vector<std::byte> zeros(1u << 20);
+  for (uint64_t at = from; at < to;) {
+    const uint64_t n = std::min<uint64_t>(zeros.size() - at % zeros.size(), to - at);
+    if (vd::Error e = rt.wait([&](vd::Completion done) {
+          disk.write(at, std::span(zeros.data(), static_cast<size_t>(n)), 0, std::move(done));
+        }))
+      return e;
+    at += n;
+  }
+  return rt.wait([&](vd::Completion done) { disk.flush(std::move(done)); });
+}
+
+// The QCOW2 compat level and whether the image has subclusters, from its info fields.
+std::string info_string(const vd::Image& image, const std::string& key) {
+  for (const auto& f : image.format_info())
+    if (f.key == key) {
+      if (const auto* s = std::get_if<std::string>(&f.value)) return *s;
+      if (const auto* b = std::get_if<bool>(&f.value)) return *b ? "true" : "false";
+    }
+  return {};
+}
+
+// Growing an image whose backing file is longer than its old size: qemu's bdrv_co_truncate
+// zeroes the new area, so that the backing file's data there does not show through (QCOW2
+// v3: zero clusters from the first (sub)cluster boundary, explicit zeros before it).
+vd::Error zero_new_area(vd::Runtime& rt, vd::Disk& disk, uint64_t from, uint64_t to) {
+  vd::Image& top = disk.image(0);
+  const uint64_t unit = info_string(top, "extended-l2") == "true" ? top.cluster_size() / 32 : top.cluster_size();
+  const uint64_t zero_start = unit ? (from + unit - 1) / unit * unit : from;
+  if (zero_start < to)
+    if (vd::Error e = rt.wait([&](vd::Completion done) {
+          disk.write_zeroes(zero_start, to - zero_start, 0, std::move(done));
+        }))
+      return e;
+  if (zero_start > from) {
+    const std::vector<std::byte> zeros(static_cast<size_t>(std::min(zero_start, to) - from));
+    if (vd::Error e = rt.wait([&](vd::Completion done) { disk.write(from, zeros, 0, std::move(done)); }))
+      return e;
+  }
+  return rt.wait([&](vd::Completion done) { disk.flush(std::move(done)); });
+}
+
 }  // namespace
 
 int cmd_resize(const Argv& argv_in) {
@@ -60,12 +125,15 @@ int cmd_resize(const Argv& argv_in) {
   if (args->help) return print_usage(kUsage);
   if (negative) args->positional.push_back(*negative);
   if (auto err = expect_positional(*args, 2, 2, "an image name and a size")) return fail(err);
+  const std::string prealloc = args->last("preallocation").value_or("off");
+  if (prealloc != "off" && prealloc != "metadata" && prealloc != "falloc" && prealloc != "full")
+    return fail("Invalid preallocation mode '" + prealloc + "'");
   Context ctx;
   OpenRequest req;
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = 0;
-  req.no_backing = true;
+  // The chain is opened, as qemu-img does: a missing backing file fails in its words.
   req.force_share = args->has("force-share");  // refused: resizing writes
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
@@ -86,7 +154,22 @@ int cmd_resize(const Argv& argv_in) {
                  "important data there.\n";
     return fail(req.path + ": Use the --shrink option to perform a shrink operation.");
   }
+  const uint64_t old_size = image.size();
+  if (*size > old_size && prealloc != "off" && (prealloc == "metadata" || (format_name(image) != "raw" &&
+                                                                          format_name(image) != "qcow2"))) {
+    (*disk)->close();
+    return fail("Unsupported preallocation mode: " + prealloc);
+  }
+  const bool zero_new = *size > old_size && prealloc == "off" && (*disk)->depth() > 1 &&
+                        (*disk)->image(1).size() > old_size;
+  if (zero_new && info_string(image, "compat") == "0.10") {
+    (*disk)->close();
+    return fail("Failed to zero out new clusters: Operation not supported");  // qemu's (v2 has none)
+  }
   vd::Error err = image.resize(*size);
+  if (!err && *size > old_size)
+    err = zero_new ? zero_new_area(ctx.rt, **disk, old_size, *size)
+                   : preallocate(ctx.rt, **disk, format_name(image), prealloc, old_size, *size);
   vd::Error close_err = (*disk)->close();
   if (err) return fail(name_image(err, req.path));
   if (close_err) return fail(name_image(close_err, req.path));
