@@ -53,11 +53,6 @@ boost::system::error_code to_asio(const Error& e) noexcept {
 
 // ---- The Impl: executor, requests in flight, close --------------------------------------
 
-void Disk::Impl::run(std::function<void()> fn) {
-  if (!ex) return fn();
-  boost::asio::dispatch(ex, std::move(fn));
-}
-
 // Posts to the executor, or through the provider; never through a closed image (the last
 // resort of ChainState::post). With neither known, runs inline: such a Disk (assembled
 // without a provider) belongs to a caller that keeps to one thread.

@@ -16,6 +16,7 @@
 #include "vd/disk.h"
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/dispatch.hpp>
 
 namespace vd::detail {
 
@@ -87,7 +88,13 @@ struct Disk::Impl : std::enable_shared_from_this<Disk::Impl> {
   std::vector<Completion> close_waiters;
 
   // Runs `fn` on the executor: at once when called there, else posted (any thread may call).
-  void run(std::function<void()> fn);
+  // A template, so the request's lambda goes to the executor as it is (Asio recycles its
+  // memory) instead of a std::function allocated per request.
+  template <class Fn>
+  void run(Fn&& fn) {
+    if (!ex) return fn();
+    boost::asio::dispatch(ex, std::forward<Fn>(fn));
+  }
   void post(std::function<void()> fn);
   // On the executor: counts a request in and returns its completion, which counts it out
   // and then runs `done`; after close, completes `done` (posted) with an error and returns
