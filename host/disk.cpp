@@ -159,13 +159,8 @@ void Disk::read(uint64_t offset, std::span<std::byte> buf, Completion done) {
     if (!c) return;
     detail::ChainState& chain = impl->chain;
     Error err = check_range(chain.top(), "read", offset, buf.size());
-    detail::start_posted(
-        chain,
-        [&](Completion h) {
-          if (err) return h(err);
-          detail::read_chain(chain, 0, offset, buf, std::move(h));
-        },
-        std::move(c));
+    if (err) return chain.post([c = std::move(c), err] { c(err); });
+    detail::read_chain(chain, 0, offset, buf, std::move(c), true);
   });
 }
 

@@ -80,14 +80,26 @@ class ChainRead : public std::enable_shared_from_this<ChainRead> {
 
   void finish(Error e) {
     Completion done = std::move(done_);
+    if (starting_) return chain_.post([done = std::move(done), e = std::move(e)] { done(e); });
     done(std::move(e));
   }
+
+ public:
+  // Runs the first step; with `posted`, a completion due before it returns is posted.
+  void start(bool posted) {
+    starting_ = posted;
+    step();
+    starting_ = false;
+  }
+
+ private:
 
   ChainState& chain_;
   const size_t level_;
   const uint64_t offset_;
   const std::span<std::byte> buf_;
   size_t pos_ = 0;
+  bool starting_ = false;
   Completion done_;
 };
 
@@ -98,9 +110,7 @@ class ChainParentReader final : public ParentReader {
   void read(uint64_t offset, std::span<std::byte> buf, Completion done) override {
     ChainState& chain = *chain_;
     size_t level = level_;
-    start_posted(
-        chain, [&](Completion c) { read_chain(chain, level, offset, buf, std::move(c)); },
-        std::move(done));
+    read_chain(chain, level, offset, buf, std::move(done), true);
   }
 
  private:
@@ -111,8 +121,8 @@ class ChainParentReader final : public ParentReader {
 }  // namespace
 
 void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
-                Completion done) {
-  std::make_shared<ChainRead>(chain, level, offset, buf, std::move(done))->step();
+                Completion done, bool posted) {
+  std::make_shared<ChainRead>(chain, level, offset, buf, std::move(done))->start(posted);
 }
 
 void status_chain(ChainState& chain, size_t level, uint64_t offset, uint64_t length,

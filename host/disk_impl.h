@@ -39,9 +39,11 @@ struct ChainState {
 
 // Reads [offset, offset + buf.size()) as seen from `level` down: a prefix an image does not
 // hold goes to the next level; past a level's size, and below the base, it reads zeros.
-// The completion may run inline when no image I/O was needed.
+// The completion may run inline when no image I/O was needed, unless `posted`: then a
+// completion due while read_chain is still on the stack is posted (start_posted's promise,
+// kept by the read itself, with no allocation of its own).
 void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
-                Completion done);
+                Completion done, bool posted = false);
 
 // Allocation status of a prefix of [offset, offset + length) as seen from `level` down.
 // May complete inline.
