@@ -80,9 +80,21 @@ class ChainRead : public std::enable_shared_from_this<ChainRead> {
 
   void finish(Error e) {
     Completion done = std::move(done_);
-    if (starting_) return chain_.post([done = std::move(done), e = std::move(e)] { done(e); });
-    done(std::move(e));
+    if (starting_)
+      return chain_.post([done = std::move(done), e = std::move(e), out = std::move(out_)]() mutable {
+        run(out, done, std::move(e));
+      });
+    run(out_, done, std::move(e));
   }
+
+  static void run(Leave& out, Completion& done, Error e) {
+    if (!out.leave) return done(std::move(e));
+    auto owner = std::move(out.owner);  // kept until the request has been counted out
+    out.leave(owner.get(), done, std::move(e));
+  }
+
+ public:
+  Leave out_;  // set by read_chain_counted before start
 
  public:
   // Runs the first step; with `posted`, a completion due before it returns is posted.
@@ -123,6 +135,13 @@ class ChainParentReader final : public ParentReader {
 void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
                 Completion done, bool posted) {
   std::make_shared<ChainRead>(chain, level, offset, buf, std::move(done))->start(posted);
+}
+
+void read_chain_counted(ChainState& chain, uint64_t offset, std::span<std::byte> buf, Completion done,
+                        Leave out) {
+  auto r = std::make_shared<ChainRead>(chain, 0, offset, buf, std::move(done));
+  r->out_ = std::move(out);
+  r->start(true);
 }
 
 void status_chain(ChainState& chain, size_t level, uint64_t offset, uint64_t length,

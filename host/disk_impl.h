@@ -45,6 +45,17 @@ struct ChainState {
 void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
                 Completion done, bool posted = false);
 
+// A Disk request's way out, kept by the request itself instead of a wrapper completion
+// (Disk::Impl::enter's) allocated per request: `leave` counts the request out of `owner`
+// (the Disk's Impl, kept alive until then) around running `done`.
+struct Leave {
+  std::shared_ptr<void> owner;
+  void (*leave)(void* owner, Completion& done, Error e) = nullptr;
+};
+// read_chain for Disk::read: posted, and counted out through `out`.
+void read_chain_counted(ChainState& chain, uint64_t offset, std::span<std::byte> buf, Completion done,
+                        Leave out);
+
 // Allocation status of a prefix of [offset, offset + length) as seen from `level` down.
 // May complete inline.
 void status_chain(ChainState& chain, size_t level, uint64_t offset, uint64_t length,
