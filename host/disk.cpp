@@ -53,11 +53,6 @@ boost::system::error_code to_asio(const Error& e) noexcept {
 
 // ---- The Impl: executor, requests in flight, close --------------------------------------
 
-void Disk::Impl::run(std::function<void()> fn) {
-  if (!ex) return fn();
-  boost::asio::dispatch(ex, std::move(fn));
-}
-
 // Posts to the executor, or through the provider; never through a closed image (the last
 // resort of ChainState::post). With neither known, runs inline: such a Disk (assembled
 // without a provider) belongs to a caller that keeps to one thread.
@@ -160,17 +155,22 @@ size_t Disk::in_flight() const { return impl_->in_flight; }
 
 void Disk::read(uint64_t offset, std::span<std::byte> buf, Completion done) {
   impl_->run([impl = impl_, offset, buf, done = std::move(done)]() mutable {
-    Completion c = impl->enter("read", std::move(done));
-    if (!c) return;
     detail::ChainState& chain = impl->chain;
     Error err = check_range(chain.top(), "read", offset, buf.size());
-    detail::start_posted(
-        chain,
-        [&](Completion h) {
-          if (err) return h(err);
-          detail::read_chain(chain, 0, offset, buf, std::move(h));
-        },
-        std::move(c));
+    if (err || impl->state != Impl::State::open) {
+      Completion c = impl->enter("read", std::move(done));
+      if (c) chain.post([c = std::move(c), err] { c(err); });
+      return;
+    }
+    // Counted in here and out by the read itself (enter's wrapper, without its allocation).
+    ++impl->in_flight;
+    detail::read_chain_counted(chain, offset, buf, std::move(done),
+                               detail::Leave{std::move(impl), [](void* owner, Completion& d, Error e) {
+                                               auto* self = static_cast<Impl*>(owner);
+                                               --self->in_flight;
+                                               d(std::move(e));
+                                               self->idle_check();
+                                             }});
   });
 }
 

@@ -80,14 +80,38 @@ class ChainRead : public std::enable_shared_from_this<ChainRead> {
 
   void finish(Error e) {
     Completion done = std::move(done_);
-    done(std::move(e));
+    if (starting_)
+      return chain_.post([done = std::move(done), e = std::move(e), out = std::move(out_)]() mutable {
+        run(out, done, std::move(e));
+      });
+    run(out_, done, std::move(e));
   }
+
+  static void run(Leave& out, Completion& done, Error e) {
+    if (!out.leave) return done(std::move(e));
+    auto owner = std::move(out.owner);  // kept until the request has been counted out
+    out.leave(owner.get(), done, std::move(e));
+  }
+
+ public:
+  Leave out_;  // set by read_chain_counted before start
+
+ public:
+  // Runs the first step; with `posted`, a completion due before it returns is posted.
+  void start(bool posted) {
+    starting_ = posted;
+    step();
+    starting_ = false;
+  }
+
+ private:
 
   ChainState& chain_;
   const size_t level_;
   const uint64_t offset_;
   const std::span<std::byte> buf_;
   size_t pos_ = 0;
+  bool starting_ = false;
   Completion done_;
 };
 
@@ -98,9 +122,7 @@ class ChainParentReader final : public ParentReader {
   void read(uint64_t offset, std::span<std::byte> buf, Completion done) override {
     ChainState& chain = *chain_;
     size_t level = level_;
-    start_posted(
-        chain, [&](Completion c) { read_chain(chain, level, offset, buf, std::move(c)); },
-        std::move(done));
+    read_chain(chain, level, offset, buf, std::move(done), true);
   }
 
  private:
@@ -111,8 +133,15 @@ class ChainParentReader final : public ParentReader {
 }  // namespace
 
 void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
-                Completion done) {
-  std::make_shared<ChainRead>(chain, level, offset, buf, std::move(done))->step();
+                Completion done, bool posted) {
+  std::make_shared<ChainRead>(chain, level, offset, buf, std::move(done))->start(posted);
+}
+
+void read_chain_counted(ChainState& chain, uint64_t offset, std::span<std::byte> buf, Completion done,
+                        Leave out) {
+  auto r = std::make_shared<ChainRead>(chain, 0, offset, buf, std::move(done));
+  r->out_ = std::move(out);
+  r->start(true);
 }
 
 void status_chain(ChainState& chain, size_t level, uint64_t offset, uint64_t length,

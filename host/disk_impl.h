@@ -16,6 +16,7 @@
 #include "vd/disk.h"
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/dispatch.hpp>
 
 namespace vd::detail {
 
@@ -38,9 +39,22 @@ struct ChainState {
 
 // Reads [offset, offset + buf.size()) as seen from `level` down: a prefix an image does not
 // hold goes to the next level; past a level's size, and below the base, it reads zeros.
-// The completion may run inline when no image I/O was needed.
+// The completion may run inline when no image I/O was needed, unless `posted`: then a
+// completion due while read_chain is still on the stack is posted (start_posted's promise,
+// kept by the read itself, with no allocation of its own).
 void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
-                Completion done);
+                Completion done, bool posted = false);
+
+// A Disk request's way out, kept by the request itself instead of a wrapper completion
+// (Disk::Impl::enter's) allocated per request: `leave` counts the request out of `owner`
+// (the Disk's Impl, kept alive until then) around running `done`.
+struct Leave {
+  std::shared_ptr<void> owner;
+  void (*leave)(void* owner, Completion& done, Error e) = nullptr;
+};
+// read_chain for Disk::read: posted, and counted out through `out`.
+void read_chain_counted(ChainState& chain, uint64_t offset, std::span<std::byte> buf, Completion done,
+                        Leave out);
 
 // Allocation status of a prefix of [offset, offset + length) as seen from `level` down.
 // May complete inline.
@@ -87,7 +101,13 @@ struct Disk::Impl : std::enable_shared_from_this<Disk::Impl> {
   std::vector<Completion> close_waiters;
 
   // Runs `fn` on the executor: at once when called there, else posted (any thread may call).
-  void run(std::function<void()> fn);
+  // A template, so the request's lambda goes to the executor as it is (Asio recycles its
+  // memory) instead of a std::function allocated per request.
+  template <class Fn>
+  void run(Fn&& fn) {
+    if (!ex) return fn();
+    boost::asio::dispatch(ex, std::forward<Fn>(fn));
+  }
   void post(std::function<void()> fn);
   // On the executor: counts a request in and returns its completion, which counts it out
   // and then runs `done`; after close, completes `done` (posted) with an error and returns

@@ -28,6 +28,10 @@ namespace vd {
 
 using detail::Fd;
 
+namespace {
+constexpr unsigned kDirectIoThreads = 16;
+}
+
 PosixFile::PosixFile(std::shared_ptr<Fd> fd, boost::asio::any_io_executor ex, boost::asio::thread_pool& pool)
     : fd_(std::move(fd)), ex_(std::move(ex)), pool_(pool) {}
 
@@ -116,10 +120,30 @@ void PosixFile::post_done(Completion done, Error e) {
 PosixIoProvider::PosixIoProvider(boost::asio::any_io_executor completions, boost::asio::thread_pool& pool)
     : ex_(std::move(completions)), pool_(pool) {}
 
+PosixIoProvider::~PosixIoProvider() {
+  // Its jobs post to the executor, which outlives the provider: let them finish first.
+  if (direct_pool_) direct_pool_->join();
+}
+
+// An O_DIRECT read or write blocks on the device, not the CPU: the device is kept busy by
+// as many threads as requests it is given at once, so such files get a pool of their own,
+// larger than the default one, whose size suits buffered I/O (a copy to or from the page
+// cache, CPU-bound: more threads than that only contend). Measured on 2 cores, 4 KiB
+// cache=none reads at depth 32: 4 threads 0.51-0.70 s, 16 threads 0.32-0.40 s for 50 000
+// requests (24 and 32 threads slower again); buffered 4 KiB writes went from 0.46-0.53 s on
+// 4 threads to 0.63-0.84 s on 16, hence two pools.
+boost::asio::thread_pool& PosixIoProvider::pool_for(bool direct) {
+  if (!direct) return pool_;
+  std::lock_guard lock(direct_m_);
+  if (!direct_pool_) direct_pool_ = std::make_unique<boost::asio::thread_pool>(kDirectIoThreads);
+  return *direct_pool_;
+}
+
 Result<std::unique_ptr<File>> PosixIoProvider::open(const std::string& path, unsigned mode) {
   auto fd = detail::open_fd(path, mode);
   if (!fd) return fd.error();
-  return std::unique_ptr<File>(std::make_unique<PosixFile>(std::move(*fd), ex_, pool_));
+  auto& pool = pool_for((*fd)->align != 0);
+  return std::unique_ptr<File>(std::make_unique<PosixFile>(std::move(*fd), ex_, pool));
 }
 
 Error PosixIoProvider::remove(const std::string& path) {

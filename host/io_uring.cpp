@@ -201,7 +201,9 @@ class UringProvider final : public PosixIoProvider {
   Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override {
     auto fd = open_fd(path, mode);
     if (!fd) return fd.error();
-    return std::unique_ptr<File>(std::make_unique<UringFile>(std::move(*fd), ex_, pool_, ring_));
+    // The pool does an O_DIRECT file's unaligned requests and discards: its own (io_posix.cpp).
+    auto& pool = pool_for((*fd)->align != 0);
+    return std::unique_ptr<File>(std::make_unique<UringFile>(std::move(*fd), ex_, pool, ring_));
   }
 
  private:

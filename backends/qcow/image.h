@@ -112,6 +112,9 @@ class QcowImage final : public Image {
   using RunHandler = std::function<void(Error, Run)>;
   using L2Handler = std::function<void(Error, L2Ptr)>;
   void lookup(uint64_t guest, uint64_t max_len, RunHandler done);
+  // The run at `guest` when its L2 table is cached (or there is none); nullopt when the
+  // table must be loaded (lookup then). Never does I/O.
+  std::optional<Result<Run>> lookup_cached(uint64_t guest, uint64_t max_len);
   void get_l2(uint64_t l1_index, uint64_t l2_offset, L2Handler done);
   IoProvider& io() { return io_; }
   // The request classes see the files only through the asynchronous interface: a blocking
@@ -260,6 +263,7 @@ class QcowImage final : public Image {
   L2Ptr decode_l2(std::span<const std::byte> raw) const;
 
   // image_read.cpp
+  void read_run(uint64_t offset, std::span<std::byte> buf, Error e, const Run& run, ReadHandler done);
   void read_data(const Run& run, uint64_t guest, std::span<std::byte> buf, ReadHandler done);
   void read_compressed(const Run& run, uint64_t guest, std::span<std::byte> buf, ReadHandler done);
   Error decrypt(uint64_t guest, uint64_t host, std::span<std::byte> buf) const;

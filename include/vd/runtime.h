@@ -7,6 +7,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <mutex>
 #include <functional>
 #include <memory>
 #include <span>
@@ -65,10 +66,18 @@ class VD_API PosixIoProvider : public IoProvider, public ExecutorSource {
   bool exists(const std::string& path) override;
   void post(std::function<void()> fn) override;
   void offload(std::function<void()> work, std::function<void()> then) override;
+  ~PosixIoProvider() override;
+
+ protected:
+  // The pool a file's blocking calls run on: O_DIRECT files get a pool of their own, made on
+  // first use and larger (host/io_posix.cpp).
+  boost::asio::thread_pool& pool_for(bool direct);
 
  private:
   boost::asio::any_io_executor ex_;
   boost::asio::thread_pool& pool_;
+  std::mutex direct_m_;
+  std::unique_ptr<boost::asio::thread_pool> direct_pool_;
 };
 
 // Files in memory, for tests and fuzzing. Async completions are posted to `completions`.

@@ -24,6 +24,20 @@ void QcowImage::lookup(uint64_t guest, uint64_t max_len, RunHandler done) {
   });
 }
 
+std::optional<Result<Run>> QcowImage::lookup_cached(uint64_t guest, uint64_t max_len) {
+  const uint64_t l1i = layout_.l1_index(guest);
+  const uint64_t l2_off = l1i < l1_.size() ? layout_.l2_offset(l1_[l1i]) : 0;
+  if (l2_off == 0) {
+    const uint64_t table_end = (guest | (layout_.l2_coverage() - 1)) + 1;
+    return Result<Run>(Run{Run::Kind::unallocated, std::min(max_len, table_end - guest)});
+  }
+  L2Ptr t;
+  if (auto it = dirty_l2_.find(l2_off); it != dirty_l2_.end()) t = it->second;
+  else t = cache_.find(l2_off);
+  if (!t) return std::nullopt;
+  return decode_run(layout_, *t, l2_off, guest, max_len, path_);
+}
+
 void QcowImage::get_l2(uint64_t l1_index, uint64_t l2_off, L2Handler done) {
   if (auto it = dirty_l2_.find(l2_off); it != dirty_l2_.end()) return done({}, it->second);
   if (L2Ptr t = cache_.find(l2_off)) return done({}, std::move(t));

@@ -24,27 +24,38 @@ void QcowImage::read(uint64_t offset, std::span<std::byte> buf, ReadHandler done
     io_.post([done] { done({}, ReadResult{0, true}); });
     return;
   }
-  lookup(offset, buf.size(), [this, offset, buf, done](Error e, Run run) {
-    if (e) return io_.post([done, e] { done(e, {}); });
-    auto part = buf.first(run.length);
-    switch (run.kind) {
-      case Run::Kind::unallocated:
-        return io_.post([done, n = run.length] { done({}, ReadResult{n, false}); });
-      case Run::Kind::zero:
-        std::memset(part.data(), 0, part.size());
-        return io_.post([done, n = run.length] { done({}, ReadResult{n, true}); });
-      case Run::Kind::data:
-        return read_data(run, offset, part, done);
-      case Run::Kind::compressed:
-        return read_compressed(run, offset, part, done);
-    }
+  // A table at hand is decoded here, without the handler a table load would need (the
+  // common case: no allocation for it per request).
+  if (auto hit = lookup_cached(offset, buf.size())) {
+    if (!*hit) return read_run(offset, buf, hit->error(), {}, std::move(done));
+    return read_run(offset, buf, {}, **hit, std::move(done));
+  }
+  lookup(offset, buf.size(), [this, offset, buf, done = std::move(done)](Error e, Run run) mutable {
+    read_run(offset, buf, std::move(e), run, std::move(done));
   });
+}
+
+void QcowImage::read_run(uint64_t offset, std::span<std::byte> buf, Error e, const Run& run, ReadHandler done) {
+  if (e) return io_.post([done = std::move(done), e] { done(e, {}); });
+  auto part = buf.first(run.length);
+  switch (run.kind) {
+    case Run::Kind::unallocated:
+      return io_.post([done = std::move(done), n = run.length] { done({}, ReadResult{n, false}); });
+    case Run::Kind::zero:
+      std::memset(part.data(), 0, part.size());
+      return io_.post([done = std::move(done), n = run.length] { done({}, ReadResult{n, true}); });
+    case Run::Kind::data:
+      return read_data(run, offset, part, std::move(done));
+    case Run::Kind::compressed:
+      return read_compressed(run, offset, part, std::move(done));
+  }
 }
 
 void QcowImage::read_data(const Run& run, uint64_t guest, std::span<std::byte> buf, ReadHandler done) {
   const uint64_t n = buf.size();
   if (!cipher_) {
-    data_->async_read(IoKind::data, run.host_offset, buf, [this, n, host = run.host_offset, done](Error e) {
+    data_->async_read(IoKind::data, run.host_offset, buf,
+                      [this, n, host = run.host_offset, done = std::move(done)](Error e) {
       if (e) return done(e.wrap("reading", "data", host).image(path_), {});
       done({}, ReadResult{n, true});
     });
