@@ -1,5 +1,7 @@
 #include "support/support.h"
 
+#include <regex>
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
@@ -233,6 +235,11 @@ std::string qemu_img_create_luks_sh(const std::string& fmt, const std::string& o
   s += " || valgrind -q --tool=none qemu-img create -q -f " + fmt + " --object secret,id=sec0,data=" + passphrase +
        " -o " + luks_option_tries(fmt, opts).front() + " " + path + " " + size + " 2>/dev/null";
   return s + "; } && test -f " + path;
+}
+
+std::string without_tool_prefix(const std::string& text) {
+  static const std::regex prefix("(^|\n)(qemu-img|vdimg): ");
+  return std::regex_replace(text, prefix, "$1");
 }
 
 }  // namespace vdtest

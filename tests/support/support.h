@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "vd/registry.h"
+
 namespace vdtest {
 
 // A fresh folder under $TMPDIR, removed with everything in it when destroyed.
@@ -72,6 +74,10 @@ uint32_t peek_be32(const std::string& path, uint64_t offset);
 // A deterministic pseudo-random byte pattern (for payloads).
 std::vector<std::byte> pattern(size_t length, uint32_t seed);
 
+// "qemu-img: X" and "vdimg: X" at the start of a line compare as "X": the two tools' error
+// output, program name aside.
+std::string without_tool_prefix(const std::string& text);
+
 }  // namespace vdtest
 
 // Skips the current test when qemu-img/qemu-io are missing (they are installed by the
@@ -79,4 +85,11 @@ std::vector<std::byte> pattern(size_t length, uint32_t seed);
 #define VD_REQUIRE_QEMU()                                        \
   do {                                                           \
     if (!::vdtest::have_qemu()) GTEST_SKIP() << "qemu-utils missing"; \
+  } while (0)
+
+// Skips the current test when qemu is missing or vd was built without its qcow2 backend.
+#define VD_REQUIRE_QCOW2()                                                          \
+  do {                                                                              \
+    VD_REQUIRE_QEMU();                                                              \
+    if (!vd::Registry::builtin().find("qcow2")) GTEST_SKIP() << "no qcow2 backend"; \
   } while (0)

@@ -13,17 +13,6 @@ namespace {
 using vdtest::CmdResult;
 using vdtest::TempDir;
 
-#define REQUIRE_QCOW2()                                                                \
-  do {                                                                                 \
-    VD_REQUIRE_QEMU();                                                                 \
-    if (!vd::Registry::builtin().find("qcow2")) GTEST_SKIP() << "no qcow2 backend"; \
-  } while (0)
-
-std::string unprefixed(const std::string& text) {
-  static const std::regex prefix("(^|\n)(qemu-img|vdimg): ");
-  return std::regex_replace(text, prefix, "$1");
-}
-
 // qemu-img info without what differs between two copies (disk size, paths, snapshot dates).
 std::string info(const std::string& dir) {
   return vdtest::sh("cd '" + dir + "' && qemu-img info s.qcow2 | "
@@ -56,7 +45,7 @@ void expect_same_amend(const std::string& base, bool backing, bool snapshot, con
   CmdResult a = vdtest::run({"/bin/sh", "-c", "cd '" + ours.path() + "' && '" + vdtest::vdimg_path() +
                                                   "' amend -o '" + o + "' s.qcow2"});
   EXPECT_EQ(a.exit_code, b.exit_code) << what << "\n" << a.err;
-  EXPECT_EQ(unprefixed(a.err), unprefixed(b.err)) << what;
+  EXPECT_EQ(vdtest::without_tool_prefix(a.err), vdtest::without_tool_prefix(b.err)) << what;
   EXPECT_EQ(a.out, b.out) << what;
   CmdResult cmp = vdtest::run({"qemu-img", "compare", "-q", ours.file("s.qcow2"), theirs.file("s.qcow2")});
   EXPECT_EQ(cmp.exit_code, 0) << what << cmp.err;
@@ -66,7 +55,7 @@ void expect_same_amend(const std::string& base, bool backing, bool snapshot, con
 }
 
 TEST(VdimgAmend, CompatAndLazyRefcountsMatchQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   // (base options, backing file, snapshot): zero clusters over a backing file are written
   // out, without one they become unallocated; snapshots' tables too.
   struct Kind {
@@ -84,7 +73,7 @@ TEST(VdimgAmend, CompatAndLazyRefcountsMatchQemuImg) {
 }
 
 TEST(VdimgAmend, RefusalsAndOtherOptionsMatchQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   for (std::string o : {"size=16M", "size=4M", "cluster_size=4k", "preallocation=full", "encryption=on",
                         "extended_l2=off", "compression_type=zstd", "compat=2", "foo=bar", "backing_file=x",
                         "backing_fmt=qcow2", "data_file=y", "data_file_raw=on", "data_file_raw=off",
@@ -101,7 +90,7 @@ TEST(VdimgAmend, RefusalsAndOtherOptionsMatchQemuImg) {
 // snapshot takes refcounts to 2: refcount_bits=1 is refused with qemu-img's message), with
 // a compat change in the same amend; the image must take writes afterwards.
 TEST(VdimgAmend, RefcountWidthsMatchQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   struct Kind {
     const char* base;
     bool snapshot;
@@ -121,14 +110,14 @@ TEST(VdimgAmend, RefcountWidthsMatchQemuImg) {
 }
 
 TEST(VdimgAmend, DataFileOptionsMatchQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   for (std::string base : {"-o data_file=s.data", "-o data_file=s.data,data_file_raw=on"})
     for (std::string o : {"compat=0.10", "data_file_raw=on", "data_file_raw=off", "lazy_refcounts=on"})
       expect_same_amend(base, false, false, o);
 }
 
 TEST(VdimgAmend, CommandLineAsQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_image(dir.path(), "", false, false);
   const std::string img = dir.file("s.qcow2");
@@ -141,7 +130,7 @@ TEST(VdimgAmend, CommandLineAsQemuImg) {
   vdtest::sh("qemu-img create -q -f raw '" + dir.file("r.raw") + "' 1M");
   CmdResult raw = vdtest::vdimg({"amend", "-f", "raw", "-o", "size=2M", dir.file("r.raw")});
   EXPECT_EQ(raw.exit_code, 1);
-  EXPECT_EQ(unprefixed(raw.err), "Format driver 'raw' does not support option amendment\n");
+  EXPECT_EQ(vdtest::without_tool_prefix(raw.err), "Format driver 'raw' does not support option amendment\n");
   // -p: the progress line, ended with a newline; -q silences it.
   CmdResult p = vdtest::vdimg({"amend", "-p", "-o", "compat=0.10", img});
   EXPECT_EQ(p.exit_code, 0) << p.err;
@@ -160,7 +149,7 @@ namespace {
 // lazy_refcounts=off on an image left dirty by a crash: the refcounts are rebuilt (the
 // read-write open repairs it) and the image checks clean with the feature off.
 TEST(VdimgAmend, LazyRefcountsOffOnADirtyImage) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   const std::string img = dir.file("d.qcow2");
   vdtest::sh("qemu-img create -q -f qcow2 -o lazy_refcounts=on '" + img + "' 8M");

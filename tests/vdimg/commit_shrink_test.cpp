@@ -15,18 +15,6 @@ namespace {
 using vdtest::CmdResult;
 using vdtest::TempDir;
 
-#define REQUIRE_QCOW2()                                                                \
-  do {                                                                                 \
-    VD_REQUIRE_QEMU();                                                                 \
-    if (!vd::Registry::builtin().find("qcow2")) GTEST_SKIP() << "no qcow2 backend"; \
-  } while (0)
-
-// "qemu-img: X" and "vdimg: X" compare as "X".
-std::string unprefixed(const std::string& text) {
-  static const std::regex prefix("(^|\n)(qemu-img|vdimg): ");
-  return std::regex_replace(text, prefix, "$1");
-}
-
 // qemu-img map --output=json without host offsets, neighbours with the same answer merged:
 // what the guest and the chain see, whatever order the clusters were allocated in.
 std::string guest_map(const std::string& image) {
@@ -75,7 +63,7 @@ void make_chain(const std::string& dir, const std::string& opts) {
 }
 
 TEST(VdimgCommit, MatchesQemuImgOnEveryKindOfChain) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   for (std::string opts : {"", "-o compat=0.10", "-o cluster_size=4k", "-o extended_l2=on",
                            "-o refcount_bits=1", "-o lazy_refcounts=on"}) {
     for (std::vector<std::string> variant : std::vector<std::vector<std::string>>{
@@ -102,7 +90,7 @@ TEST(VdimgCommit, MatchesQemuImgOnEveryKindOfChain) {
 }
 
 TEST(VdimgCommit, RefusalsAsQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_chain(dir.path(), "");
   for (std::vector<std::string> args : std::vector<std::vector<std::string>>{
@@ -120,7 +108,7 @@ TEST(VdimgCommit, RefusalsAsQemuImg) {
     CmdResult a = vdtest::run({"/bin/sh", "-c", cmd + quote(v)});
     CmdResult b = vdtest::run({"/bin/sh", "-c", cmd + quote(q)});
     EXPECT_EQ(a.exit_code, b.exit_code) << args[0];
-    EXPECT_EQ(unprefixed(a.err), unprefixed(b.err)) << args[0];
+    EXPECT_EQ(vdtest::without_tool_prefix(a.err), vdtest::without_tool_prefix(b.err)) << args[0];
   }
   // Nothing was written by the refusals: the chain still reads as built.
   EXPECT_NE(guest_map(dir.file("top.qcow2")).find(" 0true"), std::string::npos);
@@ -129,7 +117,7 @@ TEST(VdimgCommit, RefusalsAsQemuImg) {
 // The top after a plain commit reads through to the base everywhere (qemu-img map: no
 // extent at depth 0), and the base alone reads as the whole chain did.
 TEST(VdimgCommit, EmptiedTopReadsThroughToTheBase) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_chain(dir.path(), "");
   vdtest::sh("qemu-img convert -O raw '" + dir.file("top.qcow2") + "' '" + dir.file("before.raw") + "'");
@@ -145,7 +133,7 @@ TEST(VdimgCommit, EmptiedTopReadsThroughToTheBase) {
 // A top with an internal snapshot: emptying it drops the active state only (the snapshot
 // keeps its clusters), and zeros committed over base data unmap it there, as qemu-img does.
 TEST(VdimgCommit, TopWithASnapshotMatchesQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   auto build = [](const std::string& dir) {
     vdtest::sh("cd '" + dir + "' && qemu-img create -q -f qcow2 base.qcow2 4M && "
                "qemu-io -c 'write -P 1 0 4M' base.qcow2 >/dev/null && "
@@ -183,7 +171,7 @@ void make_image(const std::string& dir, const std::string& opts, bool snapshot) 
 }
 
 TEST(VdimgResize, ShrinkMatchesQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   for (std::string opts : {"", "-o compat=0.10", "-o cluster_size=4k", "-o extended_l2=on",
                            "-o refcount_bits=1", "-o preallocation=metadata", "-o preallocation=full",
                            "-o cluster_size=512"}) {
@@ -200,7 +188,7 @@ TEST(VdimgResize, ShrinkMatchesQemuImg) {
         EXPECT_EQ(a.exit_code, b.exit_code) << what << a.err;
         EXPECT_EQ(a.out, b.out) << what;
         if (b.exit_code != 0) {
-          const std::string want = unprefixed(b.err);
+          const std::string want = vdtest::without_tool_prefix(b.err);
           EXPECT_NE(a.err.find(want.substr(0, want.size() - 1)), std::string::npos) << what << a.err;
         }
         expect_same_images(ours.file("s.qcow2"), theirs.file("s.qcow2"), what);
@@ -216,7 +204,7 @@ TEST(VdimgResize, ShrinkMatchesQemuImg) {
 
 // An external data file takes the new size, shrinking and growing, as in qemu-img.
 TEST(VdimgResize, DataFileFollowsTheNewSize) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   for (std::string raw : {"", ",data_file_raw=on"}) {
     TempDir ours, theirs;
     for (const TempDir* d : {&ours, &theirs})
@@ -239,7 +227,7 @@ TEST(VdimgResize, DataFileFollowsTheNewSize) {
 }
 
 TEST(VdimgResize, ShrinkRefusalsAsQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_image(dir.path(), "", false);
   const std::string img = dir.file("s.qcow2");
@@ -251,7 +239,7 @@ TEST(VdimgResize, ShrinkRefusalsAsQemuImg) {
     v.insert(v.end(), args.begin(), args.end());
     CmdResult a = vdtest::vdimg(v), b = vdtest::run(q);
     EXPECT_EQ(a.exit_code, b.exit_code) << args[0];
-    EXPECT_NE(unprefixed(a.err).find(unprefixed(b.err).substr(unprefixed(b.err).rfind('\n', unprefixed(b.err).size() - 2) + 1)),
+    EXPECT_NE(vdtest::without_tool_prefix(a.err).find(vdtest::without_tool_prefix(b.err).substr(vdtest::without_tool_prefix(b.err).rfind('\n', vdtest::without_tool_prefix(b.err).size() - 2) + 1)),
               std::string::npos)
         << a.err << "\nqemu-img: " << b.err;
   }

@@ -13,12 +13,6 @@ namespace {
 using vdtest::CmdResult;
 using vdtest::TempDir;
 
-// "qemu-img: X" and "vdimg: X" compare as "X".
-std::string unprefixed(const std::string& text) {
-  static const std::regex prefix("(^|\n)(qemu-img|vdimg): ");
-  return std::regex_replace(text, prefix, "$1");
-}
-
 CmdResult qemu_img(std::vector<std::string> args) {
   args.insert(args.begin(), "qemu-img");
   return vdtest::run(args);
@@ -26,8 +20,8 @@ CmdResult qemu_img(std::vector<std::string> args) {
 
 void expect_same_output(const CmdResult& ours, const CmdResult& theirs, const std::string& what) {
   EXPECT_EQ(ours.exit_code, theirs.exit_code) << what << "\n" << ours.err << "\n" << theirs.err;
-  EXPECT_EQ(unprefixed(ours.out), unprefixed(theirs.out)) << what;
-  EXPECT_EQ(unprefixed(ours.err), unprefixed(theirs.err)) << what;
+  EXPECT_EQ(vdtest::without_tool_prefix(ours.out), vdtest::without_tool_prefix(theirs.out)) << what;
+  EXPECT_EQ(vdtest::without_tool_prefix(ours.err), vdtest::without_tool_prefix(theirs.err)) << what;
 }
 
 // qemu-img's help lists the cache and aio options of these commands; so does vdimg's.
@@ -266,7 +260,7 @@ TEST(VdimgHonouredOptions, ResizePreallocationMatchesQemuImg) {
       const std::string map_ours = vdtest::sh("qemu-img map -f " + c.fmt + " --output=json '" + img[1] + "'");
       if (c.fmt == "qcow2" && mode == "metadata") {
         EXPECT_EQ(r[1].exit_code, 1) << what;
-        EXPECT_EQ(unprefixed(r[1].err), "Unsupported preallocation mode: metadata\n") << what;
+        EXPECT_EQ(vdtest::without_tool_prefix(r[1].err), "Unsupported preallocation mode: metadata\n") << what;
         EXPECT_EQ(vdtest::sh("qemu-img info '" + img[1] + "' | grep 'virtual size'"),
                   "virtual size: " + std::string(c.old_size == "1M" ? "1 MiB (1048576" : "0.977 MiB (1024000") +
                       " bytes)\n") << what;

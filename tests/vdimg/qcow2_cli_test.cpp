@@ -15,12 +15,6 @@ CmdResult vdimg(std::vector<std::string> args) {
   return vdtest::run(args);
 }
 
-#define REQUIRE_QCOW2()                                                      \
-  do {                                                                       \
-    VD_REQUIRE_QEMU();                                                       \
-    if (!vd::Registry::builtin().find("qcow2")) GTEST_SKIP() << "no qcow2 backend"; \
-  } while (0)
-
 // base.qcow2 <- top.qcow2 (relative backing name), data in both, a snapshot in top.
 void make_chain(const TempDir& dir) {
   vdtest::sh("cd " + dir.path() + " && qemu-img create -q -f qcow2 base.qcow2 8M && "
@@ -31,7 +25,7 @@ void make_chain(const TempDir& dir) {
 }
 
 TEST(VdimgQcow2, InfoMatchesQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_chain(dir);
   std::string top = dir.file("top.qcow2");
@@ -50,7 +44,7 @@ TEST(VdimgQcow2, InfoMatchesQemuImg) {
 }
 
 TEST(VdimgQcow2, MapMatchesQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_chain(dir);
   for (const char* fmt : {"human", "json"}) {
@@ -66,7 +60,7 @@ TEST(VdimgQcow2, MapMatchesQemuImg) {
 }
 
 TEST(VdimgQcow2, CheckMatchesQemuImgOnCleanImage) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_chain(dir);
   for (const char* fmt : {"human", "json"}) {
@@ -78,7 +72,7 @@ TEST(VdimgQcow2, CheckMatchesQemuImgOnCleanImage) {
 }
 
 TEST(VdimgQcow2, CreateWithRelativeBackingTakesItsSize) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   vdtest::sh("qemu-img create -q -f qcow2 " + dir.file("base.qcow2") + " 3M");
   auto r = vdimg({"create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
@@ -94,7 +88,7 @@ TEST(VdimgQcow2, CreateWithRelativeBackingTakesItsSize) {
 }
 
 TEST(VdimgQcow2, ConvertChainToQcow2AndCompressedReadsTheSame) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_chain(dir);
   std::string top = dir.file("top.qcow2");
@@ -114,7 +108,7 @@ TEST(VdimgQcow2, ConvertChainToQcow2AndCompressedReadsTheSame) {
 }
 
 TEST(VdimgQcow2, IoOnChainMatchesQemuIo) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir a, b;
   make_chain(a);
   make_chain(b);
@@ -135,7 +129,7 @@ TEST(VdimgQcow2, IoOnChainMatchesQemuIo) {
 }
 
 TEST(VdimgQcow2, CommitAndRebaseKeepTheContent) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_chain(dir);
   std::string top = dir.file("top.qcow2"), flat = dir.file("flat.raw");
@@ -155,7 +149,7 @@ TEST(VdimgQcow2, CommitAndRebaseKeepTheContent) {
 }
 
 TEST(VdimgQcow2, CommitWritesTheTopIntoItsBacking) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   make_chain(dir);
   std::string top = dir.file("top.qcow2"), flat = dir.file("flat.raw");
@@ -171,7 +165,7 @@ TEST(VdimgQcow2, CommitWritesTheTopIntoItsBacking) {
 // A LUKS-encrypted qcow2: info nests the "encrypt" fields as qemu-img does, and io and
 // convert unlock it with --passphrase-file (trailing newline stripped).
 TEST(VdimgQcow2, EncryptedImageWithPassphraseFile) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   std::string img = dir.file("e.qcow2"), pw = dir.file("pw"), bad = dir.file("bad");
   auto made = vdtest::qemu_img_create_luks("qcow2", "encrypt.format=luks,encrypt.key-secret=sec0", img, "1M");
@@ -199,7 +193,7 @@ TEST(VdimgQcow2, EncryptedImageWithPassphraseFile) {
 // A leaked cluster (refcount 1, no reference) appended by hand: same report, JSON and exit
 // code as qemu-img check; -r leaks repairs it and the recheck is clean.
 TEST(VdimgQcow2, CheckReportsAndRepairsLeaksLikeQemuImg) {
-  REQUIRE_QCOW2();
+  VD_REQUIRE_QCOW2();
   TempDir dir;
   std::string img = dir.file("l.qcow2"), copy = dir.file("l2.qcow2");
   vdtest::sh("qemu-img create -q -f qcow2 " + img + " 8M && qemu-io -c 'write -P 1 0 128k' " +
