@@ -51,11 +51,27 @@ Error write_flush(const LuksArea& area, uint64_t at, std::span<const std::byte> 
   return {};
 }
 
-// Slot `slot`'s 48-byte header entry as `info` has it, written and flushed.
+// Slot `slot`'s 48-byte header entry as `info` has it, written and flushed. Slot 6's entry
+// (bytes 496-543) straddles a sector boundary, and a power cut may land one sector of a
+// write and not the other: its state word (in the first sector) is written after the rest
+// when the slot becomes active and before it when it becomes inactive, so that a slot is
+// never marked active over a half-written entry.
 Error write_entry(const LuksArea& area, const LuksInfo& info, unsigned slot) {
   auto header = luks_serialize(info);
   const uint64_t at = kSlotTable + slot * kSlotEntry;
-  return write_flush(area, at, std::span(header).subspan(at, kSlotEntry), "LUKS key slot entry");
+  auto entry = std::span<const std::byte>(header).subspan(at, kSlotEntry);
+  const uint64_t boundary = (area.offset + at) / kLuksSectorSize * kLuksSectorSize + kLuksSectorSize;
+  if (area.offset + at + kSlotEntry <= boundary)
+    return write_flush(area, at, entry, "LUKS key slot entry");
+  const size_t head = static_cast<size_t>(boundary - area.offset - at);
+  const bool activating = info.slots[slot].active;
+  for (int part = 0; part < 2; ++part) {
+    const bool write_head = (part == 0) != activating;
+    Error e = write_head ? write_flush(area, at, entry.first(head), "LUKS key slot entry")
+                         : write_flush(area, at + head, entry.subspan(head), "LUKS key slot entry");
+    if (e) return e;
+  }
+  return {};
 }
 
 Error write_material(const LuksArea& area, const LuksInfo& info, unsigned slot, std::span<const std::byte> m) {
@@ -109,13 +125,14 @@ Error luks_store_key(const LuksArea& area, LuksInfo& info, unsigned slot, std::s
     return {};
   }
 
-  // Replacing an active slot. Its material cannot be rewritten in place while the slot is
-  // the one that opens the volume, so the new key is staged in a free slot F first (the
-  // material decrypts the same in any slot: its IVs count from the material's start):
-  //   1. F's material, then F active: old key (slot) and new key (F) both open the volume;
-  //   2. slot's material: slot no longer opens (its entry has the old salt), F still does;
-  //   3. slot's entry with the new salt: the new key opens slot and F;
-  //   4. F's entry inactive, then F's material wiped.
+  // Replacing an active slot. Its material cannot be rewritten while the slot is active, and
+  // while it is the only key the user has the volume must stay open meanwhile; so the new
+  // key is staged in a free slot F first (the material decrypts the same in any slot: its
+  // IVs count from the material's start):
+  //   1. F's material, then F active: the old key (slot) and the new one (F) both open;
+  //   2. slot inactive: the new key opens F;
+  //   3. slot's new material, then slot active with its new salt: the new key opens both;
+  //   4. F inactive, then F's material wiped.
   // With all 8 slots active there is no F, and the 7 others keep the volume open meanwhile.
   const int f = staging_slot(area, info, slot);
   if (f >= 0) {
@@ -127,6 +144,10 @@ Error luks_store_key(const LuksArea& area, LuksInfo& info, unsigned slot, std::s
     if (Error e = write_entry(area, staged, static_cast<unsigned>(f))) return e;
     info = staged;
   }
+  LuksInfo off = info;
+  deactivate(off.slots[slot]);
+  if (Error e = write_entry(area, off, slot)) return e;
+  info = off;
   if (Error e = write_material(area, info, slot, material.span())) return e;
   info.slots[slot] = next.slots[slot];
   if (Error e = write_entry(area, info, slot)) return e;
