@@ -77,7 +77,9 @@ vd::Error take_image_opts(const Args& args, const std::map<std::string, std::str
     return vd::Error(vd::Errc::invalid_argument, "--image-opts: file.filename=IMAGE is missing");
   if (secret_id) {
     auto s = secrets.find(*secret_id);
-    if (s == secrets.end()) return vd::Error(vd::Errc::not_found, "No secret with id '" + *secret_id + "'");
+    if (s == secrets.end())
+      return vd::Error(vd::Errc::not_found,
+                       "Could not open '" + args.positional[0] + "': No secret with id '" + *secret_id + "'");
     req.passphrase = s->second;
   }
   return {};
@@ -143,7 +145,14 @@ int cmd_amend(const Argv& argv) {
     return fail(missing_key_message(ctx, req, shown));
   if (!disk && disk.error().is(vd::Errc::wrong_passphrase))
     return fail("Could not open '" + shown + "': " + disk.error().detail());
-  if (!disk) return fail(disk.error());
+  if (!disk) {
+    // qemu-img names the image as given: with --image-opts, the option string.
+    std::string message = disk.error().message();
+    const std::string lead = "Could not open '" + req.path + "': ";
+    if (shown != req.path && message.starts_with(lead))
+      message = "Could not open '" + shown + "': " + message.substr(lead.size());
+    return fail(message);
+  }
   vd::Image& image = (*disk)->image(0);
   if (!help && image.dirty()) {
     auto report = image.check(vd::RepairMode::all);

@@ -217,10 +217,14 @@ TEST_P(LuksAmend, RefusalsMatchQemuImg) {
   theirs = amend("qemu-img", fmt(), fixture, "s0", "help");
   mine = amend("vdimg", fmt(), fixture, "s0", "help");
   EXPECT_EQ(mine.out, theirs.out);
-  theirs = amend("qemu-img", fmt(), fixture, "s1", prefixed(fmt(), "state=active,new-secret=s2"));
-  mine = amend("vdimg", fmt(), fixture, "s1", prefixed(fmt(), "state=active,new-secret=s2"));
-  EXPECT_EQ(mine.exit_code, theirs.exit_code);
-  EXPECT_EQ(vdtest::without_tool_prefix(mine.err), vdtest::without_tool_prefix(theirs.err));
+  // A wrong key, an undefined one, a missing file: named as --image-opts gave them.
+  for (const auto& [path, key] : std::vector<std::pair<std::string, std::string>>{
+           {fixture, "s1"}, {fixture, "s7"}, {dir_.file("missing"), "s0"}}) {
+    theirs = amend("qemu-img", fmt(), path, key, prefixed(fmt(), "state=active,new-secret=s2"));
+    mine = amend("vdimg", fmt(), path, key, prefixed(fmt(), "state=active,new-secret=s2"));
+    EXPECT_EQ(mine.exit_code, theirs.exit_code) << key;
+    EXPECT_EQ(vdtest::without_tool_prefix(mine.err), vdtest::without_tool_prefix(theirs.err));
+  }
 }
 
 // --force as qemu-img: an active slot overwritten (here the only one: the old key stops
