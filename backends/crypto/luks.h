@@ -182,7 +182,7 @@ struct LuksArea {
 };
 
 // Whether `passphrase` opens slot `slot` (false for an inactive slot); `mk` (key_bytes long)
-// then holds the master key.
+// then holds the master key. Errc::not_supported for a slot past the default LuksLimits.
 Result<bool> luks_slot_unlocks(const LuksArea& area, const LuksInfo& info, unsigned slot,
                                std::string_view passphrase, std::span<std::byte> mk);
 

@@ -122,6 +122,8 @@ Result<bool> luks_slot_unlocks(const LuksArea& area, const LuksInfo& info, unsig
   auto file_size = area.file.size();
   if (!file_size) return file_size.error();
   if (Error e = check_bounds(info, area.length, *file_size, area.offset, area.path)) return e;
+  // A hostile iteration count must not make an amend run for hours (luks.h: LuksLimits).
+  if (Error e = over_budget(LuksLimits{}, info.slots[slot], info.mk_iterations, 0, slot, area.path)) return e;
   return try_slot(area.file, area.offset, info, info.slots[slot], passphrase, mk, area.path);
 }
 
