@@ -205,4 +205,25 @@ TEST(LuksKeySlotCrash, ReplacingTheOnlySlotAlwaysLeavesAKey) {
         });
 }
 
+// All 8 slots in use: no free slot for a new key (qemu-img's refusal), and --force over one
+// of them rewrites it in place (no slot to stage in) while the 7 others keep the volume open.
+TEST(LuksKeySlotCrash, AllSlotsInUse) {
+  Volume vol = make_volume();
+  for (int i = 1; i < 8; ++i) {
+    Error e;
+    PowerCutFile f = amend_with_cut(vol, with_secrets({{"state", "active"}, {"new-secret", "pw1"}, {"iter-time", "0"}}),
+                                    false, std::nullopt, false, e);
+    ASSERT_FALSE(e) << e.message();
+    vol.bytes = f.bytes;
+  }
+  Error e;
+  amend_with_cut(vol, with_secrets({{"state", "active"}, {"new-secret", "pw1"}}), false, std::nullopt, false, e);
+  EXPECT_EQ(e.message(), "Can't add a keyslot - all keyslots are in use");
+  sweep(vol, with_secrets({{"state", "active"}, {"new-secret", "pw1"}, {"keyslot", "0"}, {"iter-time", "0"}}), true,
+        [&](PowerCutFile& f, bool finished) {
+          EXPECT_TRUE(opens(f, vol, "pw1"));
+          if (finished) { EXPECT_FALSE(opens(f, vol, "pw0")); }
+        });
+}
+
 }  // namespace
