@@ -7,6 +7,9 @@
 //   luks_af.cpp       the anti-forensic information splitter (AF split / merge)
 //   luks_create.cpp   a new header with one key slot, laid out as qemu-img does
 //   luks_info.cpp     qemu-img info's LUKS fields (luks images and QCOW2's "encrypt" block)
+//   luks_keyslots.cpp one key slot written (its key material, then the header) or erased
+//   luks_amend.cpp    qemu-img amend's key slot options (state, keyslot, old-secret,
+//                     new-secret, iter-time) for luks images and QCOW2's encrypt.*
 //   (sector ciphers, hashes and PBKDF2: crypto.h)
 //
 // Layout (all integers big-endian; offsets relative to the start of the LUKS header):
@@ -39,6 +42,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -108,10 +112,37 @@ struct LuksLimits {
   uint64_t max_total_iterations = kLuksDefaultMaxTotalIterations;  // per unlock
 };
 
+// Key bytes (a master key, a slot key) wiped when they go out of scope.
+class SecretBytes {
+ public:
+  SecretBytes() = default;
+  explicit SecretBytes(size_t n) : b_(n) {}
+  ~SecretBytes() { wipe(); }
+  SecretBytes(SecretBytes&& o) noexcept : b_(std::move(o.b_)) { o.b_.clear(); }
+  SecretBytes& operator=(SecretBytes&& o) noexcept {
+    if (this != &o) {
+      wipe();
+      b_ = std::move(o.b_);
+      o.b_.clear();
+    }
+    return *this;
+  }
+  SecretBytes(const SecretBytes&) = delete;
+  SecretBytes& operator=(const SecretBytes&) = delete;
+  std::span<std::byte> span() { return b_; }
+  std::span<const std::byte> span() const { return b_; }
+  bool empty() const { return b_.empty(); }
+
+ private:
+  void wipe();
+  std::vector<std::byte> b_;
+};
+
 struct LuksVolume {
   LuksInfo info;
   std::unique_ptr<SectorCipher> cipher;  // keyed with the master key
   unsigned slot = 0;                     // the slot the passphrase opened
+  SecretBytes master_key;                // for amend: a new key slot seals it
 };
 
 // Reads the LUKS header at `offset` of `f`, which may use `length` bytes from there (the
@@ -138,6 +169,64 @@ Result<uint64_t> luks_header_size(const LuksCreateOptions& options);
 // key material) so the file covers it. Returns the volume (cipher keyed with the new MK).
 Result<LuksVolume> luks_create(File& f, uint64_t offset, std::string_view passphrase,
                                const LuksCreateOptions& options, const std::string& path);
+
+// ---- Key slots (luks_keyslots.cpp, luks_unlock.cpp) ------------------------------------------
+
+// Where a LUKS header lives: `offset` of `file`, which gives it `length` bytes (QCOW2's crypto
+// header extension length; a raw volume's payload offset).
+struct LuksArea {
+  File& file;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  std::string path;  // names the image in messages
+};
+
+// Whether `passphrase` opens slot `slot` (false for an inactive slot); `mk` (key_bytes long)
+// then holds the master key. Errc::not_supported for a slot past the default LuksLimits.
+Result<bool> luks_slot_unlocks(const LuksArea& area, const LuksInfo& info, unsigned slot,
+                               std::string_view passphrase, std::span<std::byte> mk);
+
+// PBKDF2 iterations for a new key slot: this machine's rate for `hash` scaled to
+// `iter_time_ms`, at least 1000, as QEMU computes them (its errors for a rate or time so large
+// that the count overflows); capped at kLuksDefaultMaxIterations so that vd can open the slot.
+Result<uint32_t> luks_slot_iterations(const std::string& hash, uint32_t key_bytes,
+                                      uint64_t iter_time_ms);
+
+// Fills slot `slot` of `info` (fresh salt, `iterations`) and computes its key material:
+// `mk` AF-split with the volume's hash, encrypted under PBKDF2(passphrase). `material` is
+// material_bytes(slot) long. Does not write anything nor mark the slot active.
+Error luks_seal_slot(LuksInfo& info, unsigned slot, uint32_t iterations, std::string_view passphrase,
+                     std::span<const std::byte> mk, std::span<std::byte> material);
+
+// Adds `passphrase` as key slot `slot` (QEMU's store_key): key material first, then the
+// header that activates it. With `slot` active (amend --force) the slot is replaced through
+// a free slot, so that the old key or the new one opens the volume at every moment.
+Error luks_store_key(const LuksArea& area, LuksInfo& info, unsigned slot, std::string_view passphrase,
+                     std::span<const std::byte> mk, uint64_t iter_time_ms);
+// Erases key slot `slot` (QEMU's erase_key): the header that deactivates it, then its key
+// material overwritten with random bytes.
+Error luks_erase_key(const LuksArea& area, LuksInfo& info, unsigned slot);
+
+// ---- qemu-img amend (luks_amend.cpp) ---------------------------------------------------------
+
+// The secrets an amend may name (qemu-img's --object secret,id=ID,data=...): vdimg adds each
+// to AmendOptions::options as kLuksAmendSecretPrefix + ID = its data, and the key slot
+// options name them by ID as qemu-img's do (new-secret=ID, old-secret=ID).
+inline constexpr std::string_view kLuksAmendSecretPrefix = "object.secret.";
+
+// QemuOpts' number check of an amend option (keyslot, iter-time): qemu-img's messages for a
+// value that is not a number or does not fit 64 bits. `key` as the user wrote it.
+Error luks_check_amend_number(const std::string& key, const std::string& value);
+
+// The key slot options of one amend, `prefix` + state, keyslot, old-secret, new-secret,
+// iter-time ("" for a luks image, "encrypt." for QCOW2), applied as QEMU 7.2's
+// qcrypto_block_luks_amend_options does, with its messages: state=active adds new-secret's
+// key to keyslot (default the first free one), state=inactive erases keyslot or every slot
+// old-secret opens; refusals unless `force` for an active slot to overwrite and for erasing
+// the last active slots. `mk` is the master key the image was opened with; `info` is the
+// header in memory, updated as the writes land.
+Error luks_amend(const LuksArea& area, LuksInfo& info, std::span<const std::byte> mk,
+                 const std::map<std::string, std::string>& options, const std::string& prefix, bool force);
 
 // Anti-forensic split and merge (LUKS1 AF with `hash` as diffusion), for luks_*.cpp and
 // tests. material.size() == key.size() * stripes.

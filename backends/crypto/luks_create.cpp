@@ -45,8 +45,9 @@ Result<std::string> random_uuid() {
   return s;
 }
 
-// PBKDF2 iterations that take about `ms` milliseconds for this hash on this machine.
-Result<uint32_t> calibrate(const std::string& hash, uint32_t key_bytes, uint32_t ms) {
+// PBKDF2 iterations per second for this hash on this machine (as QEMU's count_iters, but
+// timed over at least 20 ms rather than 500: a slot needs a rough count, not a benchmark).
+Result<uint64_t> iterations_per_second(const std::string& hash, uint32_t key_bytes) {
   std::array<std::byte, 32> salt{};
   std::vector<std::byte> out(key_bytes);
   using clock = std::chrono::steady_clock;
@@ -54,13 +55,17 @@ Result<uint32_t> calibrate(const std::string& hash, uint32_t key_bytes, uint32_t
     auto t0 = clock::now();
     if (Error e = pbkdf2(hash, bytes("calibration"), salt, n, out)) return e;
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - t0).count();
-    if (us >= 20000 || n >= (1u << 30)) {
-      double per_ms = static_cast<double>(n) * 1000.0 / static_cast<double>(std::max<int64_t>(us, 1));
-      double total = per_ms * ms;
-      return static_cast<uint32_t>(std::clamp(total, double{kMinIterations},
-                                              double{kLuksDefaultMaxIterations}));
-    }
+    if (us >= 20000 || n >= (1u << 30))
+      return static_cast<uint64_t>(static_cast<double>(n) * 1e6 / static_cast<double>(std::max<int64_t>(us, 1)));
   }
+}
+
+// PBKDF2 iterations that take about `ms` milliseconds for this hash on this machine.
+Result<uint32_t> calibrate(const std::string& hash, uint32_t key_bytes, uint32_t ms) {
+  auto rate = iterations_per_second(hash, key_bytes);
+  if (!rate) return rate.error();
+  const double total = static_cast<double>(*rate) * ms / 1000.0;
+  return static_cast<uint32_t>(std::clamp(total, double{kMinIterations}, double{kLuksDefaultMaxIterations}));
 }
 
 uint64_t slot_stride(uint32_t key_bytes) { return align_up(uint64_t{key_bytes} * kLuksStripes); }
@@ -87,24 +92,7 @@ Result<LuksInfo> new_header(const LuksCreateOptions& o, uint32_t slot_iter, uint
   info.payload_offset = kAlign + kLuksNumSlots * stride;
   info.slots[0].active = true;
   info.slots[0].iterations = slot_iter;
-  if (Error e = random(info.slots[0].salt)) return e;
   return info;
-}
-
-// Encrypted AF-split key material for slot 0 (material_bytes long).
-Error seal_slot(const LuksInfo& info, std::string_view passphrase, std::span<const std::byte> mk,
-                std::span<std::byte> material, const std::string& where) {
-  const LuksSlot& s = info.slots[0];
-  std::vector<std::byte> slot_key(info.key_bytes);
-  Error err = pbkdf2(info.hash_spec, bytes(passphrase), s.salt, s.iterations, slot_key);
-  auto split = material.first(size_t{info.key_bytes} * s.stripes);
-  if (!err) err = luks_af_split(info.hash_spec, mk, s.stripes, split);
-  if (!err) {
-    auto cipher = make_sector_cipher(info.cipher, slot_key, where);
-    err = cipher ? (*cipher)->encrypt(0, material) : cipher.error();
-  }
-  OPENSSL_cleanse(slot_key.data(), slot_key.size());
-  return err;
 }
 
 Error check_options(const LuksCreateOptions& o, const std::string& where) {
@@ -135,22 +123,54 @@ Result<LuksVolume> luks_create(File& f, uint64_t offset, std::string_view passph
   }
   auto info = new_header(options, slot_iter, mk_iter);
   if (!info) return info.error().wrap("creating", "LUKS header", offset).image(path);
-  std::vector<std::byte> mk(info->key_bytes);
-  Error err = random(mk);
-  if (!err) err = pbkdf2(info->hash_spec, mk, info->mk_salt, mk_iter, info->mk_digest);
+  SecretBytes mk(info->key_bytes);
+  Error err = random(mk.span());
+  if (!err) err = pbkdf2(info->hash_spec, mk.span(), info->mk_salt, mk_iter, info->mk_digest);
   std::vector<std::byte> area(info->payload_offset);
-  auto header = luks_serialize(*info);
-  std::copy(header.begin(), header.end(), area.begin());
   const LuksSlot& s0 = info->slots[0];
   auto material = std::span(area).subspan(uint64_t{s0.key_offset} * kLuksSectorSize,
                                           info->material_bytes(s0));
-  if (!err) err = seal_slot(*info, passphrase, mk, material, path);
+  if (!err) err = luks_seal_slot(*info, 0, slot_iter, passphrase, mk.span(), material);
+  // One write: the header and its only key slot's material land together (a new image).
+  auto header = luks_serialize(*info);
+  std::copy(header.begin(), header.end(), area.begin());
   if (!err) err = f.write(IoKind::meta, offset, area);
   Result<std::unique_ptr<SectorCipher>> cipher = err ? Result<std::unique_ptr<SectorCipher>>(err)
-                                                     : make_sector_cipher(info->cipher, mk, path);
-  OPENSSL_cleanse(mk.data(), mk.size());
+                                                     : make_sector_cipher(info->cipher, mk.span(), path);
   if (!cipher) return cipher.error().wrap("creating", "LUKS header", offset).image(path);
-  return LuksVolume{std::move(*info), std::move(*cipher), 0};
+  return LuksVolume{std::move(*info), std::move(*cipher), 0, std::move(mk)};
+}
+
+Result<uint32_t> luks_slot_iterations(const std::string& hash, uint32_t key_bytes, uint64_t iter_time_ms) {
+  auto rate = iterations_per_second(hash, key_bytes);
+  if (!rate) return rate.error();
+  // QEMU's checks and words (crypto/block-luks.c, store_key), errno ERANGE's text appended.
+  if (iter_time_ms && *rate > UINT64_MAX / iter_time_ms)
+    return Error(Errc::invalid_argument, "PBKDF iterations " + std::to_string(*rate) +
+                                             " too large to scale: Numerical result out of range");
+  const uint64_t iters = *rate * iter_time_ms / 1000;
+  if (iters > UINT32_MAX)
+    return Error(Errc::invalid_argument, "PBKDF iterations " + std::to_string(iters) + " larger than " +
+                                             std::to_string(UINT32_MAX) + ": Numerical result out of range");
+  return static_cast<uint32_t>(std::clamp<uint64_t>(iters, kMinIterations, kLuksDefaultMaxIterations));
+}
+
+Error luks_seal_slot(LuksInfo& info, unsigned slot, uint32_t iterations, std::string_view passphrase,
+                     std::span<const std::byte> mk, std::span<std::byte> material) {
+  LuksSlot& s = info.slots[slot];
+  if (mk.size() != info.key_bytes || material.size() != info.material_bytes(s))
+    return Error(Errc::invalid_argument, "LUKS key slot " + std::to_string(slot) + ": bad key or material size");
+  if (Error e = random(s.salt)) return e;
+  s.iterations = iterations;
+  SecretBytes slot_key(info.key_bytes);
+  if (Error e = pbkdf2(info.hash_spec, bytes(passphrase), s.salt, s.iterations, slot_key.span())) return e;
+  // Sectors past the split key (rounding to whole sectors) are encrypted zeros.
+  std::fill(material.begin(), material.end(), std::byte{0});
+  if (Error e = luks_af_split(info.hash_spec, mk, s.stripes, material.first(size_t{info.key_bytes} * s.stripes)))
+    return e;
+  auto cipher = make_sector_cipher(info.cipher, slot_key.span(), "LUKS key slot " + std::to_string(slot));
+  if (!cipher) return cipher.error();
+  return (*cipher)->encrypt(0, material);
 }
 
 }  // namespace vd::qcow

@@ -6,20 +6,12 @@
 #include "backends/crypto/luks.h"
 
 namespace vd::qcow {
+
+void SecretBytes::wipe() {
+  if (!b_.empty()) OPENSSL_cleanse(b_.data(), b_.size());
+}
+
 namespace {
-
-// Key bytes wiped when they go out of scope.
-class SecretBuffer {
- public:
-  explicit SecretBuffer(size_t n) : b_(n) {}
-  ~SecretBuffer() { OPENSSL_cleanse(b_.data(), b_.size()); }
-  SecretBuffer(const SecretBuffer&) = delete;
-  SecretBuffer& operator=(const SecretBuffer&) = delete;
-  std::span<std::byte> span() { return b_; }
-
- private:
-  std::vector<std::byte> b_;
-};
 
 std::span<const std::byte> bytes(std::string_view s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
@@ -46,13 +38,13 @@ Error check_bounds(const LuksInfo& info, uint64_t length, uint64_t file_size, ui
 Result<bool> try_slot(File& f, uint64_t offset, const LuksInfo& info, const LuksSlot& s,
                       std::string_view passphrase, std::span<std::byte> mk,
                       const std::string& where) {
-  SecretBuffer slot_key(info.key_bytes);
+  SecretBytes slot_key(info.key_bytes);
   if (Error e = pbkdf2(info.hash_spec, bytes(passphrase), s.salt, s.iterations, slot_key.span()))
     return e.wrap("deriving", "LUKS slot key").image(where);
   auto cipher = make_sector_cipher(info.cipher, slot_key.span(), where);
   if (!cipher) return cipher.error();
   uint64_t at = offset + uint64_t{s.key_offset} * kLuksSectorSize;
-  SecretBuffer material(info.material_bytes(s));
+  SecretBytes material(info.material_bytes(s));
   if (Error e = f.read(IoKind::meta, at, material.span()))
     return e.wrap("reading", "LUKS key material", at).image(where);
   if (Error e = (*cipher)->decrypt(0, material.span()))
@@ -102,7 +94,7 @@ Result<LuksVolume> luks_unlock(File& f, uint64_t offset, uint64_t length,
   auto file_size = f.size();
   if (!file_size) return file_size.error();
   if (Error e = check_bounds(*info, length, *file_size, offset, path)) return e;
-  SecretBuffer mk(info->key_bytes);
+  SecretBytes mk(info->key_bytes);
   Error skipped;
   uint64_t spent = 0;
   for (unsigned i = 0; i < kLuksNumSlots; ++i) {
@@ -118,10 +110,21 @@ Result<LuksVolume> luks_unlock(File& f, uint64_t offset, uint64_t length,
     if (!*ok) continue;
     auto cipher = make_sector_cipher(info->cipher, mk.span(), path);
     if (!cipher) return cipher.error();
-    return LuksVolume{std::move(*info), std::move(*cipher), i};
+    return LuksVolume{std::move(*info), std::move(*cipher), i, std::move(mk)};
   }
   if (skipped) return skipped;
   return Error(Errc::wrong_passphrase, "Invalid password, cannot unlock any keyslot").image(path);
+}
+
+Result<bool> luks_slot_unlocks(const LuksArea& area, const LuksInfo& info, unsigned slot,
+                               std::string_view passphrase, std::span<std::byte> mk) {
+  if (slot >= kLuksNumSlots || !info.slots[slot].active) return false;
+  auto file_size = area.file.size();
+  if (!file_size) return file_size.error();
+  if (Error e = check_bounds(info, area.length, *file_size, area.offset, area.path)) return e;
+  // A hostile iteration count must not make an amend run for hours (luks.h: LuksLimits).
+  if (Error e = over_budget(LuksLimits{}, info.slots[slot], info.mk_iterations, 0, slot, area.path)) return e;
+  return try_slot(area.file, area.offset, info, info.slots[slot], passphrase, mk, area.path);
 }
 
 }  // namespace vd::qcow

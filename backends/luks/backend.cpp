@@ -42,8 +42,8 @@ Error check_layout(const qcow::LuksInfo& info, uint64_t file_size, const std::st
 }
 
 Result<std::shared_ptr<const qcow::SectorCipher>> unlock(File& file, const qcow::LuksInfo& info,
-                                                         const OpenOptions& opts,
-                                                         const std::string& path) {
+                                                         const OpenOptions& opts, const std::string& path,
+                                                         qcow::SecretBytes& master_key) {
   if (opts.flags & open_info_only) return std::shared_ptr<const qcow::SectorCipher>();
   if (!opts.passphrase)
     return Error(Errc::wrong_passphrase, "the image is encrypted: a passphrase is needed (--passphrase-file)")
@@ -51,6 +51,7 @@ Result<std::shared_ptr<const qcow::SectorCipher>> unlock(File& file, const qcow:
   // The key material must lie in the LUKS area, i.e. before the payload.
   auto volume = qcow::luks_unlock(file, 0, info.payload_offset, *opts.passphrase, path);
   if (!volume) return volume.error();
+  master_key = std::move(volume->master_key);
   return std::shared_ptr<const qcow::SectorCipher>(std::move(volume->cipher));
 }
 
@@ -107,10 +108,13 @@ class LuksBackend final : public Backend {
     auto info = read_header(**file, *size, path);
     if (!info) return info.error();
     if (Error e = check_layout(*info, *size, path)) return e;
-    auto cipher = unlock(**file, *info, opts, path);
+    qcow::SecretBytes master_key;
+    auto cipher = unlock(**file, *info, opts, path, master_key);
     if (!cipher) return cipher.error();
-    return std::unique_ptr<Image>(std::make_unique<LuksImage>(
-        *this, path, std::move(*file), io, opts.flags, std::move(*info), std::move(*cipher), *size));
+    auto image = std::make_unique<LuksImage>(*this, path, std::move(*file), io, opts.flags, std::move(*info),
+                                             std::move(*cipher), *size);
+    image->keep_master_key(std::move(master_key));
+    return std::unique_ptr<Image>(std::move(image));
   }
 
   Result<std::unique_ptr<Image>> create(const std::string& path, const CreateOptions& opts,
@@ -133,9 +137,10 @@ class LuksBackend final : public Backend {
     // The new volume is already unlocked: no second key derivation.
     const uint64_t file_size = volume->info.payload_offset + opts.size;
     std::shared_ptr<const qcow::SectorCipher> cipher(std::move(volume->cipher));
-    return std::unique_ptr<Image>(std::make_unique<LuksImage>(
-        *this, path, std::move(*file), io, open_format_given, std::move(volume->info),
-        std::move(cipher), file_size));
+    auto image = std::make_unique<LuksImage>(*this, path, std::move(*file), io, open_format_given,
+                                             std::move(volume->info), std::move(cipher), file_size);
+    image->keep_master_key(std::move(volume->master_key));
+    return std::unique_ptr<Image>(std::move(image));
   }
 
  private:

@@ -4,6 +4,7 @@
 //   backend.cpp       the Backend: probe, open (unlock), create
 //   create_opts.cpp   qemu-img's luks create options -> LuksCreateSpec
 //   image.cpp         LuksImage: properties, geometry, resize, close
+//   amend.cpp         LuksImage::amend: qemu-img amend's key slot options
 //   image_io.cpp      LuksImage: the data path (sector-granular encrypt/decrypt)
 //   write_op.cpp      one guest write: lock its sectors, read-modify-write the partial ones
 //   sector_locks.cpp  serialises writes whose sectors overlap
@@ -117,6 +118,7 @@ class LuksImage final : public Image {
                    const std::optional<std::string>& format) override;
 
   Error resize(uint64_t new_size) override;
+  Error amend(const AmendOptions& opts) override;
   std::vector<InfoField> format_info() const override;
   bool encrypted() const override { return true; }
   std::vector<SnapshotInfo> snapshots() const override { return {}; }
@@ -130,6 +132,8 @@ class LuksImage final : public Image {
   const std::shared_ptr<const qcow::SectorCipher>& cipher() const { return cipher_; }
   uint64_t payload_offset() const { return info_.payload_offset; }
   void post(Completion done, Error e);
+  // The master key the volume was unlocked with: amend seals it into new key slots.
+  void keep_master_key(qcow::SecretBytes mk) { master_key_ = std::move(mk); }
 
  private:
   Error check_data_path(const char* op, bool write, uint64_t offset, uint64_t length) const;
@@ -149,6 +153,7 @@ class LuksImage final : public Image {
   Geometry pchs_;
   Geometry lchs_;
   SectorLocks locks_;
+  qcow::SecretBytes master_key_;
 };
 
 // The virtual size QEMU gives a volume whose file is `file_size` bytes: whole sectors after

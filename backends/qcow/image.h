@@ -290,6 +290,7 @@ class QcowImage final : public Image {
   std::vector<Snapshot> snapshots_;
   std::unique_ptr<SectorCipher> cipher_;
   std::optional<LuksInfo> luks_;  // the LUKS header, for info (also on info-only opens)
+  SecretBytes luks_master_key_;   // from the unlock: amend seals it into new key slots
 
   L2Cache cache_;
   std::unordered_map<uint64_t, std::vector<L2Handler>> l2_loads_;  // in flight, by offset

@@ -154,6 +154,7 @@ Error QcowImage::open_encryption(const OpenOptions& opts) {
                        *opts.passphrase, path_);
   if (!v) return v.error();
   cipher_ = std::move(v->cipher);
+  luks_master_key_ = std::move(v->master_key);
   return {};
 }
 

@@ -1,19 +1,33 @@
 // vdimg amend: changes format options of an existing image in place (qemu-img amend -o).
 // The format does the work (Image::amend); this parses the command line as qemu-img does
 // and prints its messages.
+//
+// Key slots of LUKS encryption (qcow2's encrypt.*, luks' state/keyslot/...) need the image
+// opened with its key and name further secrets: as qemu-img, --object secret,id=ID,data=...
+// defines them and --image-opts 'driver=FMT,file.filename=IMAGE,key-secret=ID' (qcow2:
+// encrypt.key-secret) gives the key; vdimg's --passphrase-file FILE works too. The secrets
+// reach the format as options named kLuksAmendSecretPrefix + ID (backends/crypto/luks.h).
 #include <iostream>
 
+#include "backends/crypto/luks.h"
 #include "host/vdimg/progress.h"
+#include "host/vdimg/secrets.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg amend [-f FMT] [-t CACHE] [-p] [-q] [--force] -o OPTIONS IMAGE\n"
+    "usage: vdimg amend [--object OBJ]... [--image-opts] [-f FMT] [-t CACHE] [-p] [-q] [--force]\n"
+    "                   [--passphrase-file FILE] -o OPTIONS IMAGE\n"
     "Changes format options of IMAGE (see -o help).\n"
     "  -f FMT      format of IMAGE\n"
     "  -o OPTIONS  comma-separated key=value options to change\n"
+    "  --object secret,id=ID,data=KEY  a secret the options or --image-opts name (file=PATH\n"
+    "              reads it from a file)\n"
+    "  --image-opts  IMAGE is driver=FMT,file.filename=PATH[,key-secret=ID]\n"
+    "              (qcow2: encrypt.key-secret=ID): the key that opens an encrypted image\n"
+    "  --passphrase-file FILE  the key that opens an encrypted image\n"
     "  -p          show progress\n"
     "  --force     allow changes that qemu-img asks to be forced\n"
     "  -t CACHE    cache mode of IMAGE: writeback (default), none, writethrough, directsync,\n"
@@ -37,12 +51,61 @@ const char kQcow2Help[] =
     "  refcount_bits=<num>    - Width of a reference count entry in bits\n"
     "  size=<size>            - Virtual disk size\n";
 
+// qemu-img amend -o help, for luks.
+const char kLuksHelp[] =
+    "Amend options for 'luks':\n"
+    "  iter-time=<num>        - Time to spend in PBKDF in milliseconds\n"
+    "  keyslot=<num>          - Select a single keyslot to modify explicitly\n"
+    "  new-secret=<str>       - New secret to set in the matching keyslots. Empty string to erase\n"
+    "  old-secret=<str>       - Select all keyslots that match this password\n"
+    "  state=<str>            - Select new state of affected keyslots (active/inactive)\n";
+
+// --image-opts: the few keys of qemu's block options that name a local image and its key.
+vd::Error take_image_opts(const Args& args, const std::map<std::string, std::string>& secrets,
+                          OpenRequest& req) {
+  auto list = parse_option_list({args.positional[0]});
+  if (!list) return list.error();
+  std::optional<std::string> secret_id;
+  for (const auto& [key, value] : *list) {
+    if (key == "driver") req.format = value;
+    else if (key == "file.filename" || key == "file") req.path = value;
+    else if (key == "file.driver" && value == "file") continue;
+    else if (key == "key-secret" || key == "encrypt.key-secret") secret_id = value;
+    else return vd::Error(vd::Errc::not_supported, "--image-opts: option '" + key + "' is not supported by vdimg");
+  }
+  if (req.path.empty())
+    return vd::Error(vd::Errc::invalid_argument, "--image-opts: file.filename=IMAGE is missing");
+  if (secret_id) {
+    auto s = secrets.find(*secret_id);
+    if (s == secrets.end())
+      return vd::Error(vd::Errc::not_found,
+                       "Could not open '" + args.positional[0] + "': No secret with id '" + *secret_id + "'");
+    req.passphrase = s->second;
+  }
+  return {};
+}
+
+// The image could not be opened for want of a key: qemu-img's words, which name the option
+// that gives it.
+std::string missing_key_message(Context& ctx, const OpenRequest& req, const std::string& shown) {
+  OpenRequest info = req;
+  info.flags = vd::open_read_only | vd::open_info_only;
+  auto disk = open_disk(ctx, info);
+  std::string option = "key-secret";
+  if (disk) {
+    if (format_name((*disk)->image(0)) == "qcow2") option = "encrypt.key-secret";
+    (*disk)->close();
+  }
+  return "Could not open '" + shown + "': Parameter '" + option + "' is required for cipher";
+}
+
 }  // namespace
 
 int cmd_amend(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {'o', "options", true}, {'p', nullptr, false},
                                 {'q', "quiet", false}, {0, "force", false}, {'t', "cache", true},
-                                {0, "object", true}, {0, "image-opts", false}});
+                                {0, "object", true}, {0, "image-opts", false},
+                                {0, "passphrase-file", true}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (!args->has("options"))
@@ -51,24 +114,45 @@ int cmd_amend(const Argv& argv) {
   if (!list) return fail(list.error());
   bool help = false;
   vd::AmendOptions opts;
+  std::optional<std::string> reserved;  // a -o key that looks like the secrets vdimg adds
   for (const auto& [key, value] : *list) {
     if (key == "help" || key == "?") help = true;
     else opts.options[key] = value;
+    if (key.starts_with(vd::qcow::kLuksAmendSecretPrefix) && !reserved) reserved = key;
   }
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
   auto cache = cache_args(*args, opt_cache);
   if (!cache) return fail(cache.error());
+  auto secrets = secret_objects(*args);
+  if (!secrets) return fail(secrets.error());
   Context ctx;
   OpenRequest req;
   req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
+  if (args->has("image-opts")) {
+    if (req.format) return fail("--image-opts and --format are mutually exclusive");
+    if (vd::Error e = take_image_opts(*args, *secrets, req)) return fail(e);
+  }
+  if (vd::Error e = take_passphrase_file(*args, req)) return fail(e);
+  const std::string shown = args->positional[0];  // qemu-img names the image as given
   // The repair of a dirty image (lazy refcounts after a crash) is done here rather than by
   // the open, so that its findings reach stderr as qemu-img's open prints them.
   req.flags = help ? unsigned{vd::open_read_only} : unsigned{vd::open_no_repair};
   req.no_backing = true;
   auto disk = open_disk(ctx, req);
-  if (!disk) return fail(disk.error());
+  if (!disk && disk.error().is(vd::Errc::wrong_passphrase) && !req.passphrase)
+    return fail(missing_key_message(ctx, req, shown));
+  if (!disk && disk.error().is(vd::Errc::wrong_passphrase))
+    return fail("Could not open '" + shown + "': " + disk.error().detail());
+  if (!disk) {
+    // qemu-img names the image as given: with --image-opts, the option string.
+    std::string message = disk.error().message();
+    const std::string lead = "Could not open '" + req.path + "': ";
+    if (shown != req.path && message.starts_with(lead))
+      message = "Could not open '" + shown + "': " + message.substr(lead.size());
+    return fail(message);
+  }
   vd::Image& image = (*disk)->image(0);
   if (!help && image.dirty()) {
     auto report = image.check(vd::RepairMode::all);
@@ -84,10 +168,19 @@ int cmd_amend(const Argv& argv) {
   const std::string format = format_name(image);
   if (help) {
     (*disk)->close();
+    if (format == "luks") {
+      std::cout << kLuksHelp;
+      return kExitOk;
+    }
     if (format != "qcow2") return fail("Format driver '" + format + "' does not support option amendment");
     std::cout << kQcow2Help;
     return kExitOk;
   }
+  if (reserved) {
+    (*disk)->close();
+    return fail("Invalid parameter '" + *reserved + "'");
+  }
+  for (const auto& [id, data] : *secrets) opts.options[std::string(vd::qcow::kLuksAmendSecretPrefix) + id] = data;
   const bool quiet = args->has("quiet");
   ProgressLine progress(args->has("p") && !quiet);
   opts.force = args->has("force");

@@ -87,7 +87,11 @@ Result<AmendPlan> parse_amend_options(const std::map<std::string, std::string>& 
       while ((1 << order) < bits) ++order;
       p.refcount_order = order;
     } else if (among(kEncryptAmend, key)) {
+      if (key == "encrypt.keyslot" || key == "encrypt.iter-time")
+        if (Error e = luks_check_amend_number(key, value)) return e;
       p.encryption = true;
+    } else if (key.starts_with(kLuksAmendSecretPrefix)) {
+      continue;  // the secrets the encrypt.* options name (luks.h)
     } else if (among(kCreateOnly, key)) {
       return refused("Invalid parameter '" + key + "'\nThis option is only supported for image creation");
     } else {
@@ -112,8 +116,7 @@ Error QcowImage::amend(const AmendOptions& opts) {
   const uint32_t new_version = p.version.value_or(old_version);
   if (p.encryption) {
     if (hdr_.crypt_method == kCryptNone) return refused("Can't amend encryption options - encryption not present");
-    if (hdr_.crypt_method != kCryptLuks) return refused("Only LUKS encryption options can be amended");
-    return unsupported("amending LUKS key slots is not supported by vd");
+    if (hdr_.crypt_method != kCryptLuks) return unsupported("Only LUKS encryption options can be amended");
   }
   if (p.data_file && !hdr_.data_file)
     return refused("data-file can only be set for images that use an external data file");
@@ -123,13 +126,22 @@ Error QcowImage::amend(const AmendOptions& opts) {
   forget_packing();
   if (Error e = FlushRequest::run_sync(*this)) return e;
   // One progress bar over the long operations (QEMU's helper: a projection of the rest).
-  AmendProgress progress(opts.progress, (new_version != old_version) +
+  AmendProgress progress(opts.progress, (new_version != old_version) + p.encryption +
                                             (p.refcount_order && *p.refcount_order != hdr_.refcount_order));
 
   // Upgrade first: the later steps may need compat=1.1.
   if (new_version > old_version) {
     progress.next();
     if (Error e = upgrade()) return e;
+    progress.report(1, 1);
+  }
+  // The key slots, in the LUKS header's clusters (their size fixed at create, as in QEMU).
+  if (p.encryption) {
+    progress.next();
+    if (!luks_) return Error(Errc::corrupt, "the LUKS header could not be read").image(path_);
+    const LuksArea area{*file_, hdr_.crypto_header_offset, hdr_.crypto_header_length, path_};
+    if (Error e = luks_amend(area, *luks_, luks_master_key_.span(), opts.options, "encrypt.", opts.force))
+      return e;
     progress.report(1, 1);
   }
   if (p.refcount_order && *p.refcount_order != hdr_.refcount_order) {

@@ -1,7 +1,8 @@
 // qemu-img amend for QCOW2 (QEMU 7.2's qcow2_amend_options), split by operation:
 //   amend.cpp           the options: parsed and checked as qemu-img does, then applied in
-//                       QEMU's order (upgrade, refcount width, data file, backing file
-//                       check, lazy refcounts, size, downgrade)
+//                       QEMU's order (upgrade, encryption key slots, refcount width, data
+//                       file, backing file check, lazy refcounts, size, downgrade); the key
+//                       slots are backends/crypto's (luks_amend)
 //   downgrade.cpp       compat=1.1 -> 0.10: the checks, zero clusters written out
 //   refcount_order.cpp  refcount_bits: new refcount structures, then the header switch
 #pragma once
