@@ -179,8 +179,10 @@ int cmd_bench(const Argv& argv) {
   req.format = args->last("format");
   req.flags = cfg.write ? 0u : vd::open_read_only;
   req.force_share = args->has("force-share");
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
+  req.path = display_name(req, **disk);  // for the messages below
   if (cfg.size > (*disk)->size() || cfg.offset > (*disk)->size() - cfg.size)
     return fail(req.path + ": request size or offset beyond the end of the image");
 

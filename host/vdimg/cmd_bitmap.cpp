@@ -107,6 +107,7 @@ int cmd_bitmap(const Argv& argv) {
   req.format = args->last("format");
   req.flags = vd::open_info_only;
   req.no_backing = true;
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   vd::Image& img = (*disk)->image(0);
@@ -120,6 +121,7 @@ int cmd_bitmap(const Argv& argv) {
     sreq.format = args->last("F");
     sreq.flags = vd::open_read_only | vd::open_info_only;
     sreq.no_backing = true;
+    sreq.secrets = req.secrets;  // -b is a plain file name in qemu-img even with --image-opts
     auto sd = open_disk(ctx, sreq);
     if (!sd) {
       (void)(*disk)->close();

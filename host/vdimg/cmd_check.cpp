@@ -140,11 +140,8 @@ int cmd_check(const Argv& argv) {
   req.format = args->last("format");
   req.flags = *mode == vd::RepairMode::none ? vd::open_read_only : vd::open_no_repair;
   req.force_share = args->has("force-share");
-  if (auto file = args->last("passphrase-file")) {
-    auto pass = read_passphrase_file(*file);
-    if (!pass) return fail(pass.error());
-    req.passphrase = std::move(*pass);
-  } else {
+  if (auto err = take_image_options(*args, req)) return fail(err);
+  if (!req.passphrase && req.secrets.empty()) {
     // The check reads metadata only: an encrypted image opens without its key.
     req.flags |= vd::open_info_only;
   }
@@ -153,6 +150,7 @@ int cmd_check(const Argv& argv) {
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   vd::Image& image = (*disk)->image(0);
+  const std::string& name = req.path;  // as given: qemu-img check names a json: image so
 
   std::ostringstream out;
   auto report = repair_and_recheck(image, *mode, out, output == "human");
@@ -161,13 +159,13 @@ int cmd_check(const Argv& argv) {
   if (!report) {
     if (report.error().is(vd::Errc::not_supported))
       return fail("This image format does not support checks", kExitNoChecks);
-    return fail(report.error().wrap("check").image(req.path));
+    return fail(report.error().wrap("check").image(name));
   }
   for (const auto& m : report->messages) std::cerr << m << "\n";
-  if (output == "json") out << report_json(*report, req.path, fmt).pretty() << "\n";
+  if (output == "json") out << report_json(*report, name, fmt).pretty() << "\n";
   else print_human(out, *report);
   if (!args->has("quiet") || output == "json") std::cout << out.str();
-  if (close_err) return fail(name_image(close_err, req.path));
+  if (close_err) return fail(name_image(close_err, name));
   return exit_code(*report);
 }
 

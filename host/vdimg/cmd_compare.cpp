@@ -280,7 +280,8 @@ int cmd_compare(const Argv& argv) {
                                 {'s', "strict", false}, {'p', "progress", false},
                                 {'q', "quiet", false}, {'U', "force-share", false},
                                 {'T', nullptr, true}, {0, "object", true},
-                                {0, "passphrase-file", true}, {0, "b-passphrase-file", true}});
+                                {0, "passphrase-file", true}, {0, "b-passphrase-file", true},
+                                {0, "image-opts", false}});
   if (!args) return fail(args.error(), kExitOpen);
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 2, 2, "two image names")) return fail(err, kExitOpen);
@@ -296,6 +297,14 @@ int cmd_compare(const Argv& argv) {
   rb.path = args->positional[1];
   rb.format = args->last("b-format");
   ra.force_share = rb.force_share = args->has("force-share");
+  if (args->has("image-opts") && (ra.format || rb.format))
+    return fail("--image-opts and --format are mutually exclusive", kExitOpen);
+  for (OpenRequest* r : {&ra, &rb}) {
+    const auto format = r->format;
+    r->format.reset();  // -f/-F are checked above, with qemu-img compare's words
+    if (auto err = take_image_options(*args, *r)) return fail(err, kExitOpen);
+    r->format = format;
+  }
   if (auto err = read_passphrases(*args, ra, rb)) return fail(err, kExitOpen);
   auto a = open_disk(ctx, ra);
   if (!a) return fail(a.error(), kExitOpen);

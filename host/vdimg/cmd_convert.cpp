@@ -124,7 +124,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args
   } else if (auto s = args.last("s")) {
     req.snapshot = *s;
   }
-  if (vd::Error e = take_passphrase_file(args, req)) return e;
+  if (vd::Error e = take_image_options(args, req)) return e;
   return open_disk_at_snapshot(ctx, req);
 }
 
@@ -218,7 +218,7 @@ int cmd_convert(const Argv& argv) {
                                 {'t', nullptr, true}, {'T', nullptr, true},
                                 {'S', nullptr, true}, {'r', nullptr, true},
                                 {0, "salvage", false}, {0, "target-is-zero", false},
-                                {0, "passphrase-file", true}, {0, "object", true},
+                                {0, "passphrase-file", true}, {0, "object", true}, {0, "image-opts", false},
                                 {0, "bitmaps", false}, {0, "skip-broken-bitmaps", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);

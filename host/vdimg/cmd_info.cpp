@@ -212,7 +212,7 @@ void print_snapshot_table(std::ostream& out, const std::vector<vd::SnapshotInfo>
 int cmd_info(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {0, "output", true},
                                 {0, "backing-chain", false}, {'U', "force-share", false},
-                                {0, "image-opts", false}});
+                                {0, "image-opts", false}, {0, "object", true}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
@@ -227,6 +227,8 @@ int cmd_info(const Argv& argv) {
   req.flags = vd::open_read_only | vd::open_info_only;
   req.no_backing = !chain;
   req.force_share = args->has("force-share");
+  req.key_unused = true;
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) {
     // qemu-img info --backing-chain opens the images one by one: a missing backing file
@@ -245,6 +247,7 @@ int cmd_info(const Argv& argv) {
   std::vector<ImageInfo> infos;
   for (size_t level = 0; level < (*disk)->depth(); ++level)
     infos.push_back(describe((*disk)->image(level)));
+  infos[0].filename = display_name(req, **disk);
   std::ostringstream out;
   if (output == "json") {
     if (chain) {

@@ -187,7 +187,8 @@ vd::Result<std::pair<uint64_t, uint64_t>> map_range(const Args& args, uint64_t s
 int cmd_map(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {0, "output", true},
                                 {'U', "force-share", false}, {0, "start-offset", true},
-                                {0, "max-length", true}, {0, "object", true}});
+                                {0, "max-length", true}, {0, "object", true},
+                                {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
@@ -199,6 +200,7 @@ int cmd_map(const Argv& argv) {
   req.format = args->last("format");
   req.flags = vd::open_read_only | vd::open_info_only;
   req.force_share = args->has("force-share");
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   auto range = map_range(*args, (*disk)->size());
@@ -208,7 +210,7 @@ int cmd_map(const Argv& argv) {
   (*disk)->close();
   if (walked && *walked) printer.finish();
   std::cout << printer.text();
-  if (!walked) return fail(name_image(walked.error(), req.path));
+  if (!walked) return fail(name_image(walked.error(), display_name(req, **disk)));
   if (!*walked) return fail("File contains external, encrypted or compressed clusters.");
   return kExitOk;
 }

@@ -121,7 +121,7 @@ int cmd_rebase(const Argv& argv) {
                                 {'F', "backing-format", true}, {'u', nullptr, false},
                                 {'p', nullptr, false}, {'q', "quiet", false}, {'t', "cache", true},
                                 {'T', nullptr, true}, {'U', "force-share", false},
-                                {0, "object", true}});
+                                {0, "object", true}, {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
@@ -144,6 +144,9 @@ int cmd_rebase(const Argv& argv) {
   req.format = args->last("format");
   req.flags = 0;
   req.no_backing = args->has("u");
+  if (auto err = take_image_options(*args, req)) return fail(err);
+  auto plain = resolve_request(ctx, req);  // json:/--image-opts: the file, format and key
+  if (!plain) return fail(plain.error());
   auto top = open_disk(ctx, req);
   if (!top) return fail(top.error());
   vd::Error err;
@@ -151,7 +154,8 @@ int cmd_rebase(const Argv& argv) {
     std::unique_ptr<vd::Disk> fresh;
     if (name) {
       OpenRequest nreq;
-      nreq.path = resolve_relative(req.path, *name);
+      nreq.path = resolve_relative(plain->path, *name);
+      nreq.passphrase = plain->passphrase;  // one key for the chain, as Disk::open gives it
       nreq.format = fmt;
       nreq.cache = cache->src_cache;
       nreq.force_share = args->has("force-share");
