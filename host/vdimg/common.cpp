@@ -66,6 +66,10 @@ std::string display_name(const OpenRequest& req, const vd::Disk& disk) {
 
 namespace {
 
+vd::Error could_not_open(const std::string& shown, const vd::Error& e) {
+  return vd::Error(e.code(), "Could not open '" + shown + "': " + e.message());
+}
+
 // Opens req.path; `shown` is the name the user gave (json:/--image-opts text) for messages.
 vd::Result<std::unique_ptr<vd::Disk>> open_file(Context& ctx, const OpenRequest& req, const std::string& shown) {
   vd::DiskOpenOptions o;
@@ -104,11 +108,11 @@ vd::Result<std::unique_ptr<vd::Disk>> open_file(Context& ctx, const OpenRequest&
     }
     return qemu_open_error(shown, e);
   }
+  if (req.refusal) {
+    (*disk)->close();
+    return could_not_open(shown, req.refusal);
+  }
   return disk;
-}
-
-vd::Error could_not_open(const std::string& shown, const vd::Error& e) {
-  return vd::Error(e.code(), "Could not open '" + shown + "': " + e.message());
 }
 
 // The bytes of the secret `id` names ("No secret with id 'ID'" as qemu when none does).
@@ -138,19 +142,19 @@ vd::Result<OpenRequest> resolve_request(Context& ctx, const OpenRequest& given) 
   if (format.empty() && std::filesystem::exists(req.path, ec)) {
     if (auto probed = ctx.registry.probe(req.path, ctx.rt.files())) format = std::string((*probed)->name());
   }
+  // Keys qemu's format does not take are refused after the open, as qemu-img checks what is
+  // left unused once the image is open (a missing or wrong key is reported first).
   auto unsupported = [&](const std::string& key) {
-    return could_not_open(shown, vd::Error(vd::Errc::invalid_argument,
-                                           "Block format '" + format + "' does not support the option '" + key + "'"));
+    req.refusal = vd::Error(vd::Errc::invalid_argument, "Block format '" + format +
+                                                           "' does not support the option '" + key + "'");
   };
-  if (spec->unknown_key) return unsupported(*spec->unknown_key);
-  if (spec->key_secret && !format.empty()) {
-    // qcow and qcow2 take encrypt.key-secret, luks key-secret; raw neither.
-    const bool luks = format == "luks";
-    if ((spec->key_option == "key-secret") != luks) return unsupported(spec->key_option);
+  if (spec->key_secret && !format.empty() && (spec->key_option == "key-secret") != (format == "luks")) {
+    unsupported(spec->key_option);  // qcow and qcow2 take encrypt.key-secret, luks key-secret
+    spec->key_secret.reset();
   }
-  // A command that opens the image alone (info) leaves the backing options unused: qemu-img
-  // refuses them so.
-  if (spec->backing_option && given.key_unused && given.no_backing) return unsupported(*spec->backing_option);
+  if (spec->unknown_key) unsupported(*spec->unknown_key);
+  // A command that opens the image alone (info) leaves the backing options unused.
+  if (spec->backing_option && given.key_unused && given.no_backing) unsupported(*spec->backing_option);
 
   // The key of the image and that of its backing image. vd gives one key to every image of
   // the chain (the unencrypted ones ignore it): different keys are refused.

@@ -24,11 +24,7 @@ class FlatJson {
   vd::Error parse(Dict& out) {
     skip();
     if (at_ >= s_.size()) return bad("Could not parse the JSON options: Expecting a JSON value");
-    if (s_[at_] != '{') {
-      std::string ignored;
-      if (vd::Error e = value("", out, ignored)) return e;
-      return bad("Invalid JSON object given");
-    }
+    if (s_[at_] != '{') return bad("Invalid JSON object given");
     std::string ignored;
     if (vd::Error e = value("", out, ignored)) return e;
     skip();
@@ -92,7 +88,14 @@ class FlatJson {
       for (;;) {
         skip();
         if (at_ >= s_.size()) return eoi();
-        if (s_[at_] != '"') return parse_error("expecting value");
+        if (s_[at_] != '"') {
+          size_t end = at_;
+          while (end < s_.size() && std::isalpha(static_cast<unsigned char>(s_[end]))) ++end;
+          const std::string word = s_.substr(at_, end - at_);
+          if (!word.empty() && word != "true" && word != "false" && word != "null")
+            return parse_error("invalid keyword '" + word + "'");
+          return parse_error("expecting value");
+        }
         std::string name;
         if (vd::Error e = string(name)) return e;
         skip();

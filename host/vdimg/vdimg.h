@@ -64,6 +64,8 @@ struct OpenRequest {
   bool key_unused = false;
   // Set by resolve_request: the json:/--image-opts text `path` came from (for messages).
   std::string shown_as;
+  // Set by resolve_request: an option left unused, refused once the image has opened.
+  vd::Error refusal;
 };
 // A json: or --image-opts request as a plain one: path the file, format the driver,
 // passphrase the key the key-secret names (qemu's words for what is wrong in it). For the
