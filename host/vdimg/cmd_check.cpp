@@ -1,5 +1,8 @@
 // vdimg check: the top image's consistency check and repair, with qemu-img check's report
 // and exit codes (0 clean, 2 corruptions, 3 only leaks, 1 could not check).
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <iostream>
 #include <sstream>
 
@@ -162,10 +165,18 @@ int cmd_check(const Argv& argv) {
     return fail(report.error().wrap("check").image(name));
   }
   for (const auto& m : report->messages) std::cerr << m << "\n";
+  // qemu's check of a repair that only a rebuild could do (-r leaks on refcounts that need
+  // one) fails with -EIO: no report, "Check failed: Input/output error".
+  if (*mode != vd::RepairMode::none && report->check_errors &&
+      std::find(report->messages.begin(), report->messages.end(), "ERROR need to rebuild refcount structures") !=
+          report->messages.end())
+    return fail("Check failed: " + std::string(std::strerror(EIO)));
   if (output == "json") out << report_json(*report, name, fmt).pretty() << "\n";
   else print_human(out, *report);
   if (!args->has("quiet") || output == "json") std::cout << out.str();
   if (close_err) return fail(name_image(close_err, name));
+  // Internal errors: the report, then qemu-img's last line and exit 1.
+  if (report->check_errors) return fail("Check failed");
   return exit_code(*report);
 }
 
