@@ -9,6 +9,7 @@
 #include <vector>
 #include <iostream>
 
+#include "host/vdimg/convert_progress.h"
 #include "host/vdimg/copier.h"
 #include "host/vdimg/measure.h"
 #include "host/vdimg/secrets.h"
@@ -53,18 +54,6 @@ const char kUsage[] =
     "                          directsync, unsafe\n"
     "  -q                      quiet\n"
     "  -U, --force-share       open SRC even while another process writes it\n";
-
-// Prints qemu-img's progress line when it moved by at least 1%.
-struct Progress {
-  double last = -1;
-  void operator()(uint64_t done, uint64_t total) {
-    double pct = total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0;
-    if (pct < 100.0 && pct - last < 1.0) return;
-    last = pct;
-    std::printf("    (%3.2f/100%%)\r", pct);
-    std::fflush(stdout);
-  }
-};
 
 vd::Result<vd::CreateOptions> target_options(const Args& args, uint64_t size) {
   auto list = parse_option_list(args.all("options"));
@@ -227,6 +216,9 @@ int cmd_convert(const Argv& argv) {
   // qemu-img writes the target with cache=unsafe unless -t says otherwise.
   auto cache = cache_args(*args, opt_cache | opt_src_cache, vd::CacheMode::unsafe);
   if (!cache) return fail(cache.error());
+  // From here qemu-img prints 0% (with -p) and ends its output with the progress newline,
+  // failures included.
+  ConvertProgress progress(args->has("p") && !args->has("quiet"));
   Context ctx;
   // Several sources are copied one after the other into one target (qemu-img's
   // concatenation); all are opened first, as qemu-img does.
@@ -279,15 +271,21 @@ int cmd_convert(const Argv& argv) {
   copy.in_order = !args->has("W");
   copy.salvage = args->has("salvage");
   if (!args->has("quiet")) copy.warn = [](const std::string& w) { fail("warning: " + w); };
-  const bool progress = args->has("p") && !args->has("quiet");
-  auto shown = std::make_shared<Progress>();
-  if (progress) (*shown)(0, total);
+  ConvertWalk walk;
+  walk.min_sparse = copy.min_sparse;
+  walk.compress_cluster = copy.write_flags ? cluster : 0;
+  walk.overlay = copy.overlay;
+  walk.backing_size = copy.backing_size;
+  std::vector<vd::Disk*> walked;
+  for (auto& src : sources) walked.push_back(src.get());
+  if (vd::Error e = progress.plan(ctx.rt, walked, walk)) {
+    (void)(*dst)->close();
+    return fail(e);
+  }
   vd::Error copy_err;
   for (auto& src : sources) {
-    if (progress) {
-      const uint64_t base = copy.dst_offset;
-      copy.progress = [shown, base, total](uint64_t done, uint64_t) { (*shown)(base + done, total); };
-    }
+    const uint64_t base = copy.dst_offset;
+    copy.progress = [&progress, base](uint64_t done, uint64_t) { progress.advance(base + done); };
     copy_err = copy_disk(ctx.rt, *src, **dst, copy);
     if (copy_err) break;
     copy.dst_offset += src->size();
@@ -296,7 +294,7 @@ int cmd_convert(const Argv& argv) {
     copy_err = copy_bitmaps(sources.front()->image(0), (*dst)->image(0), args->has("skip-broken-bitmaps"));
   vd::Error err;
   if (!copy_err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
-  if (progress) std::printf("    (100.00/100%%)\r\n");
+  if (!copy_err && !err) progress.finish();
   vd::Error close_err = (*dst)->close();
   for (auto& src : sources) src->close();
   if (copy_err) return fail(copy_err);
