@@ -27,7 +27,11 @@ const char kUsage[] =
     "  -q            quiet\n"
     "  -T SRC_CACHE  cache mode of IMAGE: writeback (default), none, writethrough,\n"
     "                directsync, unsafe\n"
-    "  -U, --force-share  check while another process writes IMAGE (not with -r)\n";
+    "  -U, --force-share  check while another process writes IMAGE (not with -r)\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 constexpr int kExitCorrupt = 2;
 constexpr int kExitLeaks = 3;

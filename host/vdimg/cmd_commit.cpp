@@ -36,7 +36,11 @@ const char kUsage[] =
     "  -r RATE  copy at most RATE bytes per second (k, M, G... suffixes)\n"
     "  -t CACHE cache mode of the chain: writeback (default), none, writethrough, directsync,\n"
     "           unsafe\n"
-    "  -q       quiet\n";
+    "  -q       quiet\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 constexpr uint64_t kChunk = 2ull << 20;
 

@@ -31,7 +31,11 @@ const char kUsage[] =
     "  -q       quiet\n"
     "  --passphrase-file FILE    passphrase of encrypted images (IMAGE1 and IMAGE2)\n"
     "  --b-passphrase-file FILE  a different passphrase for IMAGE2\n"
-    "  -U, --force-share  open even while another process writes IMAGE1 or IMAGE2\n";
+    "  -U, --force-share  open even while another process writes IMAGE1 or IMAGE2\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted image, named by a\n"
+    "                          json:{...} name or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE1 and IMAGE2 are such an option list, not a file name\n";
 
 constexpr int kExitDiffer = 1;
 constexpr int kExitOpen = 2;

@@ -53,7 +53,11 @@ const char kUsage[] =
     "  -T SRC_CACHE            cache mode of SRC: writeback (default), none, writethrough,\n"
     "                          directsync, unsafe\n"
     "  -q                      quiet\n"
-    "  -U, --force-share       open SRC even while another process writes it\n";
+    "  -U, --force-share       open SRC even while another process writes it\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  also the key of an encrypted SRC, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 vd::Result<vd::CreateOptions> target_options(const Args& args, uint64_t size) {
   auto list = parse_option_list(args.all("options"));

@@ -34,7 +34,11 @@ const char kUsage[] =
     "  count=N           copy only N input blocks (counted from the start of INPUT)\n"
     "  if=FILE           read from FILE\n"
     "  of=FILE           write to FILE\n"
-    "  skip=N            skip N bs-sized blocks at the start of input\n";
+    "  skip=N            skip N bs-sized blocks at the start of input\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 struct DdOperands {
   int64_t bs = 512;

@@ -19,7 +19,11 @@ const char kUsage[] =
     "  -f, --format FMT   format of IMAGE (probed when absent)\n"
     "  --output FMT       human (default) or json\n"
     "  --backing-chain    describe every image of the chain\n"
-    "  -U, --force-share  open even while another process writes IMAGE (read-only opens)\n";
+    "  -U, --force-share  open even while another process writes IMAGE (read-only opens)\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 // What `info` says about one image of a chain.
 struct ImageInfo {

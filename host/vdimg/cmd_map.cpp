@@ -25,7 +25,11 @@ const char kUsage[] =
     "  --start-offset OFF, --max-length LEN   map only that range\n"
     "  -U, --force-share  open even while another process writes IMAGE (read-only opens)\n"
     "The human layout lists only ranges with data and fails (exit 1) on compressed or\n"
-    "encrypted data, which has no host offset to show, as qemu-img map does.\n";
+    "encrypted data, which has no host offset to show, as qemu-img map does.\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 struct MapEntry {
   uint64_t start = 0, length = 0;

@@ -36,7 +36,11 @@ const char kUsage[] =
     "  --output FMT            human (default) or json\n"
     "  --object secret,id=ID,data=KEY  the key named by encrypt.key-secret / key-secret\n"
     "  --passphrase-file FILE  passphrase of an encrypted IMAGE\n"
-    "  -U, --force-share       open IMAGE even while another process writes it\n";
+    "  -U, --force-share       open IMAGE even while another process writes it\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 struct Measure {
   uint64_t required = 0;

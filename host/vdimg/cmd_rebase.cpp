@@ -23,7 +23,11 @@ const char kUsage[] =
     "  -T SRC_CACHE    cache mode of the old and new backing chains (same modes)\n"
     "  -p              show progress\n"
     "  -q              quiet\n"
-    "  -U, --force-share  open the new backing file even while another process writes it\n";
+    "  -U, --force-share  open the new backing file even while another process writes it\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 constexpr uint64_t kChunk = 2ull << 20;  // qemu-img's IO_BUF_SIZE
 constexpr uint64_t kGranule = 4096;

@@ -16,7 +16,11 @@ const char kUsage[] =
     "            what was current and not in a snapshot is lost\n"
     "  -d NAME   delete the (first) snapshot named NAME\n"
     "  -q        quiet\n"
-    "  -U, --force-share  list even while another process writes IMAGE (with -l only)\n";
+    "  -U, --force-share  list even while another process writes IMAGE (with -l only)\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 // Runs one of create/apply/delete on the image opened read-write (metadata only).
 int change_snapshot(const Args& args, const std::string& op, const std::string& name) {
