@@ -134,6 +134,23 @@ vd::Result<OpenRequest> resolve_request(Context& ctx, const OpenRequest& given) 
   if (spec->format) req.format = spec->format;
   req.force_share = req.force_share || spec->force_share;
   req.no_backing = req.no_backing || spec->no_backing;
+  for (const auto& w : spec->warnings) fail("warning: " + w);
+  if (spec->no_lock) req.flags |= vd::open_no_lock;
+  if (spec->cache_direct || spec->cache_no_flush) {
+    // qemu's cache.direct and cache.no-flush over the command's -t/-T mode (writethrough is
+    // the command's: qemu keeps it on the BlockBackend).
+    using M = vd::CacheMode;
+    bool direct = req.cache == M::none || req.cache == M::directsync;
+    const bool through = req.cache == M::writethrough || req.cache == M::directsync;
+    bool no_flush = req.cache == M::unsafe;
+    direct = spec->cache_direct.value_or(direct);
+    no_flush = spec->cache_no_flush.value_or(no_flush);
+    if (direct && no_flush)
+      return could_not_open(shown, vd::Error(vd::Errc::not_supported,
+                                             "vdimg has no cache mode with both cache.direct and cache.no-flush"));
+    req.cache = no_flush ? M::unsafe : direct ? (through ? M::directsync : M::none)
+                                              : (through ? M::writethrough : M::writeback);
+  }
 
   // The format, for qemu's "Block format 'F' does not support the option 'K'": the driver
   // given, else what the file is.
@@ -153,8 +170,9 @@ vd::Result<OpenRequest> resolve_request(Context& ctx, const OpenRequest& given) 
     spec->key_secret.reset();
   }
   if (spec->unknown_key) unsupported(*spec->unknown_key);
-  // A command that opens the image alone (info) leaves the backing options unused.
-  if (spec->backing_option && given.key_unused && given.no_backing) unsupported(*spec->backing_option);
+  // info opens the images one by one (even with --backing-chain): the backing options stay
+  // unused.
+  if (spec->backing_option && given.key_unused) unsupported(*spec->backing_option);
 
   // The key of the image and that of its backing image. vd gives one key to every image of
   // the chain (the unencrypted ones ignore it): different keys are refused.

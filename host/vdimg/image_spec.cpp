@@ -1,6 +1,7 @@
 #include "host/vdimg/image_spec.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <set>
 
@@ -12,6 +13,16 @@ namespace vdimg {
 namespace {
 
 using Dict = std::vector<std::pair<std::string, std::string>>;
+
+// JSON null, told apart from "" (qemu warns about "backing": "").
+const std::string kJsonNull(1, '\0');
+
+// qemu's booleans: on/off, true/false, yes/no.
+std::optional<bool> flag(const std::string& v) {
+  if (v == "on" || v == "true" || v == "yes") return true;
+  if (v == "off" || v == "false" || v == "no") return false;
+  return std::nullopt;
+}
 
 vd::Error bad(const std::string& what) { return vd::Error(vd::Errc::invalid_argument, what); }
 
@@ -122,7 +133,7 @@ class FlatJson {
     std::string word = s_.substr(at_, end - at_);
     if (word.empty()) return parse_error("expecting value");
     if (word == "true" || word == "false") text = word == "true" ? "on" : "off";
-    else if (word == "null") text = "";
+    else if (word == "null") text = kJsonNull;
     else if (std::isdigit(static_cast<unsigned char>(word[0])) || word[0] == '-') text = word;
     else return parse_error("invalid keyword '" + word + "'");
     at_ = end;
@@ -136,8 +147,8 @@ class FlatJson {
 // Options qemu knows on every node or on the file protocol that vdimg has no use for; they
 // are refused in vd's words (qemu would take them), unlike keys qemu does not know either.
 const std::set<std::string> kKnownNotHonoured = {
-    "read-only", "auto-read-only", "cache.direct", "cache.no-flush", "discard", "detect-zeroes",
-    "aio", "aio-max-batch", "locking", "pr-manager", "drop-cache", "x-check-cache-dropped",
+    "read-only", "auto-read-only", "discard", "detect-zeroes",
+    "aio", "aio-max-batch", "pr-manager", "drop-cache", "x-check-cache-dropped",
     "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
     "overlap-check", "cache-size", "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size",
     "cache-clean-interval", "encrypt.format", "data-file", "offset", "size"};
@@ -191,8 +202,20 @@ vd::Result<ImageSpec> parse_image_spec(const std::string& text, bool image_opts)
     else if (key == "backing.encrypt.key-secret" || key == "backing.key-secret") {
       spec.backing_key_secret = value;
       if (!spec.backing_option) spec.backing_option = key;
-    } else if (key == "backing" && value.empty()) spec.no_backing = true;
-    else if (key == "force-share") spec.force_share = value == "on" || value == "true";
+    } else if (key == "backing" && (value.empty() || value == kJsonNull)) {
+      spec.no_backing = true;
+      if (value.empty())
+        spec.warnings.push_back("Use of \"backing\": \"\" is deprecated; use \"backing\": null instead");
+    } else if (key == "force-share" || key == "cache.direct" || key == "cache.no-flush" || key == "file.cache.direct" ||
+               key == "file.cache.no-flush" || key == "file.locking") {
+      const std::string name = key.rfind("file.", 0) == 0 ? key.substr(5) : key;
+      std::optional<bool> on = name == "locking" && value == "auto" ? std::optional<bool>(true) : flag(value);
+      if (!on) return bad("Parameter '" + name + "' expects 'on' or 'off'");
+      if (name == "force-share") spec.force_share = *on;
+      else if (name == "cache.direct") spec.cache_direct = *on;
+      else if (name == "cache.no-flush") spec.cache_no_flush = *on;
+      else spec.no_lock = !*on;
+    }
     else if (key == "node-name" || key == "file.node-name") continue;  // names nothing qemu-img shows
     else if (key.rfind("backing", 0) == 0) {
       return vd::Error(vd::Errc::not_supported, "vdimg does not honour the option '" + key +

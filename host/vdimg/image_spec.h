@@ -24,6 +24,9 @@ struct ImageSpec {
   bool force_share = false;                       // force-share=on
   std::optional<std::string> backing_option;      // the first backing.* key given
   bool no_backing = false;                        // "backing": null (or backing= in --image-opts)
+  std::optional<bool> cache_direct, cache_no_flush;  // cache.direct, cache.no-flush (also file.*)
+  bool no_lock = false;                           // file.locking=off
+  std::vector<std::string> warnings;              // qemu's deprecation warnings, to print
   // A key neither qemu's format nor vd knows: refused once the format is known, in qemu's
   // words ("Block format 'qcow2' does not support the option 'foo'").
   std::optional<std::string> unknown_key;

@@ -107,6 +107,14 @@ TEST(ImageOpts, JsonNamesAndOptionErrorsMatchQemuImg) {
   }
   same({"info", "--image-opts", "driver=qcow2,file.filename=" + img});
   same({"map", "--image-opts", "driver=qcow2,file.filename=" + img + ",bogus=on"});
+  // Node options vd honours: no backing file (with qemu's warning for ""), cache.no-flush,
+  // file.locking; bad booleans in qemu's words.
+  same({"map", "--image-opts", "driver=qcow2,file.filename=" + img + ",backing="});
+  same({"map", "json:{\"driver\":\"qcow2\",\"file.filename\":\"" + img + "\",\"backing\":null}"});
+  same({"map", "--image-opts", "driver=qcow2,file.filename=" + img + ",cache.no-flush=on,file.locking=off"});
+  same({"map", "--image-opts", "driver=qcow2,file.filename=" + img + ",cache.direct=maybe"});
+  same({"info", "--image-opts", "driver=raw,file.filename=" + img + ",key-secret=x"});
+  same({"info", "--image-opts", "driver=qcow2,file.filename=" + img + ",key-secret=x"});
 }
 
 // Commands that write, each tool on its own copy.
