@@ -57,7 +57,8 @@ const char kUsage[] =
     "  --object secret,id=ID,data=KEY|file=PATH  also the key of an encrypted SRC, named by a\n"
     "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
     "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
-    "  --image-opts            IMAGE is such an option list, not a file name\n";
+    "  --image-opts            IMAGE is such an option list, not a file name\n"
+    "  --target-image-opts     DST is such an option list (with -n)\n";
 
 vd::Result<vd::CreateOptions> target_options(const Args& args, uint64_t size) {
   auto list = parse_option_list(args.all("options"));
@@ -85,6 +86,8 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
                                                   const std::string& fmt,
                                                   const vd::CreateOptions& opts, vd::CacheMode cache) {
   const std::string& path = args.positional.back();
+  if (args.has("target-image-opts") && args.has("O"))  // found when qemu-img opens DST
+    return vd::Error(vd::Errc::invalid_argument, "--image-opts and --format are mutually exclusive");
   const vd::Backend* backend = ctx.registry.find(fmt);
   if (!backend) return vd::Error(vd::Errc::not_found, "Unknown file format '" + fmt + "'");
   if (args.has("c") && !(backend->capabilities() & vd::cap_compression))
@@ -96,7 +99,14 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
   }
   OpenRequest req;
   req.path = path;
-  req.format = fmt;
+  // --target-image-opts (with -n): DST is an option list; json: names work with -n too.
+  req.image_opts = args.has("target-image-opts");
+  if (!req.image_opts) req.format = fmt;
+  if (args.has("n")) {
+    auto secrets = secret_objects(args);
+    if (!secrets) return secrets.error();
+    req.secrets = std::move(*secrets);
+  }
   req.flags = 0;
   req.passphrase = opts.passphrase;
   req.cache = cache;
@@ -150,6 +160,7 @@ std::optional<int> check_options(const Args& args, CopyOptions& copy) {
   if (offload && args.has("S")) return fail("Cannot enable copy offloading when -S is used");
   if (offload && args.has("salvage")) return fail("Cannot use copy offloading in salvaging mode");
   copy.copy_data_whole = offload;
+  if (args.has("target-image-opts") && !args.has("n")) return fail("--target-image-opts requires use of -n flag");
   if (args.has("n") && args.has("options")) return fail("-o has no effect when skipping image creation");
   if (args.has("target-is-zero") && !args.has("n")) return fail("--target-is-zero requires use of -n flag");
   auto list = parse_option_list(args.all("options"));
@@ -212,6 +223,7 @@ int cmd_convert(const Argv& argv) {
                                 {'S', nullptr, true}, {'r', nullptr, true},
                                 {0, "salvage", false}, {0, "target-is-zero", false},
                                 {0, "passphrase-file", true}, {0, "object", true}, {0, "image-opts", false},
+                                {0, "target-image-opts", false},
                                 {0, "bitmaps", false}, {0, "skip-broken-bitmaps", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);

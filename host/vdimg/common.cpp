@@ -131,7 +131,7 @@ vd::Result<OpenRequest> resolve_request(Context& ctx, const OpenRequest& given) 
   if (!spec) return could_not_open(shown, spec.error());
   OpenRequest req = given;
   req.path = spec->filename;
-  if (spec->format) req.format = spec->format;
+  if (spec->format && !given.format) req.format = spec->format;  // -f wins, as in qemu-img
   req.force_share = req.force_share || spec->force_share;
   req.no_backing = req.no_backing || spec->no_backing;
   for (const auto& w : spec->warnings) fail("warning: " + w);
@@ -165,7 +165,8 @@ vd::Result<OpenRequest> resolve_request(Context& ctx, const OpenRequest& given) 
     req.refusal = vd::Error(vd::Errc::invalid_argument, "Block format '" + format +
                                                            "' does not support the option '" + key + "'");
   };
-  if (spec->key_secret && !format.empty() && (spec->key_option == "key-secret") != (format == "luks")) {
+  const bool takes_key = spec->key_option == "key-secret" ? format == "luks" : (format == "qcow2" || format == "qcow");
+  if (spec->key_secret && !format.empty() && !takes_key) {
     unsupported(spec->key_option);  // qcow and qcow2 take encrypt.key-secret, luks key-secret
     spec->key_secret.reset();
   }

@@ -188,6 +188,33 @@ TEST(ImageOpts, EncryptedChainsCommitAndRebase) {
         image_opts(k, dir.file("qemu-img-top.qcow2")) + ",backing.encrypt.key-secret=sec0"});
 }
 
+// convert: an encrypted SRC by --image-opts, an existing encrypted DST by
+// --target-image-opts (with -n) or a json: name.
+TEST(ImageOpts, ConvertSourceAndTargetOptions) {
+  VD_REQUIRE_QEMU();
+  TempDir dir;
+  const Kind& k = kKinds[0];
+  const std::string src = dir.file("src.img");
+  make(k, src);
+  for (std::string t : {"qemu-img", "vdimg"}) {
+    const std::string dst = dir.file(t + ".dst"), raw = dir.file(t + ".raw");
+    make(k, dst);
+    CmdResult r = tool(t, {"convert", "--object", kSecret, "--image-opts", image_opts(k, src), raw});
+    EXPECT_EQ(r.exit_code, 0) << t << r.err;
+    r = tool(t, {"convert", "-n", "-p", "--object", kSecret, "--target-image-opts", raw, image_opts(k, dst)});
+    EXPECT_EQ(r.exit_code, 0) << t << r.err;
+    EXPECT_EQ(r.out, "    (0.00/100%)\r    (100.00/100%)\r    (100.00/100%)\r\n") << t;
+    r = tool(t, {"convert", "-n", "-O", "qcow2", "--object", kSecret, raw, json_name(k, dst)});
+    EXPECT_EQ(r.exit_code, 0) << t << r.err;
+    r = vdtest::run({"qemu-img", "compare", "--object", kSecret, raw, json_name(k, dst)});
+    EXPECT_EQ(r.exit_code, 0) << t << r.out << r.err;
+  }
+  const std::string dst = dir.file("vdimg.dst");
+  same({"convert", "--object", kSecret, "--target-image-opts", src, image_opts(k, dst)});
+  same({"convert", "-n", "-O", "qcow2", "--target-image-opts", src, image_opts(k, dst)});
+  same({"convert", "-n", "--object", kSecret, dir.file("vdimg.raw"), json_name(k, dst)});  // -O raw wins
+}
+
 TEST(ImageOpts, DifferentKeysInOneChainAreRefusedClearly) {
   VD_REQUIRE_QEMU();
   TempDir dir;
