@@ -106,6 +106,12 @@ TEST(ImageOpts, JsonNamesAndOptionErrorsMatchQemuImg) {
     same({"check", name});
   }
   same({"info", "--image-opts", "driver=qcow2,file.filename=" + img});
+  // Secret objects: base64, and qemu's words for what is wrong in one.
+  const std::string opts = "driver=qcow2,file.filename=" + img + ",encrypt.key-secret=s";
+  for (const std::string obj : {"secret,id=s,data=cHc=,format=base64", "secret,id=s,data=@@,format=base64",
+                                "secret,id=s,data=x,format=hex", "secret,id=s,data=x,keyid=k", "bogus,id=s",
+                                "secret,data=x", "secret,id=s"})
+    same({"check", "--object", obj, "--image-opts", opts});
   same({"map", "--image-opts", "driver=qcow2,file.filename=" + img + ",bogus=on"});
   // Node options vd honours: no backing file (with qemu's warning for ""), cache.no-flush,
   // file.locking; bad booleans in qemu's words.
