@@ -97,14 +97,25 @@ vd::Result<std::unique_ptr<vd::Disk>> open_file(Context& ctx, const OpenRequest&
   auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
   if (!disk) {
     const vd::Error& e = disk.error();
-    // The top needs a key nobody gave: qemu names the option that would have given it.
-    if (e.is(vd::Errc::wrong_passphrase) && !e.cause() && e.path() == req.path &&
-        e.detail().find("a passphrase is needed") != std::string::npos) {
-      auto probed = ctx.registry.probe(req.path, ctx.rt.files());
-      const bool luks = req.format ? *req.format == "luks" : probed && (*probed)->name() == "luks";
-      return vd::Error(e.code(), "Could not open '" + shown + "': Parameter '" +
-                                     std::string(luks ? "key-secret" : "encrypt.key-secret") +
-                                     "' is required for cipher");
+    // A key missing or wrong, of the top or of a backing file (each level above it adds
+    // qemu's "Could not open backing file: "); a missing key in qemu's words, naming the
+    // option that would have given it.
+    const vd::Error* inner = &e;
+    size_t depth = 0;
+    while (inner->cause() && inner->operation().rfind("Could not open backing file '", 0) == 0) {
+      inner = inner->cause();
+      ++depth;
+    }
+    if (e.is(vd::Errc::wrong_passphrase) && !inner->cause() && inner->is(vd::Errc::wrong_passphrase)) {
+      std::string why = inner->detail();
+      if (why.find("a passphrase is needed") != std::string::npos) {
+        auto probed = ctx.registry.probe(inner->path(), ctx.rt.files());
+        const bool luks = depth == 0 && req.format ? *req.format == "luks" : probed && (*probed)->name() == "luks";
+        why = std::string("Parameter '") + (luks ? "key-secret" : "encrypt.key-secret") + "' is required for cipher";
+      }
+      std::string msg = "Could not open '" + shown + "': ";
+      for (size_t i = 0; i < depth; ++i) msg += "Could not open backing file: ";
+      return vd::Error(e.code(), msg + why);
     }
     return qemu_open_error(shown, e);
   }

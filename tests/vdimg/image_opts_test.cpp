@@ -232,6 +232,10 @@ TEST(ImageOpts, DifferentKeysInOneChainAreRefusedClearly) {
                                    ",encrypt.key-secret=other,backing.encrypt.key-secret=sec0"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("one key"), std::string::npos) << r.err;
+  // A backing file's key missing or wrong, in qemu's words.
+  same({"compare", top, base});
+  same({"map", "--object", "secret,id=sec0,data=bad", "--image-opts",
+        "driver=qcow2,file.filename=" + top + ",backing.encrypt.key-secret=sec0"});
   // Only the backing image's key: the chain opens with it.
   r = vdtest::vdimg({"compare", "--object", kSecret, "--image-opts",
                      "driver=qcow2,file.filename=" + top + ",backing.encrypt.key-secret=sec0",
