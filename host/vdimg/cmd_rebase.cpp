@@ -151,7 +151,7 @@ int cmd_rebase(const Argv& argv) {
   if (auto err = take_image_options(*args, req)) return fail(err);
   auto plain = resolve_request(ctx, req);  // json:/--image-opts: the file, format and key
   if (!plain) return fail(plain.error());
-  auto top = open_disk(ctx, req);
+  auto top = open_disk(ctx, *plain);
   if (!top) return fail(top.error());
   vd::Error err;
   if (!args->has("u")) {
