@@ -167,31 +167,36 @@ TEST(ImageOpts, WritingCommandsMatchQemuImg) {
 TEST(ImageOpts, EncryptedChainsCommitAndRebase) {
   VD_REQUIRE_QEMU();
   TempDir dir;
-  const Kind& k = kKinds[0];
-  for (std::string t : {"qemu-img", "vdimg"}) {
-    const std::string base = dir.file(t + "-base.qcow2"), top = dir.file(t + "-top.qcow2");
-    make(k, base);
-    make(k, top, base);
-    ASSERT_EQ(vdtest::run({"qemu-io", "--object", kSecret, "--image-opts", "-c", "write -P 9 64k 64k",
-                           image_opts(k, top) + ",backing.encrypt.key-secret=sec0"})
-                  .exit_code,
-              0);
-    const std::string chain = image_opts(k, top) + ",backing.encrypt.key-secret=sec0";
-    CmdResult r = tool(t, {"map", "--object", kSecret, "--output=json", "--image-opts", chain});
-    EXPECT_EQ(r.exit_code, 0) << t << r.err;
-    r = tool(t, {"commit", "--object", kSecret, "--image-opts", chain});
-    EXPECT_EQ(r.exit_code, 0) << t << r.err;
-    EXPECT_EQ(r.out, "Image committed.\n");
-    r = tool(t, {"rebase", "--object", kSecret, "-b", "", "--image-opts", chain});
-    EXPECT_EQ(r.exit_code, 0) << t << r.err;
+  for (const Kind* kind : {&kKinds[0], &kKinds[1]}) {  // qcow2 with luks, qcow2 v2 with aes
+    const Kind& k = *kind;
+    SCOPED_TRACE(k.name);
+    const std::string name = k.name;
+    std::string maps[2];
+    for (int i = 0; i < 2; ++i) {
+      const std::string t = i ? "vdimg" : "qemu-img";
+      const std::string base = dir.file(t + name + "-base"), top = dir.file(t + name + "-top");
+      make(k, base);
+      make(k, top, base);
+      const std::string chain = image_opts(k, top) + ",backing.encrypt.key-secret=sec0";
+      ASSERT_EQ(vdtest::run({"qemu-io", "--object", kSecret, "--image-opts", "-c", "write -P 9 64k 64k", chain}).exit_code,
+                0);
+      CmdResult r = tool(t, {"map", "--object", kSecret, "--output=json", "--image-opts", chain});
+      EXPECT_EQ(r.exit_code, 0) << t << r.err;
+      maps[i] = r.out;
+      r = tool(t, {"commit", "--object", kSecret, "--image-opts", chain});
+      EXPECT_EQ(r.exit_code, 0) << t << r.err;
+      EXPECT_EQ(r.out, "Image committed.\n");
+      r = tool(t, {"rebase", "--object", kSecret, "-b", "", "--image-opts", chain});
+      EXPECT_EQ(r.exit_code, 0) << t << r.err;
+    }
+    EXPECT_EQ(maps[1], maps[0]);
+    for (const char* which : {"-base", "-top"})
+      same({"compare", "--object", kSecret, "--image-opts", image_opts(k, dir.file("qemu-img" + name + which)),
+            image_opts(k, dir.file("vdimg" + name + which))});
+    // info opens the image alone: a backing option is left unused and refused, as by qemu-img.
+    same({"info", "--object", kSecret, "--image-opts",
+          image_opts(k, dir.file("qemu-img" + name + "-top")) + ",backing.encrypt.key-secret=sec0"});
   }
-  same({"compare", "--object", kSecret, "--image-opts", image_opts(k, dir.file("qemu-img-base.qcow2")),
-        image_opts(k, dir.file("vdimg-base.qcow2"))});
-  same({"compare", "--object", kSecret, "--image-opts", image_opts(k, dir.file("qemu-img-top.qcow2")),
-        image_opts(k, dir.file("vdimg-top.qcow2"))});
-  // info opens the image alone: a backing option is left unused and refused, as by qemu-img.
-  same({"info", "--object", kSecret, "--image-opts",
-        image_opts(k, dir.file("qemu-img-top.qcow2")) + ",backing.encrypt.key-secret=sec0"});
 }
 
 // convert: an encrypted SRC by --image-opts, an existing encrypted DST by
