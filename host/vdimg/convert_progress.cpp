@@ -14,8 +14,10 @@ constexpr int64_t kMaxRequestSectors = 0x7fffffff / kSector;
 enum class Status { data, zero, backing };
 
 // The status qemu's bdrv_block_status_above reports at `offset` and the length it covers.
+// `cluster`: qemu's qcow (v1) driver answers for one cluster at a time.
 vd::Result<std::pair<Status, uint64_t>> status_at(vd::Runtime& rt, vd::Disk& src, uint64_t offset,
-                                                  uint64_t length, bool overlay) {
+                                                  uint64_t length, bool overlay, uint64_t cluster) {
+  if (cluster) length = std::min(length, cluster - offset % cluster);
   vd::DiskExtent x;
   vd::Error e = rt.wait([&](vd::Completion done) {
     src.block_status(offset, length, [&x, done](vd::Error err, vd::DiskExtent ext) {
@@ -52,6 +54,7 @@ vd::Error ConvertProgress::plan(vd::Runtime& rt, const std::vector<vd::Disk*>& s
     const std::string fmt(src->image(0).backend().name());
     const int64_t align = (fmt == "qcow2" || fmt == "qcow")
                               ? std::max<int64_t>(1, src->image(0).cluster_size() / kSector) : 1;
+    const uint64_t per_cluster = fmt == "qcow" ? src->image(0).cluster_size() : 0;
     for (int64_t sector = src_offset; sector < src_offset + src_sectors;) {
       int64_t n = std::min(total - sector, kMaxRequestSectors);
       bool post_backing_zero = false;
@@ -62,7 +65,7 @@ vd::Error ConvertProgress::plan(vd::Runtime& rt, const std::vector<vd::Disk*>& s
       if (next_status <= sector) {
         const uint64_t offset = static_cast<uint64_t>(sector - src_offset) * kSector;
         const uint64_t count = std::min<uint64_t>(static_cast<uint64_t>(n) * kSector, src->size() - offset);
-        auto st = status_at(rt, *src, offset, count, walk.overlay);
+        auto st = status_at(rt, *src, offset, count, walk.overlay, per_cluster);
         if (!st) return st.error();
         n = static_cast<int64_t>((st->second + kSector - 1) / kSector);
         const int64_t tail = (sector - src_offset + n) % align;
