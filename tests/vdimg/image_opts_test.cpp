@@ -79,6 +79,8 @@ TEST(ImageOpts, ReadOnlyCommandsMatchQemuImg) {
     }
     same({"compare", "--object", kSecret, "--image-opts", opts, opts});
     same({"compare", "--object", kSecret, json, json});
+    same({"measure", "-O", "qcow2", "--object", kSecret, json});
+    same({"measure", "-O", "raw", "--object", kSecret, "--image-opts", opts});
     if (std::string(k.format) == "qcow2") same({"snapshot", "-l", "--object", kSecret, json});
     // Wrong keys and names, in qemu's words.
     same({"map", "--object", "secret,id=sec0,data=bad", "--image-opts", opts});
