@@ -303,12 +303,8 @@ int cmd_compare(const Argv& argv) {
   ra.force_share = rb.force_share = args->has("force-share");
   if (args->has("image-opts") && (ra.format || rb.format))
     return fail("--image-opts and --format are mutually exclusive", kExitOpen);
-  for (OpenRequest* r : {&ra, &rb}) {
-    const auto format = r->format;
-    r->format.reset();  // -f/-F are checked above, with qemu-img compare's words
+  for (OpenRequest* r : {&ra, &rb})  // --image-opts applies to both names, as in qemu-img
     if (auto err = take_image_options(*args, *r)) return fail(err, kExitOpen);
-    r->format = format;
-  }
   if (auto err = read_passphrases(*args, ra, rb)) return fail(err, kExitOpen);
   auto a = open_disk(ctx, ra);
   if (!a) return fail(a.error(), kExitOpen);
