@@ -67,7 +67,6 @@ int cmd_amend(const Argv& argv) {
   // the open, so that its findings reach stderr as qemu-img's open prints them.
   req.flags = help ? unsigned{vd::open_read_only} : unsigned{vd::open_no_repair};
   req.no_backing = true;
-  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   vd::Image& image = (*disk)->image(0);
