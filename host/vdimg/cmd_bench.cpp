@@ -27,7 +27,11 @@ const char kUsage[] =
     "of the image. Reads unless -w; writes fill with --pattern (default 0).\n"
     "  -t CACHE  host cache mode: writeback (default), none, writethrough, directsync, unsafe\n"
     "  -i AIO    threads (default) or io_uring; -n (qemu's native AIO) is refused\n"
-    "  -U, --force-share  open even while another process writes IMAGE (not with -w)\n";
+    "  -U, --force-share  open even while another process writes IMAGE (not with -w)\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 struct BenchConfig {
   uint64_t count = 75000, depth = 64, size = 4096, step = 0, offset = 0, flush_interval = 0;
@@ -179,8 +183,10 @@ int cmd_bench(const Argv& argv) {
   req.format = args->last("format");
   req.flags = cfg.write ? 0u : vd::open_read_only;
   req.force_share = args->has("force-share");
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
+  req.path = display_name(req, **disk);  // for the messages below
   if (cfg.size > (*disk)->size() || cfg.offset > (*disk)->size() - cfg.size)
     return fail(req.path + ": request size or offset beyond the end of the image");
 

@@ -20,7 +20,11 @@ const char kUsage[] =
     "  --remove         delete BITMAP\n"
     "  --clear          clear every bit of BITMAP\n"
     "  --enable/--disable  BITMAP records writes, or stops recording them\n"
-    "  --merge SOURCE   set in BITMAP every bit set in SOURCE (of IMAGE, or of -b SOURCE_FILE)\n";
+    "  --merge SOURCE   set in BITMAP every bit set in SOURCE (of IMAGE, or of -b SOURCE_FILE)\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 // qemu-img's default: the cluster size, within [4 KiB, 64 KiB].
 uint64_t default_granularity(const vd::Image& img) {
@@ -107,6 +111,7 @@ int cmd_bitmap(const Argv& argv) {
   req.format = args->last("format");
   req.flags = vd::open_info_only;
   req.no_backing = true;
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   vd::Image& img = (*disk)->image(0);
@@ -120,6 +125,7 @@ int cmd_bitmap(const Argv& argv) {
     sreq.format = args->last("F");
     sreq.flags = vd::open_read_only | vd::open_info_only;
     sreq.no_backing = true;
+    sreq.secrets = req.secrets;  // -b is a plain file name in qemu-img even with --image-opts
     auto sd = open_disk(ctx, sreq);
     if (!sd) {
       (void)(*disk)->close();

@@ -36,7 +36,11 @@ const char kUsage[] =
     "  -r RATE  copy at most RATE bytes per second (k, M, G... suffixes)\n"
     "  -t CACHE cache mode of the chain: writeback (default), none, writethrough, directsync,\n"
     "           unsafe\n"
-    "  -q       quiet\n";
+    "  -q       quiet\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 constexpr uint64_t kChunk = 2ull << 20;
 
@@ -73,7 +77,8 @@ std::optional<size_t> find_base(const std::vector<ChainEntry>& chain, const std:
 
 // Reopens the chain image by image: `writable` levels read-write.
 vd::Result<std::unique_ptr<vd::Disk>> reopen(Context& ctx, const std::vector<ChainEntry>& chain,
-                                             size_t base, bool top_writable, vd::CacheIoProvider& files) {
+                                             size_t base, bool top_writable, vd::CacheIoProvider& files,
+                                             const std::optional<std::string>& passphrase) {
   std::vector<std::unique_ptr<vd::Image>> images;
   for (size_t i = 0; i < chain.size(); ++i) {
     const vd::Backend* backend = ctx.registry.find(chain[i].format);
@@ -81,6 +86,7 @@ vd::Result<std::unique_ptr<vd::Disk>> reopen(Context& ctx, const std::vector<Cha
     vd::OpenOptions o;
     const bool writable = i == base || (i == 0 && top_writable);
     o.flags = vd::open_format_given | (writable ? 0u : unsigned{vd::open_read_only});
+    o.passphrase = passphrase;  // one key for the chain, as Disk::open gives it
     auto img = backend->open(chain[i].path, o, files);
     if (!img) {
       for (auto& open : images) open->close(false);
@@ -177,7 +183,8 @@ struct CommitJob {
 int cmd_commit(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {'b', "base", true}, {'d', nullptr, false},
                                 {'p', nullptr, false}, {'q', "quiet", false}, {'t', "cache", true},
-                                {'r', "rate-limit", true}, {0, "object", true}});
+                                {'r', "rate-limit", true}, {0, "object", true},
+                                {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   uint64_t rate = 0;
@@ -200,7 +207,10 @@ int cmd_commit(const Argv& argv) {
   req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
-  auto chain = learn_chain(ctx, req);
+  if (auto err = take_image_options(*args, req)) return fail(err);
+  auto plain = resolve_request(ctx, req);  // json:/--image-opts: the file, format and key
+  if (!plain) return fail(plain.error());
+  auto chain = learn_chain(ctx, *plain);
   if (!chain) return fail(chain.error());
   size_t base = 1;
   if (base_name) {
@@ -213,7 +223,7 @@ int cmd_commit(const Argv& argv) {
   // -t applies to every image of the chain, as qemu-img's cache mode does; the provider
   // outlives the disk (its images keep it to open and post).
   vd::CacheIoProvider files(ctx.rt.files(), vd::cache_file_mode(cache->cache));
-  auto disk = reopen(ctx, *chain, base, !keep, files);
+  auto disk = reopen(ctx, *chain, base, !keep, files, plain->passphrase);
   if (!disk) return fail(disk.error());
   ProgressLine progress(args->has("p") && !quiet);
   CommitJob job{ctx.rt, **disk, base, progress, Throttle(rate)};

@@ -31,7 +31,11 @@ const char kUsage[] =
     "  -q       quiet\n"
     "  --passphrase-file FILE    passphrase of encrypted images (IMAGE1 and IMAGE2)\n"
     "  --b-passphrase-file FILE  a different passphrase for IMAGE2\n"
-    "  -U, --force-share  open even while another process writes IMAGE1 or IMAGE2\n";
+    "  -U, --force-share  open even while another process writes IMAGE1 or IMAGE2\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted image, named by a\n"
+    "                          json:{...} name or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE1 and IMAGE2 are such an option list, not a file name\n";
 
 constexpr int kExitDiffer = 1;
 constexpr int kExitOpen = 2;
@@ -280,7 +284,8 @@ int cmd_compare(const Argv& argv) {
                                 {'s', "strict", false}, {'p', "progress", false},
                                 {'q', "quiet", false}, {'U', "force-share", false},
                                 {'T', nullptr, true}, {0, "object", true},
-                                {0, "passphrase-file", true}, {0, "b-passphrase-file", true}});
+                                {0, "passphrase-file", true}, {0, "b-passphrase-file", true},
+                                {0, "image-opts", false}});
   if (!args) return fail(args.error(), kExitOpen);
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 2, 2, "two image names")) return fail(err, kExitOpen);
@@ -296,6 +301,10 @@ int cmd_compare(const Argv& argv) {
   rb.path = args->positional[1];
   rb.format = args->last("b-format");
   ra.force_share = rb.force_share = args->has("force-share");
+  if (args->has("image-opts") && (ra.format || rb.format))
+    return fail("--image-opts and --format are mutually exclusive", kExitOpen);
+  for (OpenRequest* r : {&ra, &rb})  // --image-opts applies to both names, as in qemu-img
+    if (auto err = take_image_options(*args, *r)) return fail(err, kExitOpen);
   if (auto err = read_passphrases(*args, ra, rb)) return fail(err, kExitOpen);
   auto a = open_disk(ctx, ra);
   if (!a) return fail(a.error(), kExitOpen);

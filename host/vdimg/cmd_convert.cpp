@@ -9,6 +9,7 @@
 #include <vector>
 #include <iostream>
 
+#include "host/vdimg/convert_progress.h"
 #include "host/vdimg/copier.h"
 #include "host/vdimg/measure.h"
 #include "host/vdimg/secrets.h"
@@ -52,19 +53,12 @@ const char kUsage[] =
     "  -T SRC_CACHE            cache mode of SRC: writeback (default), none, writethrough,\n"
     "                          directsync, unsafe\n"
     "  -q                      quiet\n"
-    "  -U, --force-share       open SRC even while another process writes it\n";
-
-// Prints qemu-img's progress line when it moved by at least 1%.
-struct Progress {
-  double last = -1;
-  void operator()(uint64_t done, uint64_t total) {
-    double pct = total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0;
-    if (pct < 100.0 && pct - last < 1.0) return;
-    last = pct;
-    std::printf("    (%3.2f/100%%)\r", pct);
-    std::fflush(stdout);
-  }
-};
+    "  -U, --force-share       open SRC even while another process writes it\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  also the key of an encrypted SRC, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n"
+    "  --target-image-opts     DST is such an option list (with -n)\n";
 
 vd::Result<vd::CreateOptions> target_options(const Args& args, uint64_t size) {
   auto list = parse_option_list(args.all("options"));
@@ -92,6 +86,8 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
                                                   const std::string& fmt,
                                                   const vd::CreateOptions& opts, vd::CacheMode cache) {
   const std::string& path = args.positional.back();
+  if (args.has("target-image-opts") && args.has("O"))  // found when qemu-img opens DST
+    return vd::Error(vd::Errc::invalid_argument, "--image-opts and --format are mutually exclusive");
   const vd::Backend* backend = ctx.registry.find(fmt);
   if (!backend) return vd::Error(vd::Errc::not_found, "Unknown file format '" + fmt + "'");
   if (args.has("c") && !(backend->capabilities() & vd::cap_compression))
@@ -103,7 +99,14 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
   }
   OpenRequest req;
   req.path = path;
-  req.format = fmt;
+  // --target-image-opts (with -n): DST is an option list; json: names work with -n too.
+  req.image_opts = args.has("target-image-opts");
+  if (!req.image_opts) req.format = fmt;
+  if (args.has("n")) {
+    auto secrets = secret_objects(args);
+    if (!secrets) return secrets.error();
+    req.secrets = std::move(*secrets);
+  }
   req.flags = 0;
   req.passphrase = opts.passphrase;
   req.cache = cache;
@@ -124,7 +127,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args
   } else if (auto s = args.last("s")) {
     req.snapshot = *s;
   }
-  if (vd::Error e = take_passphrase_file(args, req)) return e;
+  if (vd::Error e = take_image_options(args, req)) return e;
   return open_disk_at_snapshot(ctx, req);
 }
 
@@ -157,6 +160,7 @@ std::optional<int> check_options(const Args& args, CopyOptions& copy) {
   if (offload && args.has("S")) return fail("Cannot enable copy offloading when -S is used");
   if (offload && args.has("salvage")) return fail("Cannot use copy offloading in salvaging mode");
   copy.copy_data_whole = offload;
+  if (args.has("target-image-opts") && !args.has("n")) return fail("--target-image-opts requires use of -n flag");
   if (args.has("n") && args.has("options")) return fail("-o has no effect when skipping image creation");
   if (args.has("target-is-zero") && !args.has("n")) return fail("--target-is-zero requires use of -n flag");
   auto list = parse_option_list(args.all("options"));
@@ -218,7 +222,8 @@ int cmd_convert(const Argv& argv) {
                                 {'t', nullptr, true}, {'T', nullptr, true},
                                 {'S', nullptr, true}, {'r', nullptr, true},
                                 {0, "salvage", false}, {0, "target-is-zero", false},
-                                {0, "passphrase-file", true}, {0, "object", true},
+                                {0, "passphrase-file", true}, {0, "object", true}, {0, "image-opts", false},
+                                {0, "target-image-opts", false},
                                 {0, "bitmaps", false}, {0, "skip-broken-bitmaps", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
@@ -227,6 +232,9 @@ int cmd_convert(const Argv& argv) {
   // qemu-img writes the target with cache=unsafe unless -t says otherwise.
   auto cache = cache_args(*args, opt_cache | opt_src_cache, vd::CacheMode::unsafe);
   if (!cache) return fail(cache.error());
+  // From here qemu-img prints 0% (with -p) and ends its output with the progress newline,
+  // failures included.
+  ConvertProgress progress(args->has("p") && !args->has("quiet"));
   Context ctx;
   // Several sources are copied one after the other into one target (qemu-img's
   // concatenation); all are opened first, as qemu-img does.
@@ -279,15 +287,21 @@ int cmd_convert(const Argv& argv) {
   copy.in_order = !args->has("W");
   copy.salvage = args->has("salvage");
   if (!args->has("quiet")) copy.warn = [](const std::string& w) { fail("warning: " + w); };
-  const bool progress = args->has("p") && !args->has("quiet");
-  auto shown = std::make_shared<Progress>();
-  if (progress) (*shown)(0, total);
+  ConvertWalk walk;
+  walk.min_sparse = copy.min_sparse;
+  walk.compress_cluster = copy.write_flags ? cluster : 0;
+  walk.overlay = copy.overlay;
+  walk.backing_size = copy.backing_size;
+  std::vector<vd::Disk*> walked;
+  for (auto& src : sources) walked.push_back(src.get());
+  if (vd::Error e = progress.plan(ctx.rt, walked, walk)) {
+    (void)(*dst)->close();
+    return fail(e);
+  }
   vd::Error copy_err;
   for (auto& src : sources) {
-    if (progress) {
-      const uint64_t base = copy.dst_offset;
-      copy.progress = [shown, base, total](uint64_t done, uint64_t) { (*shown)(base + done, total); };
-    }
+    const uint64_t base = copy.dst_offset;
+    copy.progress = [&progress, base](uint64_t done, uint64_t) { progress.advance(base + done); };
     copy_err = copy_disk(ctx.rt, *src, **dst, copy);
     if (copy_err) break;
     copy.dst_offset += src->size();
@@ -296,7 +310,7 @@ int cmd_convert(const Argv& argv) {
     copy_err = copy_bitmaps(sources.front()->image(0), (*dst)->image(0), args->has("skip-broken-bitmaps"));
   vd::Error err;
   if (!copy_err) err = ctx.rt.wait([&](vd::Completion done) { (*dst)->flush(std::move(done)); });
-  if (progress) std::printf("    (100.00/100%%)\r\n");
+  if (!copy_err && !err) progress.finish();
   vd::Error close_err = (*dst)->close();
   for (auto& src : sources) src->close();
   if (copy_err) return fail(copy_err);

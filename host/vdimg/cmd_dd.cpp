@@ -34,7 +34,11 @@ const char kUsage[] =
     "  count=N           copy only N input blocks (counted from the start of INPUT)\n"
     "  if=FILE           read from FILE\n"
     "  of=FILE           write to FILE\n"
-    "  skip=N            skip N bs-sized blocks at the start of input\n";
+    "  skip=N            skip N bs-sized blocks at the start of input\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 struct DdOperands {
   int64_t bs = 512;
@@ -105,7 +109,7 @@ vd::Error copy(Context& ctx, vd::Disk& in, vd::Disk& out, uint64_t in_pos, uint6
 
 int cmd_dd(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {'O', nullptr, true}, {'U', "force-share", false},
-                                {0, "object", true}, {0, "passphrase-file", true}});
+                                {0, "object", true}, {0, "passphrase-file", true}, {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   auto dd = parse_operands(args->positional);
@@ -116,7 +120,7 @@ int cmd_dd(const Argv& argv) {
   req.path = *dd->in;
   req.format = args->last("format");
   req.force_share = args->has("force-share");
-  if (vd::Error e = take_passphrase_file(*args, req)) return fail(e);
+  if (vd::Error e = take_image_options(*args, req)) return fail(e);
   auto in = open_disk(ctx, req);
   if (!in) return fail(in.error());
   const vd::Backend* backend = ctx.registry.find(args->last("O").value_or("raw"));

@@ -19,7 +19,11 @@ const char kUsage[] =
     "  -f, --format FMT   format of IMAGE (probed when absent)\n"
     "  --output FMT       human (default) or json\n"
     "  --backing-chain    describe every image of the chain\n"
-    "  -U, --force-share  open even while another process writes IMAGE (read-only opens)\n";
+    "  -U, --force-share  open even while another process writes IMAGE (read-only opens)\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 // What `info` says about one image of a chain.
 struct ImageInfo {
@@ -212,7 +216,7 @@ void print_snapshot_table(std::ostream& out, const std::vector<vd::SnapshotInfo>
 int cmd_info(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {0, "output", true},
                                 {0, "backing-chain", false}, {'U', "force-share", false},
-                                {0, "image-opts", false}});
+                                {0, "image-opts", false}, {0, "object", true}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
@@ -227,6 +231,8 @@ int cmd_info(const Argv& argv) {
   req.flags = vd::open_read_only | vd::open_info_only;
   req.no_backing = !chain;
   req.force_share = args->has("force-share");
+  req.key_unused = true;
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) {
     // qemu-img info --backing-chain opens the images one by one: a missing backing file
@@ -245,6 +251,7 @@ int cmd_info(const Argv& argv) {
   std::vector<ImageInfo> infos;
   for (size_t level = 0; level < (*disk)->depth(); ++level)
     infos.push_back(describe((*disk)->image(level)));
+  infos[0].filename = display_name(req, **disk);
   std::ostringstream out;
   if (output == "json") {
     if (chain) {

@@ -9,6 +9,7 @@ namespace {
 
 const char kUsage[] =
     "usage: vdimg io [-f FMT] [-r] [-U] [-q] [-t CACHE] [-n] [-i AIO] [--passphrase-file FILE]\n"
+    "                [--object secret,id=ID,data=KEY] [--image-opts]\n"
     "                -c CMD [-c CMD]... IMAGE\n"
     "Runs qemu-io style commands in order on IMAGE (through its backing chain) and stops at\n"
     "the first that fails. Commands:\n"
@@ -26,6 +27,9 @@ const char kUsage[] =
     "  -n, --nocache           the same as -t none\n"
     "  -i AIO                  threads (default) or io_uring; native (Linux AIO) is refused\n"
     "  --passphrase-file FILE  passphrase of an encrypted image\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key, named by a json:{...} IMAGE or by\n"
+    "                          --image-opts (driver=qcow2,file.filename=F,encrypt.key-secret=ID)\n"
+    "  --image-opts            IMAGE is an option list, not a file name\n"
     "  -U, --force-share       open even while another process writes IMAGE (with -r)\n";
 
 }  // namespace
@@ -35,7 +39,8 @@ int cmd_io(const Argv& argv) {
                                 {'r', "read-only", false}, {'q', "quiet", false},
                                 {0, "passphrase-file", true}, {'U', "force-share", false},
                                 {'t', "cache", true}, {'n', "nocache", false},
-                                {'i', "aio", true}, {'k', "native-aio", false}});
+                                {'i', "aio", true}, {'k', "native-aio", false},
+                                {0, "object", true}, {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
@@ -59,11 +64,7 @@ int cmd_io(const Argv& argv) {
     return fail(req.path + ": cannot write with -r (read-only)");
   req.flags = read_only ? vd::open_read_only : 0u;
   req.force_share = args->has("force-share");
-  if (auto file = args->last("passphrase-file")) {
-    auto pass = read_passphrase_file(*file);
-    if (!pass) return fail(pass.error());
-    req.passphrase = *pass;
-  }
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) {
     // qemu-io's words: "can't open device X: " and the cause under the image's own name.

@@ -25,7 +25,11 @@ const char kUsage[] =
     "  --start-offset OFF, --max-length LEN   map only that range\n"
     "  -U, --force-share  open even while another process writes IMAGE (read-only opens)\n"
     "The human layout lists only ranges with data and fails (exit 1) on compressed or\n"
-    "encrypted data, which has no host offset to show, as qemu-img map does.\n";
+    "encrypted data, which has no host offset to show, as qemu-img map does.\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 struct MapEntry {
   uint64_t start = 0, length = 0;
@@ -187,7 +191,8 @@ vd::Result<std::pair<uint64_t, uint64_t>> map_range(const Args& args, uint64_t s
 int cmd_map(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {0, "output", true},
                                 {'U', "force-share", false}, {0, "start-offset", true},
-                                {0, "max-length", true}, {0, "object", true}});
+                                {0, "max-length", true}, {0, "object", true},
+                                {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
@@ -199,6 +204,7 @@ int cmd_map(const Argv& argv) {
   req.format = args->last("format");
   req.flags = vd::open_read_only | vd::open_info_only;
   req.force_share = args->has("force-share");
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   auto range = map_range(*args, (*disk)->size());
@@ -208,7 +214,7 @@ int cmd_map(const Argv& argv) {
   (*disk)->close();
   if (walked && *walked) printer.finish();
   std::cout << printer.text();
-  if (!walked) return fail(name_image(walked.error(), req.path));
+  if (!walked) return fail(name_image(walked.error(), display_name(req, **disk)));
   if (!*walked) return fail("File contains external, encrypted or compressed clusters.");
   return kExitOk;
 }

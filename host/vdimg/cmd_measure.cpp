@@ -36,7 +36,11 @@ const char kUsage[] =
     "  --output FMT            human (default) or json\n"
     "  --object secret,id=ID,data=KEY  the key named by encrypt.key-secret / key-secret\n"
     "  --passphrase-file FILE  passphrase of an encrypted IMAGE\n"
-    "  -U, --force-share       open IMAGE even while another process writes it\n";
+    "  -U, --force-share       open IMAGE even while another process writes it\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 struct Measure {
   uint64_t required = 0;
@@ -274,7 +278,7 @@ std::optional<int> check_command_line(const Args& args, std::optional<uint64_t>&
   }
   if (args.positional.size() > 1) return fail("At most one filename argument is allowed.");
   const bool image = args.positional.size() == 1;
-  if (!image && (args.has("format") || args.has("l")))
+  if (!image && (args.has("format") || args.has("l") || args.has("image-opts")))
     return fail("--image-opts, -f, and -l require a filename argument.");
   if (image && size) return fail("--size N cannot be used together with a filename.");
   if (!image && !size) return fail("Either --size N or one filename must be specified.");
@@ -287,7 +291,7 @@ vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args
   req.format = args.last("format");
   req.force_share = args.has("force-share");
   if (auto snap = args.last("l")) req.snapshot = snapshot_ref(*snap);
-  if (vd::Error e = take_passphrase_file(args, req)) return e;
+  if (vd::Error e = take_image_options(args, req)) return e;
   return open_disk_at_snapshot(ctx, req);
 }
 
@@ -296,7 +300,8 @@ vd::Result<std::unique_ptr<vd::Disk>> open_source(Context& ctx, const Args& args
 int cmd_measure(const Argv& argv) {
   auto args = parse_args(argv, {{'f', "format", true}, {'O', nullptr, true}, {'o', "options", true},
                                 {'l', nullptr, true}, {'U', "force-share", false}, {0, "object", true},
-                                {0, "output", true}, {0, "size", true}, {0, "passphrase-file", true}});
+                                {0, "output", true}, {0, "size", true}, {0, "passphrase-file", true},
+                                {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   std::optional<uint64_t> size;

@@ -23,7 +23,11 @@ const char kUsage[] =
     "  -T SRC_CACHE    cache mode of the old and new backing chains (same modes)\n"
     "  -p              show progress\n"
     "  -q              quiet\n"
-    "  -U, --force-share  open the new backing file even while another process writes it\n";
+    "  -U, --force-share  open the new backing file even while another process writes it\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 constexpr uint64_t kChunk = 2ull << 20;  // qemu-img's IO_BUF_SIZE
 constexpr uint64_t kGranule = 4096;
@@ -121,7 +125,7 @@ int cmd_rebase(const Argv& argv) {
                                 {'F', "backing-format", true}, {'u', nullptr, false},
                                 {'p', nullptr, false}, {'q', "quiet", false}, {'t', "cache", true},
                                 {'T', nullptr, true}, {'U', "force-share", false},
-                                {0, "object", true}});
+                                {0, "object", true}, {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
@@ -144,14 +148,18 @@ int cmd_rebase(const Argv& argv) {
   req.format = args->last("format");
   req.flags = 0;
   req.no_backing = args->has("u");
-  auto top = open_disk(ctx, req);
+  if (auto err = take_image_options(*args, req)) return fail(err);
+  auto plain = resolve_request(ctx, req);  // json:/--image-opts: the file, format and key
+  if (!plain) return fail(plain.error());
+  auto top = open_disk(ctx, *plain);
   if (!top) return fail(top.error());
   vd::Error err;
   if (!args->has("u")) {
     std::unique_ptr<vd::Disk> fresh;
     if (name) {
       OpenRequest nreq;
-      nreq.path = resolve_relative(req.path, *name);
+      nreq.path = resolve_relative(plain->path, *name);
+      nreq.passphrase = plain->passphrase;  // one key for the chain, as Disk::open gives it
       nreq.format = fmt;
       nreq.cache = cache->src_cache;
       nreq.force_share = args->has("force-share");

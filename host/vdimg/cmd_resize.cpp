@@ -135,6 +135,7 @@ int cmd_resize(const Argv& argv_in) {
   req.flags = 0;
   // The chain is opened, as qemu-img does: a missing backing file fails in its words.
   req.force_share = args->has("force-share");  // refused: resizing writes
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   vd::Image& image = (*disk)->image(0);

@@ -16,15 +16,20 @@ const char kUsage[] =
     "            what was current and not in a snapshot is lost\n"
     "  -d NAME   delete the (first) snapshot named NAME\n"
     "  -q        quiet\n"
-    "  -U, --force-share  list even while another process writes IMAGE (with -l only)\n";
+    "  -U, --force-share  list even while another process writes IMAGE (with -l only)\n"
+    "  --object secret,id=ID,data=KEY|file=PATH  a key for an encrypted IMAGE, named by a\n"
+    "                          json:{...} IMAGE or by --image-opts: driver=qcow2,file.filename=F,\n"
+    "                          encrypt.key-secret=ID (luks: key-secret=ID)\n"
+    "  --image-opts            IMAGE is such an option list, not a file name\n";
 
 // Runs one of create/apply/delete on the image opened read-write (metadata only).
-int change_snapshot(const std::string& path, const std::optional<std::string>& format, const std::string& op,
-                    const std::string& name, bool force_share) {
+int change_snapshot(const Args& args, const std::string& op, const std::string& name) {
   Context ctx;
   OpenRequest req;
-  req.path = path;
-  req.format = format;
+  req.path = args.positional[0];
+  req.format = args.last("format");
+  const bool force_share = args.has("force-share");
+  if (auto err = take_image_options(args, req)) return fail(err);
   req.flags = vd::open_info_only;
   // The chain opens too, as qemu-img opens it (a missing backing file fails in its words).
   req.force_share = force_share;  // refused: a change needs the image read-write
@@ -61,13 +66,14 @@ int cmd_snapshot(const Argv& argv) {
   auto args = parse_args(argv, {{'l', "list", false}, {'c', "create", true},
                                 {'a', "apply", true}, {'d', "delete", true},
                                 {'f', "format", true}, {'q', "quiet", false},
-                                {'U', "force-share", false}, {0, "object", true}});
+                                {'U', "force-share", false}, {0, "object", true},
+                                {0, "image-opts", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
   const std::string& path = args->positional[0];
   for (const char* op : {"create", "apply", "delete"})
-    if (args->has(op)) return change_snapshot(path, args->last("format"), op, *args->last(op), args->has("force-share"));
+    if (args->has(op)) return change_snapshot(*args, op, *args->last(op));
   Context ctx;
   OpenRequest req;
   req.path = path;
@@ -75,6 +81,7 @@ int cmd_snapshot(const Argv& argv) {
   req.flags = vd::open_read_only | vd::open_info_only;
   // The chain opens too, as qemu-img opens it (a missing backing file fails in its words).
   req.force_share = args->has("force-share");
+  if (auto err = take_image_options(*args, req)) return fail(err);
   auto disk = open_disk(ctx, req);
   if (!disk) return fail(disk.error());
   auto snaps = (*disk)->image(0).snapshots();

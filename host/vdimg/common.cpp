@@ -8,6 +8,8 @@
 
 #include "backends/common/sizes.h"
 #include "host/tool_passphrase.h"
+#include "host/vdimg/image_spec.h"
+#include "host/vdimg/secrets.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
@@ -45,7 +47,31 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk_at_snapshot(Context& ctx, const 
   return disk;
 }
 
-vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req) {
+vd::Error take_image_options(const Args& args, OpenRequest& req) {
+  req.image_opts = args.has("image-opts");
+  if (req.image_opts && args.has("format"))
+    return vd::Error(vd::Errc::invalid_argument, "--image-opts and --format are mutually exclusive");
+  auto secrets = secret_objects(args);
+  if (!secrets) return secrets.error();
+  req.secrets = std::move(*secrets);
+  return take_passphrase_file(args, req);
+}
+
+std::string display_name(const OpenRequest& req, const vd::Disk& disk) {
+  if (!req.image_opts && !is_json_name(req.path)) return req.path;
+  auto spec = parse_image_spec(req.path, req.image_opts);
+  if (!spec) return req.path;
+  return spec_display_name(*spec, format_name(disk.image(0)));
+}
+
+namespace {
+
+vd::Error could_not_open(const std::string& shown, const vd::Error& e) {
+  return vd::Error(e.code(), "Could not open '" + shown + "': " + e.message());
+}
+
+// Opens req.path; `shown` is the name the user gave (json:/--image-opts text) for messages.
+vd::Result<std::unique_ptr<vd::Disk>> open_file(Context& ctx, const OpenRequest& req, const std::string& shown) {
   vd::DiskOpenOptions o;
   o.format = req.format;
   o.flags = req.flags | (req.format ? vd::open_format_given : 0u);
@@ -64,13 +90,135 @@ vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest&
   std::error_code ec;
   if (!std::filesystem::exists(req.path, ec) && !ec) {
     // qemu-img 7.2's words (the name twice: the image, then the file under it).
-    return vd::Error(vd::Errc::not_found, "Could not open '" + req.path + "': Could not open '" + req.path +
+    return vd::Error(vd::Errc::not_found, "Could not open '" + shown + "': Could not open '" + req.path +
                                               "': " + std::strerror(ENOENT))
         .sys_errno(ENOENT);
   }
   auto disk = vd::Disk::open(req.path, o, ctx.registry, ctx.rt.files());
-  if (!disk) return qemu_open_error(req.path, disk.error());
+  if (!disk) {
+    const vd::Error& e = disk.error();
+    // A key missing or wrong, of the top or of a backing file (each level above it adds
+    // qemu's "Could not open backing file: "); a missing key in qemu's words, naming the
+    // option that would have given it.
+    const vd::Error* inner = &e;
+    size_t depth = 0;
+    while (inner->cause() && inner->operation().rfind("Could not open backing file '", 0) == 0) {
+      inner = inner->cause();
+      ++depth;
+    }
+    if (e.is(vd::Errc::wrong_passphrase) && !inner->cause() && inner->is(vd::Errc::wrong_passphrase)) {
+      std::string why = inner->detail();
+      if (why.find("a passphrase is needed") != std::string::npos) {
+        auto probed = ctx.registry.probe(inner->path(), ctx.rt.files());
+        const bool luks = depth == 0 && req.format ? *req.format == "luks" : probed && (*probed)->name() == "luks";
+        why = std::string("Parameter '") + (luks ? "key-secret" : "encrypt.key-secret") + "' is required for cipher";
+      }
+      std::string msg = "Could not open '" + shown + "': ";
+      for (size_t i = 0; i < depth; ++i) msg += "Could not open backing file: ";
+      return vd::Error(e.code(), msg + why);
+    }
+    return qemu_open_error(shown, e);
+  }
+  if (req.refusal) {
+    (*disk)->close();
+    return could_not_open(shown, req.refusal);
+  }
   return disk;
+}
+
+// The bytes of the secret `id` names ("No secret with id 'ID'" as qemu when none does).
+vd::Result<std::string> secret_bytes(const OpenRequest& req, const std::string& id) {
+  auto it = req.secrets.find(id);
+  if (it == req.secrets.end()) return vd::Error(vd::Errc::not_found, "No secret with id '" + id + "'");
+  return it->second;
+}
+
+}  // namespace
+
+vd::Result<OpenRequest> resolve_request(Context& ctx, const OpenRequest& given) {
+  if (!given.image_opts && !is_json_name(given.path)) return given;
+  const std::string& shown = given.path;
+  auto spec = parse_image_spec(given.path, given.image_opts);
+  if (!spec) return could_not_open(shown, spec.error());
+  OpenRequest req = given;
+  req.path = spec->filename;
+  if (spec->format && !given.format) req.format = spec->format;  // -f wins, as in qemu-img
+  req.force_share = req.force_share || spec->force_share;
+  req.no_backing = req.no_backing || spec->no_backing;
+  for (const auto& w : spec->warnings) fail("warning: " + w);
+  if (spec->no_lock) req.flags |= vd::open_no_lock;
+  if (spec->cache_direct || spec->cache_no_flush) {
+    // qemu's cache.direct and cache.no-flush over the command's -t/-T mode (writethrough is
+    // the command's: qemu keeps it on the BlockBackend).
+    using M = vd::CacheMode;
+    bool direct = req.cache == M::none || req.cache == M::directsync;
+    const bool through = req.cache == M::writethrough || req.cache == M::directsync;
+    bool no_flush = req.cache == M::unsafe;
+    direct = spec->cache_direct.value_or(direct);
+    no_flush = spec->cache_no_flush.value_or(no_flush);
+    if (direct && no_flush)
+      return could_not_open(shown, vd::Error(vd::Errc::not_supported,
+                                             "vdimg has no cache mode with both cache.direct and cache.no-flush"));
+    req.cache = no_flush ? M::unsafe : direct ? (through ? M::directsync : M::none)
+                                              : (through ? M::writethrough : M::writeback);
+  }
+
+  // The format, for qemu's "Block format 'F' does not support the option 'K'": the driver
+  // given, else what the file is.
+  std::string format = req.format.value_or("");
+  std::error_code ec;
+  if (format.empty() && std::filesystem::exists(req.path, ec)) {
+    if (auto probed = ctx.registry.probe(req.path, ctx.rt.files())) format = std::string((*probed)->name());
+  }
+  // Keys qemu's format does not take are refused after the open, as qemu-img checks what is
+  // left unused once the image is open (a missing or wrong key is reported first).
+  auto unsupported = [&](const std::string& key) {
+    req.refusal = vd::Error(vd::Errc::invalid_argument, "Block format '" + format +
+                                                           "' does not support the option '" + key + "'");
+  };
+  const bool takes_key = spec->key_option == "key-secret" ? format == "luks" : (format == "qcow2" || format == "qcow");
+  if (spec->key_secret && !format.empty() && !takes_key) {
+    unsupported(spec->key_option);  // qcow and qcow2 take encrypt.key-secret, luks key-secret
+    spec->key_secret.reset();
+  }
+  if (spec->unknown_key) unsupported(*spec->unknown_key);
+  // info opens the images one by one (even with --backing-chain): the backing options stay
+  // unused.
+  if (spec->backing_option && given.key_unused) unsupported(*spec->backing_option);
+
+  // The key of the image and that of its backing image. vd gives one key to every image of
+  // the chain (the unencrypted ones ignore it): different keys are refused.
+  const bool need_key = !req.key_unused;
+  std::optional<std::string> key, backing_key;
+  if (spec->key_secret) {
+    auto bytes = secret_bytes(req, *spec->key_secret);
+    if (!bytes && need_key) return could_not_open(shown, bytes.error());
+    if (bytes) key = *bytes;
+  }
+  if (spec->backing_key_secret) {
+    auto bytes = secret_bytes(req, *spec->backing_key_secret);
+    if (!bytes && need_key) return could_not_open(shown, bytes.error());
+    if (bytes) backing_key = *bytes;
+  }
+  if (key && backing_key && *key != *backing_key)
+    return could_not_open(shown, vd::Error(vd::Errc::not_supported,
+                                           "vdimg opens a chain with one key: the image's and its backing image's "
+                                           "key-secret must hold the same key"));
+  if (key || backing_key) {
+    req.passphrase = key ? key : backing_key;
+    // A key given is a key checked, as qemu-img checks it (map, snapshot, bitmap would
+    // otherwise open the metadata alone).
+    if (!given.key_unused) req.flags &= ~unsigned{vd::open_info_only};
+  }
+  req.image_opts = false;
+  req.shown_as = shown;
+  return req;
+}
+
+vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& given) {
+  auto req = resolve_request(ctx, given);
+  if (!req) return req.error();
+  return open_file(ctx, *req, req->shown_as.empty() ? req->path : req->shown_as);
 }
 
 vd::Result<CacheArgs> cache_args(const Args& args, unsigned which, vd::CacheMode cache_default,
@@ -124,6 +272,10 @@ vd::Error qemu_open_error(const std::string& top, const vd::Error& e) {
     return vd::Error(e.code(), "Could not open '" + top + "': Could not open '" + e.cause()->path() +
                                    "': " + std::strerror(e.cause()->system_errno()))
         .sys_errno(e.cause()->system_errno());
+  // A wrong key: "Could not open 'TOP': Invalid password, cannot unlock any keyslot".
+  if (e.is(vd::Errc::wrong_passphrase) && e.structure_name().empty() && !e.cause() &&
+      d.find("a passphrase is needed") == std::string::npos)
+    return vd::Error(e.code(), "Could not open '" + top + "': " + d);
   const size_t chain_at = d.find("' (chain: ");
   if (!e.is(vd::Errc::not_found) || d.rfind(lead, 0) != 0 || chain_at == std::string::npos ||
       d.size() < tail.size() || d.compare(d.size() - tail.size(), tail.size(), tail) != 0)

@@ -13,7 +13,9 @@
 
 namespace vdimg {
 
-// The secret objects of the command line by id. Other --object kinds are ignored.
+// The secret objects of the command line by id (data= or file=, format=raw or base64), in
+// qemu's words when wrong. Other --object kinds are refused: a qemu type by name (vdimg has
+// no use for it), others as qemu refuses them; encrypted secrets (keyid, iv) are refused.
 vd::Result<std::map<std::string, std::string>> secret_objects(const Args& args);
 
 // The passphrase a new image gets: the secret its key-secret option names, else the content

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <iosfwd>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,12 +55,35 @@ struct OpenRequest {
   // -U/--force-share: share the image with writers (read-only opens only, as qemu-img).
   bool force_share = false;
   vd::CacheMode cache = vd::CacheMode::writeback;  // -t or -T (cache_args)
+  // `path` is an --image-opts string ("driver=qcow2,file.filename=x,encrypt.key-secret=ID");
+  // a path "json:{...}" is one too, in JSON (image_spec.h).
+  bool image_opts = false;
+  // The --object secret objects by id: the keys those two forms name.
+  std::map<std::string, std::string> secrets;
+  // info: qemu-img opens the image without I/O and never looks its key-secret up.
+  bool key_unused = false;
+  // Set by resolve_request: the json:/--image-opts text `path` came from (for messages).
+  std::string shown_as;
+  // Set by resolve_request: an option left unused, refused once the image has opened.
+  vd::Error refusal;
 };
+// A json: or --image-opts request as a plain one: path the file, format the driver,
+// passphrase the key the key-secret names (qemu's words for what is wrong in it). For the
+// commands that open the images of a chain themselves (commit).
+vd::Result<OpenRequest> resolve_request(Context& ctx, const OpenRequest& req);
 // A missing IMAGE, data file or backing file fails in qemu-img's words ("Could not open
-// 'x': ..."; qemu_open_error words the errors of Disk::open so).
+// 'x': ..."; qemu_open_error words the errors of Disk::open so). A json: path or an
+// --image-opts string opens the file it names, with the key its key-secret names.
 vd::Result<std::unique_ptr<vd::Disk>> open_disk(Context& ctx, const OpenRequest& req);
 // --passphrase-file FILE, when given, into req.passphrase.
 vd::Error take_passphrase_file(const Args& args, OpenRequest& req);
+// Everything of the command line that says how IMAGE opens, for the commands that have
+// qemu-img's --object and --image-opts: the secrets, the --image-opts flag (refused with -f,
+// as qemu-img does) and --passphrase-file when the command has it.
+vd::Error take_image_options(const Args& args, OpenRequest& req);
+// The name qemu-img prints for the image `req` opened (info's "image:"): the path, or for a
+// json:/--image-opts name the file, or json:{...} when a key-secret was given.
+std::string display_name(const OpenRequest& req, const vd::Disk& disk);
 // open_disk, with a missing internal snapshot (req.snapshot) in qemu-img's words.
 vd::Result<std::unique_ptr<vd::Disk>> open_disk_at_snapshot(Context& ctx, const OpenRequest& req);
 vd::Error qemu_open_error(const std::string& top, const vd::Error& e);
