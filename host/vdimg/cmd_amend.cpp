@@ -60,45 +60,6 @@ const char kLuksHelp[] =
     "  old-secret=<str>       - Select all keyslots that match this password\n"
     "  state=<str>            - Select new state of affected keyslots (active/inactive)\n";
 
-// --image-opts: the few keys of qemu's block options that name a local image and its key.
-vd::Error take_image_opts(const Args& args, const std::map<std::string, std::string>& secrets,
-                          OpenRequest& req) {
-  auto list = parse_option_list({args.positional[0]});
-  if (!list) return list.error();
-  std::optional<std::string> secret_id;
-  for (const auto& [key, value] : *list) {
-    if (key == "driver") req.format = value;
-    else if (key == "file.filename" || key == "file") req.path = value;
-    else if (key == "file.driver" && value == "file") continue;
-    else if (key == "key-secret" || key == "encrypt.key-secret") secret_id = value;
-    else return vd::Error(vd::Errc::not_supported, "--image-opts: option '" + key + "' is not supported by vdimg");
-  }
-  if (req.path.empty())
-    return vd::Error(vd::Errc::invalid_argument, "--image-opts: file.filename=IMAGE is missing");
-  if (secret_id) {
-    auto s = secrets.find(*secret_id);
-    if (s == secrets.end())
-      return vd::Error(vd::Errc::not_found,
-                       "Could not open '" + args.positional[0] + "': No secret with id '" + *secret_id + "'");
-    req.passphrase = s->second;
-  }
-  return {};
-}
-
-// The image could not be opened for want of a key: qemu-img's words, which name the option
-// that gives it.
-std::string missing_key_message(Context& ctx, const OpenRequest& req, const std::string& shown) {
-  OpenRequest info = req;
-  info.flags = vd::open_read_only | vd::open_info_only;
-  auto disk = open_disk(ctx, info);
-  std::string option = "key-secret";
-  if (disk) {
-    if (format_name((*disk)->image(0)) == "qcow2") option = "encrypt.key-secret";
-    (*disk)->close();
-  }
-  return "Could not open '" + shown + "': Parameter '" + option + "' is required for cipher";
-}
-
 }  // namespace
 
 int cmd_amend(const Argv& argv) {
@@ -123,36 +84,18 @@ int cmd_amend(const Argv& argv) {
   if (auto err = expect_positional(*args, 1, 1, "an image name")) return fail(err);
   auto cache = cache_args(*args, opt_cache);
   if (!cache) return fail(cache.error());
-  auto secrets = secret_objects(*args);
-  if (!secrets) return fail(secrets.error());
   Context ctx;
   OpenRequest req;
   req.cache = cache->cache;
   req.path = args->positional[0];
   req.format = args->last("format");
-  if (args->has("image-opts")) {
-    if (req.format) return fail("--image-opts and --format are mutually exclusive");
-    if (vd::Error e = take_image_opts(*args, *secrets, req)) return fail(e);
-  }
-  if (vd::Error e = take_passphrase_file(*args, req)) return fail(e);
-  const std::string shown = args->positional[0];  // qemu-img names the image as given
+  if (vd::Error e = take_image_options(*args, req)) return fail(e);
   // The repair of a dirty image (lazy refcounts after a crash) is done here rather than by
   // the open, so that its findings reach stderr as qemu-img's open prints them.
   req.flags = help ? unsigned{vd::open_read_only} : unsigned{vd::open_no_repair};
   req.no_backing = true;
-  auto disk = open_disk(ctx, req);
-  if (!disk && disk.error().is(vd::Errc::wrong_passphrase) && !req.passphrase)
-    return fail(missing_key_message(ctx, req, shown));
-  if (!disk && disk.error().is(vd::Errc::wrong_passphrase))
-    return fail("Could not open '" + shown + "': " + disk.error().detail());
-  if (!disk) {
-    // qemu-img names the image as given: with --image-opts, the option string.
-    std::string message = disk.error().message();
-    const std::string lead = "Could not open '" + req.path + "': ";
-    if (shown != req.path && message.starts_with(lead))
-      message = "Could not open '" + shown + "': " + message.substr(lead.size());
-    return fail(message);
-  }
+  auto disk = open_disk(ctx, req);  // a missing or wrong key in qemu-img's words
+  if (!disk) return fail(disk.error().message());
   vd::Image& image = (*disk)->image(0);
   if (!help && image.dirty()) {
     auto report = image.check(vd::RepairMode::all);
@@ -180,7 +123,7 @@ int cmd_amend(const Argv& argv) {
     (*disk)->close();
     return fail("Invalid parameter '" + *reserved + "'");
   }
-  for (const auto& [id, data] : *secrets) opts.options[std::string(vd::qcow::kLuksAmendSecretPrefix) + id] = data;
+  for (const auto& [id, data] : req.secrets) opts.options[std::string(vd::qcow::kLuksAmendSecretPrefix) + id] = data;
   const bool quiet = args->has("quiet");
   ProgressLine progress(args->has("p") && !quiet);
   opts.force = args->has("force");
