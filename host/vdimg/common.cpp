@@ -81,8 +81,8 @@ vd::Result<std::unique_ptr<vd::Disk>> open_file(Context& ctx, const OpenRequest&
   o.cache = req.cache;
   if (req.force_share) {
     if (!(req.flags & vd::open_read_only))
-      return vd::Error(vd::Errc::invalid_argument, "force-share=on can only be used with read-only images")
-          .image(req.path);
+      return vd::Error(vd::Errc::invalid_argument,
+                       "Could not open '" + shown + "': force-share=on can only be used with read-only images");
     o.flags |= vd::open_force_share;
   }
   if (req.format && !ctx.registry.find(*req.format))
@@ -275,6 +275,9 @@ vd::Error qemu_open_error(const std::string& top, const vd::Error& e) {
   // A wrong key: "Could not open 'TOP': Invalid password, cannot unlock any keyslot".
   if (e.is(vd::Errc::wrong_passphrase) && e.structure_name().empty() && !e.cause() &&
       d.find("a passphrase is needed") == std::string::npos)
+    return vd::Error(e.code(), "Could not open '" + top + "': " + d);
+  // A lock another process holds: "Could not open 'TOP': Failed to get ... lock\nIs another ...".
+  if (e.is(vd::Errc::busy) && e.structure_name().empty() && !e.cause() && d.rfind("Failed to get ", 0) == 0)
     return vd::Error(e.code(), "Could not open '" + top + "': " + d);
   const size_t chain_at = d.find("' (chain: ");
   if (!e.is(vd::Errc::not_found) || d.rfind(lead, 0) != 0 || chain_at == std::string::npos ||

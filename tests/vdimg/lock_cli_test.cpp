@@ -107,6 +107,10 @@ TEST_F(LockTest, QemuWriterKeepsVdimgOut) {
   EXPECT_EQ(info.exit_code, 1);
   EXPECT_NE(info.err.find("Failed to get shared \"write\" lock"), std::string::npos) << info.err;
   EXPECT_NE(info.err.find(busy_hint(image_)), std::string::npos) << info.err;
+  // qemu-img's words: "qemu-img: Could not open 'IMG': Failed to get shared "write" lock".
+  EXPECT_NE(info.err.find("vdimg: Could not open '" + image_ + "': Failed to get shared \"write\" lock"),
+            std::string::npos)
+      << info.err;
 
   auto shared = vdimg({"info", "-U", image_});
   EXPECT_EQ(shared.exit_code, 0) << shared.err;
