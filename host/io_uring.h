@@ -4,12 +4,37 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <memory>
+#include <optional>
 
 #include "vd/io.h"
 
 namespace vd::detail {
 
+// How the ring is set up; the defaults are what the Runtime uses (tests change them).
+struct UringSetup {
+  // io_uring_setup flags tried first. A kernel that refuses them (EINVAL: older than the
+  // flags) gets a ring without them.
+  unsigned flags = 0;
+  // Slots of the registered file table (IOSQE_FIXED_FILE); a file opened when every slot
+  // is taken uses its descriptor. 0: no table.
+  unsigned fixed_files = 256;
+  // How long the executor keeps looking at the completion queue after its last completion
+  // before it sleeps on the ring's eventfd. Negative: VD_URING_POLL_US, else the default.
+  int poll_us = -1;
+};
+
 // nullptr when the kernel refuses a ring (old kernel, seccomp): the caller uses threads.
-std::unique_ptr<IoProvider> make_uring_provider(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool);
+std::unique_ptr<IoProvider> make_uring_provider(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool,
+                                                const UringSetup& setup = {});
+
+// What a ring got from the kernel, for tests; nullopt when `p` is no io_uring provider.
+struct UringStats {
+  unsigned flags = 0;        // io_uring_setup flags in use
+  unsigned table_size = 0;   // registered file slots (0: none)
+  unsigned slots_used = 0;   // slots holding an open file
+  uint64_t ops_made = 0;     // operation records allocated (reused after that)
+  uint64_t sleeps = 0;       // times the executor stopped polling and waited on the eventfd
+};
+std::optional<UringStats> uring_stats(IoProvider& p);
 
 }  // namespace vd::detail
