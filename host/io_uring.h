@@ -1,6 +1,8 @@
 // The io_uring provider (host/io_uring.cpp), made by the Runtime when asked for.
 #pragma once
 
+#include <liburing.h>
+
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <memory>
@@ -13,8 +15,12 @@ namespace vd::detail {
 // How the ring is set up; the defaults are what the Runtime uses (tests change them).
 struct UringSetup {
   // io_uring_setup flags tried first. A kernel that refuses them (EINVAL: older than the
-  // flags) gets a ring without them.
-  unsigned flags = 0;
+  // flags) gets a ring without them. COOP_TASKRUN: a completion does not interrupt the
+  // submitting thread (an IPI, costly in a VM); its CQE is posted the next time that thread
+  // enters the kernel, which the loop does at every submission, and TASKRUN_FLAG tells the
+  // loop (liburing's peek) to enter it when nothing else would. Not SINGLE_ISSUER (and so
+  // not DEFER_TASKRUN): any thread may submit. Linux 5.19.
+  unsigned flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
   // Slots of the registered file table (IOSQE_FIXED_FILE); a file opened when every slot
   // is taken uses its descriptor. 0: no table.
   unsigned fixed_files = 256;

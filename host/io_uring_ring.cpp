@@ -25,9 +25,11 @@ constexpr unsigned kEntries = 256;
 // which costs a system call to flush.
 constexpr unsigned kCqEntries = 1024;
 constexpr unsigned kMaxBatch = 64;
-// The poll window: O_DIRECT reads on an SSD complete within tens of microseconds of each
-// other at any useful depth; qemu's adaptive polling tops out at 32 µs by default.
+// The largest poll window: O_DIRECT reads on an SSD complete within tens of microseconds
+// of each other at any useful depth; qemu's adaptive polling tops out at 32 µs by default.
 constexpr int kDefaultPollUs = 50;
+// Where a growing window starts.
+constexpr std::chrono::microseconds kFirstWindow{4};
 
 const char* name_of(UringOp::Kind k) {
   switch (k) {
@@ -75,7 +77,7 @@ void UringRing::List::push(UringOp* op) {
 }
 
 UringRing::UringRing(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool, std::chrono::microseconds window)
-    : ex_(std::move(ex)), pool_(pool), window_(window) {}
+    : ex_(std::move(ex)), pool_(pool), max_window_(window) {}
 
 std::shared_ptr<UringRing> UringRing::create(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool,
                                              const UringSetup& setup) {
@@ -247,6 +249,7 @@ void UringRing::poll(bool fresh) {
 void UringRing::sleep_locked() {
   watch_ = Watch::sleeping;
   ++sleeps_;
+  slept_at_ = Clock::now();
   if (!waiting_) {
     waiting_ = true;
     efd_->async_wait(boost::asio::posix::stream_descriptor::wait_read,
@@ -274,6 +277,12 @@ void UringRing::woken(const boost::system::error_code& ec) {
     uint64_t count;
     [[maybe_unused]] auto n = ::read(efd_->native_handle(), &count, sizeof count);
   }
+  // A wake-up soon after the sleep: polling that much longer would have saved it.
+  const auto slept = Clock::now() - slept_at_;
+  if (slept <= max_window_)
+    window_ = std::min<Clock::duration>(max_window_, std::max<Clock::duration>(kFirstWindow, window_ * 2));
+  else
+    window_ = {};
   poll(true);
 }
 

@@ -9,6 +9,9 @@
 // completed for the poll window does the handler stop and wait for the ring's eventfd on
 // the executor's reactor; the kernel signals that eventfd only while the loop sleeps
 // (IORING_CQ_EVENTFD_DISABLED otherwise), so a busy ring costs the kernel nothing extra.
+// The window adapts as qemu's polling does: it grows (up to UringSetup::poll_us) when a
+// completion woke the loop soon after it slept, and drops to nothing when the sleep was
+// long, so a slow device or a machine whose CPUs are taken is not polled for nothing.
 //
 // Threads: any thread may submit (the submission queue, the free operation records and the
 // loop's state are under m_); exactly one poll handler exists while the loop polls (the
@@ -113,7 +116,7 @@ class UringRing : public std::enable_shared_from_this<UringRing> {
 
   boost::asio::any_io_executor ex_;
   boost::asio::thread_pool& pool_;
-  const std::chrono::microseconds window_;
+  const std::chrono::microseconds max_window_;
   io_uring ring_{};
   bool ring_ok_ = false;
   unsigned flags_ = 0;
@@ -129,7 +132,11 @@ class UringRing : public std::enable_shared_from_this<UringRing> {
   std::optional<boost::asio::posix::stream_descriptor> efd_;
 
   std::mutex cq_m_;
-  Clock::time_point last_{};  // the poll handler's: when it last saw a completion
+  // The poll handler's (whoever holds the loop: see `watch_`): when it last saw a
+  // completion, how long it polls after that, when it last went to sleep.
+  Clock::time_point last_{};
+  Clock::duration window_{};
+  Clock::time_point slept_at_{};
 
   std::mutex slot_m_;
   unsigned table_size_ = 0;
