@@ -76,7 +76,12 @@ class UringProvider final : public PosixIoProvider {
   Result<std::unique_ptr<File>> open(const std::string& path, unsigned mode) override {
     auto fd = open_fd(path, mode);
     if (!fd) return fd.error();
-    const int slot = ring_->attach(**fd);
+    // A slot only for a file that holds no image locks: the ring's table keeps its own
+    // reference to the open file, and OFD locks go only with the last one. Linux 6.1 drops
+    // a removed entry's reference from a delayed work item (up to a second after the
+    // close), and after a crash (kill -9) the table lives until the kernel's asynchronous
+    // teardown of the ring: qemu-img would find the image still locked.
+    const int slot = (mode & file_lock) ? -1 : ring_->attach(**fd);
     // The pool does an O_DIRECT file's unaligned requests and discards: its own (io_posix.cpp).
     auto& pool = pool_for((*fd)->align != 0);
     return std::unique_ptr<File>(std::make_unique<UringFile>(std::move(*fd), ex_, pool, ring_, slot));

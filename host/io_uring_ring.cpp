@@ -2,7 +2,6 @@
 // the registered file table (see host/io_uring_ring.h).
 #include "host/io_uring_ring.h"
 
-#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -119,14 +118,16 @@ bool UringRing::init(const UringSetup& setup) {
 
   // The registered file table: a request naming a slot spares the kernel looking the
   // descriptor up and taking a reference to the file (atomic: the process has threads).
-  if (setup.fixed_files) {
-    int fr = io_uring_register_files_sparse(&ring_, setup.fixed_files);
+  unsigned files = setup.fixed_files;
+  if (const char* v = std::getenv("VD_URING_FILES")) files = static_cast<unsigned>(std::strtoul(v, nullptr, 0));
+  if (files) {
+    int fr = io_uring_register_files_sparse(&ring_, files);
     if (fr < 0) {  // before Linux 5.19: a table of empty entries
-      std::vector<int> empty(setup.fixed_files, -1);
-      fr = io_uring_register_files(&ring_, empty.data(), setup.fixed_files);
+      std::vector<int> empty(files, -1);
+      fr = io_uring_register_files(&ring_, empty.data(), files);
     }
     if (fr == 0) {
-      table_size_ = setup.fixed_files;
+      table_size_ = files;
       for (unsigned i = table_size_; i-- > 0;) free_slots_.push_back(static_cast<int>(i));
     }
   }
@@ -421,14 +422,7 @@ int UringRing::attach(Fd& f) {
   return slot;
 }
 
-void UringRing::detach(const Fd& f, int slot) {
-  // The ring lets go of a removed file late (Linux 6.1 puts it from a delayed work item, up
-  // to a second later): the file's OFD locks (QEMU's image locking) would outlive the close
-  // that long, and a reopen right after would find them. Unlock them here.
-  struct flock fl {};
-  fl.l_type = F_UNLCK;
-  fl.l_whence = SEEK_SET;
-  ::fcntl(f.fd, F_OFD_SETLK, &fl);
+void UringRing::detach(const Fd&, int slot) {
   int none = -1;
   std::lock_guard lock(slot_m_);
   if (io_uring_register_files_update(&ring_, static_cast<unsigned>(slot), &none, 1) == 1)

@@ -74,7 +74,8 @@ class UringRing : public std::enable_shared_from_this<UringRing> {
   bool submit(UringOp::Kind kind, const std::shared_ptr<Fd>& fd, int slot, std::byte* buf, uint64_t offset,
               uint64_t len, bool holds_range, Completion& done);
 
-  // A registered slot for `f` (freed just before it closes), or -1 when none is left.
+  // A registered slot for `f` (freed just before it closes), or -1 when none is left. For
+  // files without image locks only (see UringProvider::open).
   int attach(Fd& f);
 
   // Waits for every request on the ring (see the top of this file); nothing is submitted after.

@@ -132,14 +132,15 @@ TEST_F(UringRingTest, SetupFlagsTheKernelRefusesFallBackToAPlainRing) {
   EXPECT_EQ(got, data);
 }
 
-TEST_F(UringRingTest, AClosedFileLetsGoOfItsImageLocksAtOnce) {
+TEST_F(UringRingTest, ALockedImageGetsNoSlotAndLetsGoOfItsLocksAtOnce) {
   MAKE_OR_SKIP(p, UringSetup{});
   auto data = vdtest::pattern(4096, 4);
   for (int i = 0; i < 3; ++i) {
-    // A second open of a locked image for writing is refused while the first holds it;
-    // the ring holds a reference to the file in its table, which must not keep the locks.
+    // A second open of a locked image for writing is refused while the first holds it:
+    // a reference the ring kept to the file would keep the locks.
     auto f = open(*p, "img", vd::file_lock);
     ASSERT_TRUE(f) << i;
+    EXPECT_EQ(stats(*p).slots_used, 0u);
     ASSERT_FALSE(write(*f, 0, data));
     f.reset();
   }
