@@ -260,8 +260,11 @@ void UringRing::sleep_locked() {
   // A completion posted before the kernel saw the eventfd enabled signals nothing: look
   // once more after enabling it (the fence orders our flag store before the tail load; the
   // kernel's side posts the tail before it reads the flag).
+  // Completions the kernel holds back (its overflow list past kCqEntries, task work under
+  // COOP_TASKRUN) signal nothing either: peeking posts them, so poll instead of sleeping.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (io_uring_cq_ready(&ring_)) {
+  const unsigned held = IO_URING_READ_ONCE(*ring_.sq.kflags) & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN);
+  if (io_uring_cq_ready(&ring_) || held) {
     io_uring_cq_eventfd_toggle(&ring_, false);
     watch_ = Watch::polling;
     boost::asio::defer(ex_, [self = shared_from_this()] { self->poll(true); });
