@@ -19,10 +19,12 @@ struct UringSetup {
   // submitting thread (an IPI, costly in a VM); its CQE is posted the next time that thread
   // enters the kernel, which the loop does at every submission, and TASKRUN_FLAG tells the
   // loop (liburing's peek) to enter it when nothing else would. Not SINGLE_ISSUER (and so
-  // not DEFER_TASKRUN): any thread may submit. Linux 5.19.
+  // not DEFER_TASKRUN): any thread may submit. Linux 5.19. VD_URING_FLAGS (a number)
+  // replaces them, for benchmarks.
   unsigned flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
   // Slots of the registered file table (IOSQE_FIXED_FILE); a file opened when every slot
-  // is taken uses its descriptor. 0: no table.
+  // is taken, or that holds image locks, uses its descriptor. 0: no table. VD_URING_FILES
+  // replaces it, for benchmarks.
   unsigned fixed_files = 256;
   // How long the executor keeps looking at the completion queue after its last completion
   // before it sleeps on the ring's eventfd. Negative: VD_URING_POLL_US, else the default.

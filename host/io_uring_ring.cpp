@@ -295,14 +295,17 @@ unsigned UringRing::reap(List& out) {
   const unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, kMaxBatch);
   UringOp* ops[kMaxBatch];
   int res[kMaxBatch];
+  unsigned mine = 0;
   for (unsigned i = 0; i < n; ++i) {
-    ops[i] = static_cast<UringOp*>(io_uring_cqe_get_data(cqes[i]));
-    res[i] = cqes[i]->res;
+    // A kernel before 5.11 has close()'s wait put a timeout of liburing's own on the ring.
+    if (cqes[i]->user_data == LIBURING_UDATA_TIMEOUT) continue;
+    ops[mine] = static_cast<UringOp*>(io_uring_cqe_get_data(cqes[i]));
+    res[mine++] = cqes[i]->res;
   }
   io_uring_cq_advance(&ring_, n);
-  for (unsigned i = 0; i < n; ++i)
+  for (unsigned i = 0; i < mine; ++i)
     if (progress(*ops[i], res[i])) out.push(ops[i]);
-  return n;
+  return mine;
 }
 
 // Accounts one completion of `op`; true when it is done, false when it went back on the
