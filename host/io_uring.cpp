@@ -11,6 +11,8 @@
 // buffers of unaligned O_DIRECT requests live on the pool's path.
 #include "host/io_uring.h"
 
+#include <cstdlib>
+
 #include "host/io_fd.h"
 #include "host/io_posix_file.h"
 #include "host/io_uring_ring.h"
@@ -95,6 +97,21 @@ class UringProvider final : public PosixIoProvider {
 };
 
 }  // namespace
+
+UringSetup UringSetup::from_env() {
+  UringSetup s;
+  auto number = [](const char* name, unsigned& field) {
+    if (const char* v = std::getenv(name); v && *v) field = static_cast<unsigned>(std::strtoul(v, nullptr, 0));
+  };
+  number("VD_URING_FLAGS", s.flags);
+  number("VD_URING_FILES", s.fixed_files);
+  number("VD_URING_POLL_US", s.poll_us);
+  return s;
+}
+
+std::unique_ptr<IoProvider> make_uring_provider(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool) {
+  return make_uring_provider(std::move(ex), pool, UringSetup::from_env());
+}
 
 std::unique_ptr<IoProvider> make_uring_provider(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool,
                                                 const UringSetup& setup) {

@@ -19,21 +19,27 @@ struct UringSetup {
   // submitting thread (an IPI, costly in a VM); its CQE is posted the next time that thread
   // enters the kernel, which the loop does at every submission, and TASKRUN_FLAG tells the
   // loop (liburing's peek) to enter it when nothing else would. Not SINGLE_ISSUER (and so
-  // not DEFER_TASKRUN): any thread may submit. Linux 5.19. VD_URING_FLAGS (a number)
-  // replaces them, for benchmarks.
+  // not DEFER_TASKRUN): any thread may submit. Linux 5.19.
   unsigned flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
   // Slots of the registered file table (IOSQE_FIXED_FILE); a file opened when every slot
-  // is taken, or that holds image locks, uses its descriptor. 0: no table. VD_URING_FILES
-  // replaces it, for benchmarks.
+  // is taken, or that holds image locks, uses its descriptor. 0: no table.
   unsigned fixed_files = 256;
-  // How long the executor keeps looking at the completion queue after its last completion
-  // before it sleeps on the ring's eventfd. Negative: VD_URING_POLL_US, else the default.
-  int poll_us = -1;
+  // The longest the executor keeps looking at the completion queue after its last
+  // completion before it sleeps on the ring's eventfd (adaptive below that). O_DIRECT
+  // reads on an SSD complete within tens of microseconds of each other at any useful
+  // depth; qemu's adaptive polling tops out at 32 µs by default.
+  unsigned poll_us = 50;
+
+  // The defaults with what VD_URING_FLAGS, VD_URING_FILES and VD_URING_POLL_US say
+  // instead (numbers; for benchmarks comparing them).
+  static UringSetup from_env();
 };
 
 // nullptr when the kernel refuses a ring (old kernel, seccomp): the caller uses threads.
+// Without `setup`: UringSetup::from_env().
+std::unique_ptr<IoProvider> make_uring_provider(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool);
 std::unique_ptr<IoProvider> make_uring_provider(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool,
-                                                const UringSetup& setup = {});
+                                                const UringSetup& setup);
 
 // What a ring got from the kernel, for tests; nullopt when `p` is no io_uring provider.
 struct UringStats {

@@ -24,9 +24,6 @@ constexpr unsigned kEntries = 256;
 // which costs a system call to flush.
 constexpr unsigned kCqEntries = 1024;
 constexpr unsigned kMaxBatch = 64;
-// The largest poll window: O_DIRECT reads on an SSD complete within tens of microseconds
-// of each other at any useful depth; qemu's adaptive polling tops out at 32 µs by default.
-constexpr int kDefaultPollUs = 50;
 // Where a growing window starts.
 constexpr std::chrono::microseconds kFirstWindow{4};
 
@@ -60,12 +57,6 @@ void prep(io_uring_sqe* sqe, const UringOp& op) {
   io_uring_sqe_set_data(sqe, const_cast<UringOp*>(&op));
 }
 
-int poll_us_of(const UringSetup& s) {
-  if (s.poll_us >= 0) return s.poll_us;
-  if (const char* v = std::getenv("VD_URING_POLL_US")) return std::atoi(v);
-  return kDefaultPollUs;
-}
-
 }  // namespace
 
 void UringRing::List::push(UringOp* op) {
@@ -80,7 +71,7 @@ UringRing::UringRing(boost::asio::any_io_executor ex, boost::asio::thread_pool& 
 
 std::shared_ptr<UringRing> UringRing::create(boost::asio::any_io_executor ex, boost::asio::thread_pool& pool,
                                              const UringSetup& setup) {
-  std::shared_ptr<UringRing> r(new UringRing(std::move(ex), pool, std::chrono::microseconds(poll_us_of(setup))));
+  std::shared_ptr<UringRing> r(new UringRing(std::move(ex), pool, std::chrono::microseconds(setup.poll_us)));
   if (!r->init(setup)) return nullptr;
   return r;
 }
@@ -94,8 +85,7 @@ bool UringRing::init(const UringSetup& setup) {
     if (r == 0) flags_ = flags;
     return r;
   };
-  unsigned want = setup.flags;
-  if (const char* v = std::getenv("VD_URING_FLAGS")) want = static_cast<unsigned>(std::strtoul(v, nullptr, 0));
+  const unsigned want = setup.flags;
   int r = try_flags(want);
   if (r == -EINVAL && want) r = try_flags(0);  // a kernel older than the flags
   if (r < 0) return false;
@@ -118,8 +108,7 @@ bool UringRing::init(const UringSetup& setup) {
 
   // The registered file table: a request naming a slot spares the kernel looking the
   // descriptor up and taking a reference to the file (atomic: the process has threads).
-  unsigned files = setup.fixed_files;
-  if (const char* v = std::getenv("VD_URING_FILES")) files = static_cast<unsigned>(std::strtoul(v, nullptr, 0));
+  const unsigned files = setup.fixed_files;
   if (files) {
     int fr = io_uring_register_files_sparse(&ring_, files);
     if (fr < 0) {  // before Linux 5.19: a table of empty entries
