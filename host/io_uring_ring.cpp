@@ -211,6 +211,12 @@ void UringRing::poll(bool fresh) {
     seen = reap(done);
     cq_m_.unlock();
   }
+  if (seen) {
+    // Counted out before the callbacks run: one of them may destroy the provider, whose
+    // close() waits for the ring to have nothing in flight.
+    std::lock_guard lock(m_);
+    in_flight_ -= seen;
+  }
   for (UringOp* op = done.head; op; op = op->next) finish(*op);
   const auto now = Clock::now();
   if (fresh || seen) last_ = now;
@@ -221,7 +227,6 @@ void UringRing::poll(bool fresh) {
     recycle_locked(op);
     op = next;
   }
-  in_flight_ -= seen;
   if (io_uring_sq_ready(&ring_)) io_uring_submit(&ring_);  // one the kernel refused before
   if (in_flight_ == 0) {
     watch_ = Watch::none;

@@ -256,3 +256,27 @@ TEST_F(UringRingTest, TheLoopSleepsOnTheEventfdAndTheExecutorRunsOutOfWork) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(UringRingTest, ACompletionMayDestroyTheProvider) {
+  MAKE_OR_SKIP(p, UringSetup{});
+  auto f = open(*p, "a", vd::file_direct);
+  Aligned buf(8 * 4096);
+  std::memset(buf.p, 9, buf.n);
+  ASSERT_FALSE(write(*f, 0, buf.span()));
+  int done = 0;
+  for (int i = 0; i < 8; ++i)
+    f->async_read(IoKind::data, i * 4096, std::span(buf.p + i * 4096, 4096), [&](Error e) {
+      EXPECT_FALSE(e);
+      ++done;
+      f.reset();
+      p.reset();  // waits for the reads still on the ring, then posts their completions
+    });
+  ctx_.restart();
+  ctx_.run();
+  EXPECT_EQ(done, 8);
+  EXPECT_FALSE(p);
+}
+
+}  // namespace
