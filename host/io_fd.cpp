@@ -378,6 +378,7 @@ void count_flush() { io_counters().flushes++; }
 void count_unaligned() { io_counters().unaligned_direct++; }
 
 Fd::~Fd() {
+  if (before_close) before_close(*this);
   if (fd >= 0) ::close(fd);
 }
 

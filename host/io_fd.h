@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -33,6 +34,9 @@ struct Fd {
   bool no_flush = false;  // cache=unsafe
   bool in_memory = false;           // on tmpfs: a buffered read never waits for a device
   std::atomic<bool> nowait{true};  // buffered reads may try RWF_NOWAIT (cleared where unsupported)
+  // Runs just before the descriptor closes: the io_uring provider frees the file's slot in
+  // its registered file table there (host/io_uring_ring.h).
+  std::function<void(const Fd&)> before_close;
   Fd(int f, std::string p) : fd(f), path(std::move(p)) {}
   ~Fd();
   Fd(const Fd&) = delete;
