@@ -123,4 +123,19 @@ vd::Result<std::vector<std::pair<std::string, std::string>>> parse_option_list(
   return out;
 }
 
+vd::Error check_option_list(const std::string& list) {
+  size_t trailing = 0;
+  while (trailing < list.size() && list[list.size() - 1 - trailing] == ',') ++trailing;
+  if (list.empty() || list[0] == ',' || trailing % 2)
+    return vd::Error(vd::Errc::invalid_argument, "Invalid option list: " + list);
+  return {};
+}
+
+vd::Error check_option_lists(const Args& args) {
+  for (const auto& [key, list] : args.options)
+    if (key == "options")
+      if (auto e = check_option_list(list)) return e;
+  return {};
+}
+
 }  // namespace vdimg

@@ -38,6 +38,10 @@ vd::Result<Args> parse_args(const std::vector<std::string>& argv,
 
 // Splits a qemu-img -o list ("a=1,b=2"; ",," escapes a comma) into pairs, merging repeated
 // -o lists; a key without '=' maps to "on" (qemu's boolean shorthand), except "help"/"?".
+// qemu-img's check of each -o list as it takes it (create, convert, amend, measure): not
+// empty, no leading comma, no odd run of trailing commas, else "Invalid option list: LIST".
+vd::Error check_option_list(const std::string& list);
+vd::Error check_option_lists(const Args& args);
 vd::Result<std::vector<std::pair<std::string, std::string>>> parse_option_list(
     const std::vector<std::string>& lists);
 

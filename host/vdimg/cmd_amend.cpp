@@ -69,6 +69,7 @@ int cmd_amend(const Argv& argv) {
                                 {0, "passphrase-file", true}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
+  if (auto e = check_option_lists(*args)) return fail(e);
   if (!args->has("options"))
     return fail("Must specify options (-o)\nTry 'vdimg --help' for more information");
   auto list = parse_option_list(args->all("options"));

@@ -13,6 +13,7 @@
 #include "host/vdimg/copier.h"
 #include "host/vdimg/measure.h"
 #include "host/vdimg/secrets.h"
+#include "host/vdimg/create_schema.h"
 #include "host/vdimg/vdimg.h"
 
 namespace vdimg {
@@ -93,8 +94,23 @@ vd::Result<std::unique_ptr<vd::Disk>> open_target(Context& ctx, const Args& args
   if (args.has("c") && !(backend->capabilities() & vd::cap_compression))
     return vd::Error(vd::Errc::not_supported, "Compression not supported for this file format");
   if (!args.has("n")) {
-    auto created = backend->create(path, opts, ctx.rt.files());
-    if (!created) return name_image(created.error(), path);
+    // qemu-img's words: "DST: error while converting FMT: <why>".
+    auto failed = [&](const vd::Error& e) {
+      return vd::Error(e.code(), path + ": error while converting " + fmt + ": " + creation_failure(path, e));
+    };
+    vd::CreateOptions format_opts = opts;
+    const bool keep = refusal_keeps_file(fmt, opts);
+    auto file_opts = take_file_options(fmt, format_opts);
+    if (!file_opts) {
+      if (keep) prepare_image_file(path, {});
+      return failed(file_opts.error());
+    }
+    const bool made = prepare_image_file(path, *file_opts);
+    auto created = backend->create(path, format_opts, ctx.rt.files());
+    if (!created) {
+      undo_image_file(path, made && !keep);
+      return failed(created.error());
+    }
     if (auto err = (*created)->close(false)) return name_image(err, path);
   }
   OpenRequest req;
@@ -227,6 +243,7 @@ int cmd_convert(const Argv& argv) {
                                 {0, "bitmaps", false}, {0, "skip-broken-bitmaps", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
+  if (auto e = check_option_lists(*args)) return fail(e);
   CopyOptions copy;
   if (auto code = check_options(*args, copy)) return *code;
   // qemu-img writes the target with cache=unsafe unless -t says otherwise.

@@ -56,14 +56,6 @@ struct Source {
 
 uint64_t round_up(uint64_t a, uint64_t b) { return (a + b - 1) / b * b; }
 
-// qemu's is_valid_option_list: no leading comma, not empty, no odd run of trailing commas.
-bool valid_option_list(const std::string& list) {
-  if (list.empty() || list[0] == ',') return false;
-  size_t trailing = 0;
-  while (trailing < list.size() && list[list.size() - 1 - trailing] == ',') ++trailing;
-  return trailing % 2 == 0;
-}
-
 // Bytes of the disk in `cluster`-sized clusters that hold any data, through the chain (QEMU
 // walks bdrv_block_status_above the same way: a data extent counts from the start of its
 // first cluster to the end of its last, and the walk resumes after it; zeros are skipped).
@@ -256,7 +248,8 @@ void print(const Measure& m, bool json) {
 // of a failure, or nothing.
 std::optional<int> check_command_line(const Args& args, std::optional<uint64_t>& size, bool& json) {
   for (const auto& [key, value] : args.options) {
-    if (key == "options" && !valid_option_list(value)) return fail("Invalid option list: " + value);
+    if (key == "options")
+      if (auto e = check_option_list(value)) return fail(e);
     if (key == "size") {
       auto n = cvtnum("image size", value);
       if (!n) return fail(n.error());

@@ -1,86 +1,13 @@
 #include "host/vdimg/measure.h"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <cctype>
-#include <set>
-#include <span>
 
 #include "backends/common/sizes.h"
 
 namespace vdimg {
 namespace {
-
-enum class OptType { str, boolean, number, size };
-
-struct OptDesc {
-  const char* name;
-  OptType type;
-};
-
-// The file protocol's creation options, which every format's list is merged with.
-const OptDesc kFileOptions[] = {{"size", OptType::size}, {"preallocation", OptType::str},
-                                {"nocow", OptType::boolean}, {"extent_size_hint", OptType::size}};
-
-const OptDesc kQcow2Options[] = {
-    {"compat", OptType::str},          {"backing_file", OptType::str},
-    {"backing_fmt", OptType::str},     {"encryption", OptType::boolean},
-    {"encrypt.format", OptType::str},  {"encrypt.key-secret", OptType::str},
-    {"encrypt.cipher-alg", OptType::str}, {"encrypt.cipher-mode", OptType::str},
-    {"encrypt.ivgen-alg", OptType::str},  {"encrypt.ivgen-hash-alg", OptType::str},
-    {"encrypt.hash-alg", OptType::str},   {"encrypt.iter-time", OptType::number},
-    {"cluster_size", OptType::size},   {"data_file", OptType::str},
-    {"data_file_raw", OptType::boolean}, {"lazy_refcounts", OptType::boolean},
-    {"refcount_bits", OptType::number}, {"compression_type", OptType::str},
-    {"extended_l2", OptType::boolean}};
-
-const OptDesc kQcowOptions[] = {{"backing_file", OptType::str},   {"backing_fmt", OptType::str},
-                                {"encryption", OptType::boolean}, {"encrypt.format", OptType::str},
-                                {"encrypt.key-secret", OptType::str}};
-
-const OptDesc kLuksOptions[] = {{"key-secret", OptType::str},     {"cipher-alg", OptType::str},
-                                {"cipher-mode", OptType::str},    {"ivgen-alg", OptType::str},
-                                {"ivgen-hash-alg", OptType::str}, {"hash-alg", OptType::str},
-                                {"iter-time", OptType::number}};
-
-const OptDesc* find_desc(std::span<const OptDesc> list, const std::string& key) {
-  for (const auto& d : list)
-    if (key == d.name) return &d;
-  return nullptr;
-}
-
-// qapi_bool_parse's words.
-bool is_bool(const std::string& v) {
-  static const std::set<std::string> words = {"on", "yes", "true", "y", "off", "no", "false", "n"};
-  return words.count(v) != 0;
-}
-
-// qemu_strtou64 with base 0: decimal, 0x hex or 0 octal, all of it.
-bool is_number(const std::string& v) {
-  if (v.empty() || std::isspace(static_cast<unsigned char>(v[0]))) return false;
-  errno = 0;
-  char* end = nullptr;
-  (void)std::strtoull(v.c_str(), &end, 0);
-  return errno == 0 && end && *end == '\0';
-}
-
-vd::Error type_error(const std::string& key, OptType type) {
-  std::string what;
-  switch (type) {
-    case OptType::boolean: what = "expects 'on' or 'off'"; break;
-    case OptType::number: what = "expects a number"; break;
-    case OptType::size:
-      what = "expects a non-negative number below 2^64\n"
-             "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
-             "and exabytes, respectively.";
-      break;
-    case OptType::str: break;
-  }
-  return vd::Error(vd::Errc::invalid_argument, "Parameter '" + key + "' " + what);
-}
 
 uint64_t div_round_up(uint64_t a, uint64_t b) { return a / b + (a % b != 0); }
 uint64_t round_up(uint64_t a, uint64_t b) { return div_round_up(a, b) * b; }
@@ -103,25 +30,6 @@ vd::Result<std::vector<std::byte>> read_at(std::ifstream& in, const std::string&
 }
 
 }  // namespace
-
-vd::Error check_option_types(const std::string& format, const OptionList& options) {
-  std::span<const OptDesc> own;
-  if (format == "qcow2") own = kQcow2Options;
-  else if (format == "qcow") own = kQcowOptions;
-  else if (format == "luks") own = kLuksOptions;
-  else if (format != "raw") return {};
-  for (const auto& [key, value] : options) {
-    const OptDesc* d = find_desc(own, key);
-    if (!d) d = find_desc(kFileOptions, key);
-    if (!d) return vd::Error(vd::Errc::invalid_argument, "Invalid parameter '" + key + "'");
-    bool ok = true;
-    if (d->type == OptType::boolean) ok = is_bool(value);
-    else if (d->type == OptType::number) ok = is_number(value);
-    else if (d->type == OptType::size) ok = static_cast<bool>(vd::parse_size(value));
-    if (!ok) return type_error(key, d->type);
-  }
-  return {};
-}
 
 const std::string* last_option(const OptionList& options, const std::string& key) {
   const std::string* found = nullptr;

@@ -1,5 +1,4 @@
-// qemu-img measure's arithmetic, kept apart from the command line: how qemu checks the -o
-// list of a target format (each value against its option's type), how large a QCOW2 image
+// qemu-img measure's arithmetic, kept apart from the command line: how large a QCOW2 image
 // of a given geometry is once fully allocated (QEMU's qcow2_calc_prealloc_size), and how
 // much room the persistent bitmaps of a source image would take in a new image.
 #pragma once
@@ -9,16 +8,12 @@
 #include <utility>
 #include <vector>
 
+#include "host/vdimg/create_schema.h"
 #include "vd/error.h"
 
 namespace vdimg {
 
 using OptionList = std::vector<std::pair<std::string, std::string>>;
-
-// qemu_opts_do_parse over the creation options of `format` (and those of the file protocol
-// below it): an unknown key is "Invalid parameter 'KEY'", a bool/number/size that does not
-// parse gets qemu's wording. Formats vd does not know accept anything here.
-vd::Error check_option_types(const std::string& format, const OptionList& options);
 
 // The value of the last `key` in `options` (qemu's qemu_opt_get finds the last), if any.
 const std::string* last_option(const OptionList& options, const std::string& key);

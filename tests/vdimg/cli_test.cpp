@@ -82,9 +82,13 @@ TEST(VdimgCli, CreateOptionsHelpListsBackendOptions) {
 TEST(VdimgCli, CreateBackingWithoutFormatIsRefusedLikeQemuImg) {
   TempDir dir;
   ASSERT_EQ(vdimg({"create", "-q", "-f", "raw", dir.file("base.img"), "1M"}).exit_code, 0);
-  auto r = vdimg({"create", "-f", "raw", "-b", "base.img", dir.file("top.img")});
+  auto r = vdimg({"create", "-f", "qcow2", "-b", "base.img", dir.file("top.img")});
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_TRUE(contains(r.err, "Backing file specified without backing format")) << r.err;
+  EXPECT_TRUE(contains(r.err, "Backing file specified without backing format\nDetected format of raw.")) << r.err;
+  // raw has no backing file at all (qemu-img's words).
+  r = vdimg({"create", "-f", "raw", "-b", "base.img", "-F", "raw", dir.file("top.img")});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(contains(r.err, "Backing file not supported for file format 'raw'")) << r.err;
 }
 
 TEST(VdimgCli, InfoMatchesQemuImgOnRaw) {

@@ -16,8 +16,8 @@ Error bad(const std::string& path, const std::string& what) {
 }
 
 Result<bool> on_off(const std::string& key, const std::string& v, const std::string& path) {
-  if (v == "on" || v == "true" || v == "yes") return true;
-  if (v == "off" || v == "false" || v == "no") return false;
+  if (v == "on" || v == "true" || v == "yes" || v == "y") return true;  // qapi_bool_parse's words
+  if (v == "off" || v == "false" || v == "no" || v == "n") return false;
   return bad(path, "Parameter '" + key + "' expects 'on' or 'off'");
 }
 
@@ -149,7 +149,7 @@ Result<QcowCreateSpec> parse_create_options(const CreateOptions& opts, bool v1, 
     return e;
   }
   if (s.crypt_method && !opts.passphrase)
-    return bad(path, "Parameter 'encrypt.key-secret' is required for cipher (give a passphrase)");
+    return bad(path, "Parameter 'encrypt.key-secret' is required for cipher");
   return s;
 }
 
