@@ -1,0 +1,94 @@
+// Memory reuse for the objects of the data path (issue 13: no heap allocation per request).
+//
+// Recycled<T>: a base that gives T a class operator new/delete keeping freed objects on a
+// per-thread free list, as Asio's recycling allocator does for its handlers. A request object
+// is made and destroyed on its image's executor (one thread), so after a warm-up every `new T`
+// takes back the memory of a finished one. At most kKeep per thread and type are kept; the
+// list is freed when its thread ends.
+//
+// SlotAllocator: an allocator over a buffer inside an object that lives longer than what is
+// put there (a request's storage for the Asio operation that carries it to another thread and
+// back). Bigger requests than the slot go to the heap.
+#pragma once
+
+#include <cstddef>
+#include <new>
+
+namespace vd::detail {
+
+template <class T>
+class Recycled {
+ public:
+  static void* operator new(std::size_t n) {
+    Cache& c = cache();
+    if (n == sizeof(T) && !dead() && c.head) {
+      Node* p = c.head;
+      c.head = p->next;
+      --c.count;
+      return p;
+    }
+    return ::operator new(n);
+  }
+  static void operator delete(void* p, std::size_t n) noexcept {
+    if (!p) return;
+    if (n != sizeof(T) || dead()) return ::operator delete(p);
+    Cache& c = cache();
+    if (c.count >= kKeep) return ::operator delete(p);
+    c.head = new (p) Node{c.head};
+    ++c.count;
+  }
+
+ private:
+  static constexpr std::size_t kKeep = 1024;
+  struct Node {
+    Node* next;
+  };
+  struct Cache {
+    Node* head = nullptr;
+    std::size_t count = 0;
+    ~Cache() {
+      dead() = true;  // objects freed later on this thread (thread exit) go to the heap
+      while (head) {
+        Node* n = head;
+        head = n->next;
+        ::operator delete(n);
+      }
+    }
+  };
+  static Cache& cache() {
+    thread_local Cache c;
+    return c;
+  }
+  // Trivially destructible, so it can still be read while the thread's objects are destroyed.
+  static bool& dead() {
+    thread_local bool d = false;
+    return d;
+  }
+};
+
+template <class T>
+struct SlotAllocator {
+  using value_type = T;
+  void* slot;
+  std::size_t size;
+  SlotAllocator(void* s, std::size_t n) noexcept : slot(s), size(n) {}
+  template <class U>
+  SlotAllocator(const SlotAllocator<U>& o) noexcept : slot(o.slot), size(o.size) {}
+  T* allocate(std::size_t n) {
+    if (n * sizeof(T) <= size && alignof(T) <= alignof(std::max_align_t)) return static_cast<T*>(slot);
+    return static_cast<T*>(::operator new(n * sizeof(T)));
+  }
+  void deallocate(T* p, std::size_t) noexcept {
+    if (p != slot) ::operator delete(p);
+  }
+  template <class U>
+  bool operator==(const SlotAllocator<U>& o) const noexcept {
+    return slot == o.slot;
+  }
+  template <class U>
+  bool operator!=(const SlotAllocator<U>& o) const noexcept {
+    return slot != o.slot;
+  }
+};
+
+}  // namespace vd::detail
