@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <type_traits>
+#include <utility>
 
 #include "backends/common/recycle.h"
 #include "host/io_fd.h"
@@ -53,12 +54,18 @@ class PoolOp final : public Recycled<PoolOp<Job>> {
   using TrackedIo = std::decay_t<decltype(boost::asio::require(
       std::declval<const IoExec&>(), boost::asio::execution::outstanding_work.tracked))>;
 
+  // Owns the op until it runs it: an operation Asio destroys unrun (its io_context shut
+  // down) frees the op, and with it the completion and the file.
   template <void (PoolOp::*Fn)()>
   struct Handler {
     PoolOp* op;
+    explicit Handler(PoolOp* o) noexcept : op(o) {}
+    Handler(Handler&& o) noexcept : op(std::exchange(o.op, nullptr)) {}
+    Handler& operator=(Handler&&) = delete;
+    ~Handler() { delete op; }
     using allocator_type = SlotAllocator<void>;
     allocator_type get_allocator() const noexcept { return {op->slot_, sizeof op->slot_}; }
-    void operator()() const { (op->*Fn)(); }
+    void operator()() { (std::exchange(op, nullptr)->*Fn)(); }
   };
 
   // On the pool.
@@ -106,13 +113,17 @@ void post_recycled(const boost::asio::any_io_executor& ex, Fn fn) {
     Fn fn;
     alignas(std::max_align_t) std::byte slot[128];
   };
-  struct Handler {
+  struct Handler {  // owns `p` until it runs (see PoolOp::Handler)
     Posted* p;
+    explicit Handler(Posted* o) noexcept : p(o) {}
+    Handler(Handler&& o) noexcept : p(std::exchange(o.p, nullptr)) {}
+    Handler& operator=(Handler&&) = delete;
+    ~Handler() { delete p; }
     using allocator_type = SlotAllocator<void>;
     allocator_type get_allocator() const noexcept { return {p->slot, sizeof p->slot}; }
-    void operator()() const {
+    void operator()() {
       Fn f = std::move(p->fn);
-      delete p;
+      delete std::exchange(p, nullptr);
       f();
     }
   };

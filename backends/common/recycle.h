@@ -1,7 +1,8 @@
 // Memory reuse for the objects of the data path (issue 13: no heap allocation per request).
 //
 // Recycled<T>: a base that gives T a class operator new/delete keeping freed objects on a
-// per-thread free list, as Asio's recycling allocator does for its handlers. A request object
+// per-thread free list (BlockCache), as Asio's recycling allocator does for its handlers;
+// RecyclingAllocator does the same for containers and shared_ptr control blocks. A request object
 // is made and destroyed on its image's executor (one thread), so after a warm-up every `new T`
 // takes back the memory of a finished one. At most kKeep per thread and type are kept; the
 // list is freed when its thread ends.
@@ -16,26 +17,31 @@
 
 namespace vd::detail {
 
-template <class T>
-class Recycled {
+// The per-thread free list of blocks of one size and alignment.
+template <std::size_t Size, std::size_t Align>
+class BlockCache {
  public:
-  static void* operator new(std::size_t n) {
-    Cache& c = cache();
-    if (n == sizeof(T) && !dead() && c.head) {
-      Node* p = c.head;
-      c.head = p->next;
-      --c.count;
-      return p;
+  static void* take() {
+    if (!dead()) {
+      Cache& c = cache();
+      if (Node* p = c.head) {
+        c.head = p->next;
+        --c.count;
+        return p;
+      }
     }
-    return ::operator new(n);
+    return ::operator new(Size, std::align_val_t{Align});
   }
-  static void operator delete(void* p, std::size_t n) noexcept {
-    if (!p) return;
-    if (n != sizeof(T) || dead()) return ::operator delete(p);
-    Cache& c = cache();
-    if (c.count >= kKeep) return ::operator delete(p);
-    c.head = new (p) Node{c.head};
-    ++c.count;
+  static void give(void* p) noexcept {
+    if (!dead()) {
+      Cache& c = cache();
+      if (c.count < kKeep) {
+        c.head = ::new (p) Node{c.head};
+        ++c.count;
+        return;
+      }
+    }
+    ::operator delete(p, std::align_val_t{Align});
   }
 
  private:
@@ -43,15 +49,16 @@ class Recycled {
   struct Node {
     Node* next;
   };
+  static_assert(Size >= sizeof(Node));
   struct Cache {
     Node* head = nullptr;
     std::size_t count = 0;
     ~Cache() {
-      dead() = true;  // objects freed later on this thread (thread exit) go to the heap
+      dead() = true;  // blocks freed later on this thread (thread exit) go to the heap
       while (head) {
         Node* n = head;
         head = n->next;
-        ::operator delete(n);
+        ::operator delete(n, std::align_val_t{Align});
       }
     }
   };
@@ -63,6 +70,50 @@ class Recycled {
   static bool& dead() {
     thread_local bool d = false;
     return d;
+  }
+};
+
+template <class T>
+using BlockCacheOf = BlockCache<(sizeof(T) < sizeof(void*) ? sizeof(void*) : sizeof(T)),
+                                (alignof(T) < alignof(void*) ? alignof(void*) : alignof(T))>;
+
+template <class T>
+class Recycled {
+ public:
+  static void* operator new(std::size_t n) {
+    if (n == sizeof(T)) return BlockCacheOf<T>::take();
+    return ::operator new(n);
+  }
+  static void operator delete(void* p, std::size_t n) noexcept {
+    if (!p) return;
+    if (n == sizeof(T)) return BlockCacheOf<T>::give(p);
+    ::operator delete(p);
+  }
+};
+
+// A standard allocator over the same per-thread free lists, for single objects (the nodes of
+// a node-based container, shared_ptr control blocks); arrays go to the heap.
+template <class T>
+struct RecyclingAllocator {
+  using value_type = T;
+  RecyclingAllocator() noexcept = default;
+  template <class U>
+  RecyclingAllocator(const RecyclingAllocator<U>&) noexcept {}
+  T* allocate(std::size_t n) {
+    if (n == 1) return static_cast<T*>(BlockCacheOf<T>::take());
+    return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{alignof(T)}));
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    if (n == 1) return BlockCacheOf<T>::give(p);
+    ::operator delete(p, std::align_val_t{alignof(T)});
+  }
+  template <class U>
+  bool operator==(const RecyclingAllocator<U>&) const noexcept {
+    return true;
+  }
+  template <class U>
+  bool operator!=(const RecyclingAllocator<U>&) const noexcept {
+    return false;
   }
 };
 
