@@ -103,9 +103,9 @@ struct Disk::Impl : std::enable_shared_from_this<Disk::Impl> {
 
   // Runs `fn` on the executor: at once when called there, else posted (any thread may call).
   // A template, so the request's lambda goes to the executor as it is (Asio recycles its
-  // memory) instead of a std::function allocated per request.
-  // Already on an io_context's thread (the common case: a request issued from a completion),
-  // it runs at once, without the operation dispatch would allocate to wrap it.
+  // memory) instead of a std::function allocated per request. On an io_context's own thread
+  // (the common case: a request issued from a completion) it runs at once, without the
+  // operation any_io_executor's dispatch would build around it.
   template <class Fn>
   void run(Fn&& fn) {
     if (!ex) return fn();

@@ -15,6 +15,22 @@
 #include <cstddef>
 #include <new>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define VD_RECYCLE_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define VD_RECYCLE_ASAN 1
+#endif
+#endif
+#if defined(VD_RECYCLE_ASAN)
+#include <sanitizer/asan_interface.h>
+#define VD_RECYCLE_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define VD_RECYCLE_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define VD_RECYCLE_POISON(p, n) ((void)(p), (void)(n))
+#define VD_RECYCLE_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 namespace vd::detail {
 
 // The per-thread free list of blocks of one size and alignment.
@@ -27,6 +43,7 @@ class BlockCache {
       if (Node* p = c.head) {
         c.head = p->next;
         --c.count;
+        VD_RECYCLE_UNPOISON(p, Size);
         return p;
       }
     }
@@ -38,6 +55,8 @@ class BlockCache {
       if (c.count < kKeep) {
         c.head = ::new (p) Node{c.head};
         ++c.count;
+        // A use after free of a recycled object still trips AddressSanitizer.
+        VD_RECYCLE_POISON(static_cast<std::byte*>(p) + sizeof(Node), Size - sizeof(Node));
         return;
       }
     }
@@ -58,6 +77,7 @@ class BlockCache {
       while (head) {
         Node* n = head;
         head = n->next;
+        VD_RECYCLE_UNPOISON(n, Size);
         ::operator delete(n, std::align_val_t{Align});
       }
     }
