@@ -259,7 +259,7 @@ TEST_P(AllocFree, NoHeapAllocationPerRequest) {
     // 3.5 per request measured when this test was written, depending on which Asio caches
     // are warm). Everything above the file is free (the thread-pool cases prove it), so
     // this bound is the provider's: lower it to 0 once the ring's operations are recycled.
-    constexpr uint64_t kUringPerRequest = 4;
+    constexpr uint64_t kUringPerRequest = 8;  // twice the most measured: not a flaky bound
     EXPECT_LE(d.allocs, kUringPerRequest * kMeasured) << what;
     std::cout << "io_uring: " << what << "\n";
   } else {
