@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <boost/asio/post.hpp>
 
+#include "backends/common/recycle.h"
 #include "host/disk_impl.h"
 
 namespace vd {
@@ -70,9 +71,21 @@ Completion Disk::Impl::enter(const char* op, Completion done) {
     return {};
   }
   ++in_flight;
-  return [self = shared_from_this(), done = std::move(done)](Error e) {
+  // The request's way out waits in a recycled Entry, and the completion returned holds only a
+  // pointer to it (inline in std::function): no heap allocation per request. Run exactly once
+  // (vd/io.h); it keeps the Impl alive until then.
+  struct Entry final : detail::Recycled<Entry> {
+    Entry(std::shared_ptr<Impl> s, Completion d) : self(std::move(s)), done(std::move(d)) {}
+    std::shared_ptr<Impl> self;
+    Completion done;
+  };
+  auto* entry = new Entry(shared_from_this(), std::move(done));
+  return [entry](Error e) {
+    std::shared_ptr<Impl> self = std::move(entry->self);
+    Completion d = std::move(entry->done);
+    delete entry;
     --self->in_flight;
-    done(std::move(e));
+    d(std::move(e));
     self->idle_check();
   };
 }

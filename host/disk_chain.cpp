@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backends/common/recycle.h"
 #include "host/disk_impl.h"
 
 namespace vd::detail {
@@ -27,48 +28,57 @@ Error bad_read_result(const Image& img, uint64_t offset, uint64_t asked, uint64_
       .at(offset);
 }
 
-// One read of a range from one level down. Owned by its single pending completion
-// (shared_from_this is captured by exactly one handler at a time); finish() is the only
-// exit. A prefix this level does not hold becomes a nested ChainRead one level lower.
+// One read of a range from one level down. Owned by its single pending completion, which
+// holds a plain pointer to it (small enough for std::function's inline buffer: no allocation
+// per step); finish() is the only exit and frees it. Its memory is recycled (Recycled): no
+// heap allocation per request once the first ones are done. A prefix this level does not
+// hold becomes a nested ChainRead one level lower.
 //
 //   step --(level holds range)--> image read --allocated--> step (advance)
 //     |                                   \--not allocated--> read_chain(level+1) --> step
 //     \--(done, past level size, below base: zeros)--> finish
-class ChainRead : public std::enable_shared_from_this<ChainRead> {
+class ChainRead final : public Recycled<ChainRead> {
  public:
   ChainRead(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
             Completion done)
       : chain_(chain), level_(level), offset_(offset), buf_(buf), done_(std::move(done)) {}
 
+  Leave out_;  // set by read_chain_counted before start
+
+  // Runs the first step; with `posted`, a completion due before it returns is posted.
+  void start(bool posted) {
+    if (!posted) return step();  // may finish, and free this, inside
+    starting_ = true;
+    step();
+    starting_ = false;  // still here: a read is pending, or the posted completion holds this
+  }
+
+ private:
   void step() {
     if (pos_ == buf_.size()) return finish({});
     uint64_t off = offset_ + pos_;
     if (level_ >= chain_.depth() || off >= chain_.images[level_]->size()) return fill_zeros();
     Image& img = *chain_.images[level_];
-    uint64_t n = std::min<uint64_t>(buf_.size() - pos_, img.size() - off);
-    img.read(off, buf_.subspan(pos_, n),
-             [self = shared_from_this(), n](Error e, ReadResult r) {
-               self->handle_read(std::move(e), r, n);
-             });
+    asked_ = std::min<uint64_t>(buf_.size() - pos_, img.size() - off);
+    img.read(off, buf_.subspan(pos_, asked_), [this](Error e, ReadResult r) { handle_read(std::move(e), r); });
   }
 
- private:
-  void handle_read(Error e, ReadResult r, uint64_t asked) {
+  void handle_read(Error e, ReadResult r) {
     if (e) return finish(std::move(e));
     uint64_t off = offset_ + pos_;
-    if (r.length == 0 || r.length > asked) {
-      return finish(bad_read_result(*chain_.images[level_], off, asked, r.length));
+    if (r.length == 0 || r.length > asked_) {
+      return finish(bad_read_result(*chain_.images[level_], off, asked_, r.length));
     }
     if (r.allocated) {
       pos_ += r.length;
       return step();
     }
-    read_chain(chain_, level_ + 1, off, buf_.subspan(pos_, r.length),
-               [self = shared_from_this(), n = r.length](Error e2) {
-                 if (e2) return self->finish(std::move(e2));
-                 self->pos_ += n;
-                 self->step();
-               });
+    asked_ = r.length;
+    read_chain(chain_, level_ + 1, off, buf_.subspan(pos_, r.length), [this](Error e2) {
+      if (e2) return finish(std::move(e2));
+      pos_ += asked_;
+      step();
+    });
   }
 
   // Nobody below holds the rest of the range: past this level's end, or below the base.
@@ -79,39 +89,33 @@ class ChainRead : public std::enable_shared_from_this<ChainRead> {
   }
 
   void finish(Error e) {
-    Completion done = std::move(done_);
-    if (starting_)
-      return chain_.post([done = std::move(done), e = std::move(e), out = std::move(out_)]() mutable {
-        run(out, done, std::move(e));
-      });
-    run(out_, done, std::move(e));
+    if (starting_) {
+      // Due while start() is on the stack: run from the executor instead, this object kept
+      // until then (the posted function holds only the pointer).
+      result_ = std::move(e);
+      return chain_.post([this] { complete(std::move(result_)); });
+    }
+    complete(std::move(e));
   }
 
-  static void run(Leave& out, Completion& done, Error e) {
+  // Frees this, then runs the completion (which may start the next read in its memory).
+  void complete(Error e) {
+    Completion done = std::move(done_);
+    Leave out = std::move(out_);
+    delete this;
     if (!out.leave) return done(std::move(e));
     auto owner = std::move(out.owner);  // kept until the request has been counted out
     out.leave(owner.get(), done, std::move(e));
   }
-
- public:
-  Leave out_;  // set by read_chain_counted before start
-
- public:
-  // Runs the first step; with `posted`, a completion due before it returns is posted.
-  void start(bool posted) {
-    starting_ = posted;
-    step();
-    starting_ = false;
-  }
-
- private:
 
   ChainState& chain_;
   const size_t level_;
   const uint64_t offset_;
   const std::span<std::byte> buf_;
   size_t pos_ = 0;
+  uint64_t asked_ = 0;  // the length of the read in flight
   bool starting_ = false;
+  Error result_;
   Completion done_;
 };
 
@@ -134,12 +138,12 @@ class ChainParentReader final : public ParentReader {
 
 void read_chain(ChainState& chain, size_t level, uint64_t offset, std::span<std::byte> buf,
                 Completion done, bool posted) {
-  std::make_shared<ChainRead>(chain, level, offset, buf, std::move(done))->start(posted);
+  (new ChainRead(chain, level, offset, buf, std::move(done)))->start(posted);
 }
 
 void read_chain_counted(ChainState& chain, uint64_t offset, std::span<std::byte> buf, Completion done,
                         Leave out) {
-  auto r = std::make_shared<ChainRead>(chain, 0, offset, buf, std::move(done));
+  auto* r = new ChainRead(chain, 0, offset, buf, std::move(done));
   r->out_ = std::move(out);
   r->start(true);
 }

@@ -17,6 +17,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/io_context.hpp>
 
 namespace vd::detail {
 
@@ -102,10 +103,14 @@ struct Disk::Impl : std::enable_shared_from_this<Disk::Impl> {
 
   // Runs `fn` on the executor: at once when called there, else posted (any thread may call).
   // A template, so the request's lambda goes to the executor as it is (Asio recycles its
-  // memory) instead of a std::function allocated per request.
+  // memory) instead of a std::function allocated per request. On an io_context's own thread
+  // (the common case: a request issued from a completion) it runs at once, without the
+  // operation any_io_executor's dispatch would build around it.
   template <class Fn>
   void run(Fn&& fn) {
     if (!ex) return fn();
+    if (auto* io = ex.target<boost::asio::io_context::executor_type>(); io && io->running_in_this_thread())
+      return fn();
     boost::asio::dispatch(ex, std::forward<Fn>(fn));
   }
   void post(std::function<void()> fn);

@@ -114,7 +114,7 @@ bool PosixFile::read_nowait(uint64_t offset, std::span<std::byte> buf) {
 }
 
 void PosixFile::post_done(Completion done, Error e) {
-  boost::asio::post(ex_, [done = std::move(done), e = std::move(e)]() { done(e); });
+  detail::post_recycled(ex_, [done = std::move(done), e = std::move(e)]() { done(e); });
 }
 
 PosixIoProvider::PosixIoProvider(boost::asio::any_io_executor completions, boost::asio::thread_pool& pool)
@@ -151,7 +151,7 @@ Error PosixIoProvider::remove(const std::string& path) {
   return {};
 }
 
-void PosixIoProvider::post(std::function<void()> fn) { boost::asio::post(ex_, std::move(fn)); }
+void PosixIoProvider::post(std::function<void()> fn) { detail::post_recycled(ex_, std::move(fn)); }
 
 void PosixIoProvider::offload(std::function<void()> work, std::function<void()> then) {
   // Tracked, so the executor's run() does not return while the job is on the pool.

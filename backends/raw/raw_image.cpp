@@ -7,6 +7,7 @@
 #include <array>
 #include <cstring>
 
+#include "backends/common/recycle.h"
 #include "backends/raw/raw.h"
 
 namespace vd::raw {
@@ -60,12 +61,23 @@ Error RawImage::guard_sector0(std::span<const std::byte> sector) const {
 void RawImage::read(uint64_t offset, std::span<std::byte> buf, ReadHandler done) {
   Error e = check_open("read");
   if (!e) e = check_range("read", offset, buf.size());
-  const uint64_t len = buf.size();
-  auto finish = [done = std::move(done), len](Error err) {
-    done(err, ReadResult{err ? 0 : len, true});
+  if (e || buf.empty()) {
+    return io_.post([done = std::move(done), e] { done(e, ReadResult{0, true}); });
+  }
+  // The file's completion holds a pointer to the pending read (inline in std::function), whose
+  // memory is recycled: no heap allocation per read.
+  struct PendingRead final : detail::Recycled<PendingRead> {
+    PendingRead(ReadHandler d, uint64_t n) : done(std::move(d)), len(n) {}
+    ReadHandler done;
+    uint64_t len;
   };
-  if (e || buf.empty()) return post(std::move(finish), e);
-  file_->async_read(IoKind::data, offset, buf, std::move(finish));
+  auto* op = new PendingRead(std::move(done), buf.size());
+  file_->async_read(IoKind::data, offset, buf, [op](Error err) {
+    ReadHandler done = std::move(op->done);
+    const uint64_t len = op->len;
+    delete op;
+    done(err, ReadResult{err ? 0 : len, true});
+  });
 }
 
 void RawImage::write(uint64_t offset, std::span<const std::byte> buf, unsigned flags,

@@ -3,13 +3,44 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backends/common/recycle.h"
 #include "backends/qcow/meta/compress.h"
 #include "backends/qcow/image.h"
 
 namespace vd::qcow {
 namespace {
 constexpr uint64_t kSector = 512;
+
+// A read whose answer is on its way: the data read in flight, or a result posted. The
+// handler given to the file or to post holds only a pointer to it (std::function keeps that
+// inline), and its memory is recycled: no heap allocation per read.
+struct PendingRead final : detail::Recycled<PendingRead> {
+  PendingRead(ReadHandler d, uint64_t len, bool alloc, const std::string& p, uint64_t h)
+      : done(std::move(d)), n(len), allocated(alloc), path(p), host(h) {}
+  ReadHandler done;
+  uint64_t n;
+  bool allocated;
+  const std::string& path;  // the image's, for errors (the image outlives its reads)
+  uint64_t host;
+
+  // Frees this, then completes.
+  static void complete(PendingRead* op, Error e) {
+    ReadHandler done = std::move(op->done);
+    const ReadResult r{op->n, op->allocated};
+    const std::string& path = op->path;
+    const uint64_t host = op->host;
+    delete op;
+    if (e) return done(e.wrap("reading", "data", host).image(path), {});
+    done({}, r);
+  }
+};
+
+// Posts a successful result of `n` bytes.
+void post_result(IoProvider& io, ReadHandler done, uint64_t n, bool allocated, const std::string& path) {
+  auto* op = new PendingRead(std::move(done), n, allocated, path, 0);
+  io.post([op] { PendingRead::complete(op, {}); });
 }
+}  // namespace
 
 void QcowImage::read(uint64_t offset, std::span<std::byte> buf, ReadHandler done) {
   if (offset > size_ || buf.size() > size_ - offset) {
@@ -40,10 +71,10 @@ void QcowImage::read_run(uint64_t offset, std::span<std::byte> buf, Error e, con
   auto part = buf.first(run.length);
   switch (run.kind) {
     case Run::Kind::unallocated:
-      return io_.post([done = std::move(done), n = run.length] { done({}, ReadResult{n, false}); });
+      return post_result(io_, std::move(done), run.length, false, path_);
     case Run::Kind::zero:
       std::memset(part.data(), 0, part.size());
-      return io_.post([done = std::move(done), n = run.length] { done({}, ReadResult{n, true}); });
+      return post_result(io_, std::move(done), run.length, true, path_);
     case Run::Kind::data:
       return read_data(run, offset, part, std::move(done));
     case Run::Kind::compressed:
@@ -54,11 +85,8 @@ void QcowImage::read_run(uint64_t offset, std::span<std::byte> buf, Error e, con
 void QcowImage::read_data(const Run& run, uint64_t guest, std::span<std::byte> buf, ReadHandler done) {
   const uint64_t n = buf.size();
   if (!cipher_) {
-    data_->async_read(IoKind::data, run.host_offset, buf,
-                      [this, n, host = run.host_offset, done = std::move(done)](Error e) {
-      if (e) return done(e.wrap("reading", "data", host).image(path_), {});
-      done({}, ReadResult{n, true});
-    });
+    auto* op = new PendingRead(std::move(done), n, true, path_, run.host_offset);
+    data_->async_read(IoKind::data, run.host_offset, buf, [op](Error e) { PendingRead::complete(op, std::move(e)); });
     return;
   }
   // Encrypted: whole 512-byte sectors are read and decrypted into a bounce buffer. Guest and

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backends/common/recycle.h"
 #include "vd/io.h"
 
 namespace vd::qcow {
@@ -52,7 +53,10 @@ class KeyedLocks {
   void release(uint64_t key, Key& k);
 
   IoProvider& io_;
-  std::unordered_map<uint64_t, Key> keys_;
+  // Keys come and go with every in-place write: their nodes are recycled.
+  std::unordered_map<uint64_t, Key, std::hash<uint64_t>, std::equal_to<uint64_t>,
+                     detail::RecyclingAllocator<std::pair<const uint64_t, Key>>>
+      keys_;
 };
 
 }  // namespace vd::qcow

@@ -3,7 +3,10 @@
 //   start() --> first step --> ... --> finish(e) --> the caller's completion, exactly once
 //
 // - One owner: the request lives in a shared_ptr that each pending step's handler holds
-//   (shared_from_this); when the last handler has run, it is gone.
+//   (shared_from_this); when the last handler has run, it is gone. The object and the
+//   shared_ptr's control block are recycled (backends/common/recycle.h): a request costs no
+//   heap allocation once warm. A step on the hot path may hold it in a member instead and give
+//   its handler only `this` (small enough for std::function's inline buffer).
 // - One exit: finish(e) runs the completion once; a second finish is a bug (asserted in
 //   debug builds, ignored otherwise).
 // - Never inside the initiating call (Asio's rule for composed operations): a request that
@@ -17,12 +20,13 @@
 #include <memory>
 #include <utility>
 
+#include "backends/common/recycle.h"
 #include "vd/io.h"
 
 namespace vd::qcow {
 
 template <class Derived>
-class Request : public std::enable_shared_from_this<Derived> {
+class Request : public std::enable_shared_from_this<Derived>, public detail::Recycled<Derived> {
  public:
   Request(const Request&) = delete;
   Request& operator=(const Request&) = delete;
@@ -34,7 +38,8 @@ class Request : public std::enable_shared_from_this<Derived> {
   // Creates the request and runs `first` on it; the static start() of each class calls this.
   template <class... Args>
   static void launch(void (Derived::*first)(), IoProvider& io, Args&&... args) {
-    std::shared_ptr<Derived> r(new Derived(io, std::forward<Args>(args)...));
+    std::shared_ptr<Derived> r(new Derived(io, std::forward<Args>(args)...), std::default_delete<Derived>(),
+                               detail::RecyclingAllocator<Derived>());
     r->starting_ = true;
     ((*r).*first)();
     r->starting_ = false;

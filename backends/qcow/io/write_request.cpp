@@ -15,16 +15,25 @@ constexpr uint64_t kMaxAllocBytes = 8ull << 20;
 }  // namespace
 
 void WriteRequest::start(QcowImage& img, uint64_t offset, std::span<const std::byte> data,
-                         unsigned flags, Completion done) {
-  launch(&WriteRequest::next, img.io(), std::move(done), img, offset, data, flags);
+                         unsigned flags, Completion done, bool ends_write) {
+  launch(&WriteRequest::next, img.io(), std::move(done), img, offset, data, flags, ends_write);
 }
 
 WriteRequest::WriteRequest(IoProvider& io, Completion done, QcowImage& img, uint64_t offset,
-                           std::span<const std::byte> data, unsigned flags)
-    : Request(io, std::move(done)), img_(img), pos_(offset), rest_(data), flags_(flags) {}
+                           std::span<const std::byte> data, unsigned flags, bool ends_write)
+    : Request(io, std::move(done)), img_(img), pos_(offset), rest_(data), flags_(flags), ends_write_(ends_write) {}
+
+void WriteRequest::finish(Error e) {
+  if (ends_write_) img_.end_write();
+  Request::finish(std::move(e));
+}
 
 void WriteRequest::next() {
   if (rest_.empty()) return finish({});
+  if (auto hit = img_.lookup_cached(pos_, rest_.size())) {
+    if (!*hit) return finish(hit->error());
+    return handle_lookup({}, **hit);
+  }
   img_.lookup(pos_, rest_.size(), [self = shared_from_this()](Error e, Run run) {
     self->handle_lookup(e, run);
   });
@@ -48,18 +57,26 @@ void WriteRequest::write_in_place(const Run& run) {
   const uint32_t cb = img_.layout().cluster_bits;
   const uint64_t first = pos_ >> cb, count = ((pos_ + run.length - 1) >> cb) - first + 1;
   img_.clusters().share(first, count);
-  auto landed = [self = shared_from_this(), first, count, n = run.length](Error e) {
-    self->img_.clusters().unshare(first, count);
-    self->advance(e, n);
-  };
+  held_first_ = first;
+  held_count_ = count;
+  in_place_n_ = run.length;
+  in_place_host_ = run.host_offset;
   // The L2 entry came from the image: a corrupt one may point at metadata.
   if (!img_.header().data_file)
-    if (Error e = img_.check_overlap(run.host_offset, run.length)) return landed(e);
-  if (img_.cipher()) return write_in_place_encrypted(run, std::move(landed));
-  img_.data_file().async_write(IoKind::data, run.host_offset, rest_.first(run.length),
-                               [this, landed, host = run.host_offset](Error e) {
-                                 landed(e ? e.wrap("writing", "data", host).image(img_.path()) : e);
-                               });
+    if (Error e = img_.check_overlap(run.host_offset, run.length)) return landed_in_place(e);
+  if (img_.cipher()) {
+    return write_in_place_encrypted(run, [self = shared_from_this()](Error e) { self->landed_in_place(e); });
+  }
+  self_ = shared_from_this();
+  img_.data_file().async_write(IoKind::data, run.host_offset, rest_.first(run.length), [this](Error e) {
+    auto self = std::move(self_);  // this request lives until the end of this handler
+    landed_in_place(e ? e.wrap("writing", "data", in_place_host_).image(img_.path()) : e);
+  });
+}
+
+void WriteRequest::landed_in_place(Error e) {
+  img_.clusters().unshare(held_first_, held_count_);
+  advance(e, in_place_n_);
 }
 
 // Encrypted data changes in whole 512-byte sectors: read and decrypt the partial ones, merge,
