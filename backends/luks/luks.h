@@ -116,7 +116,8 @@ class LuksImage final : public Image {
   Error set_parent(const std::optional<std::string>& filename,
                    const std::optional<std::string>& format) override;
 
-  Error resize(uint64_t new_size) override;
+  using Image::resize;
+  Error resize(uint64_t new_size, const ResizeOptions& opts) override;
   std::vector<InfoField> format_info() const override;
   bool encrypted() const override { return true; }
   std::vector<SnapshotInfo> snapshots() const override { return {}; }

@@ -83,6 +83,13 @@ Error QcowImage::shrink(uint64_t new_size) {
   size_ = new_size;
   header_dirty_ = true;
   if (Error e = FlushRequest::run_sync(*this)) return e;
+  // Refcount blocks that now count only themselves are unlinked and freed, as QEMU's
+  // qcow2_shrink_reftable does, so that the file can end before them.
+  if (refs_) {
+    if (Error e = refs_->drop_empty_blocks()) return e;
+    metadata_moved();
+    if (Error e = FlushRequest::run_sync(*this)) return e;
+  }
   return trim_file();
 }
 
