@@ -171,7 +171,7 @@ int cmd_resize(const Argv& argv_in) {
     (*disk)->close();
     return fail("Unsupported preallocation mode: " + prealloc);
   }
-  const bool zero_new = *size > old_size && prealloc == "off" && (*disk)->depth() > 1 &&
+  const bool zero_new = *size > old_size && (prealloc == "off" || prealloc == "metadata") && (*disk)->depth() > 1 &&
                         (*disk)->image(1).size() > old_size;
   if (zero_new && info_string(image, "compat") == "0.10") {
     (*disk)->close();
