@@ -263,6 +263,7 @@ class QcowImage final : public Image {
   // truncate_ops.cpp
   Error drop_clusters(uint64_t from);
   Error trim_file();
+  Error punch_freed(const std::vector<uint64_t>& before);
   Error shrink(uint64_t new_size);
 
   // image_lookup.cpp

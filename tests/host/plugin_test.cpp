@@ -105,7 +105,7 @@ void expect_refused(const std::string& plugin, const std::vector<std::string>& p
 
 TEST(PluginTest, AbiVersionIsInTheEntryPointName) {
   EXPECT_STREQ(VD_PLUGIN_ENTRY_NAME, "vd_plugin_entry_v" VD_PLUGIN_STR(VD_PLUGIN_ABI_VERSION));
-  EXPECT_EQ(VD_PLUGIN_ABI_VERSION, 3);
+  EXPECT_EQ(VD_PLUGIN_ABI_VERSION, 4);
 }
 
 TEST(PluginTest, PluginForOldAbiIsRefusedWithoutCallingIt) {
