@@ -168,6 +168,10 @@ Error QcowImage::preallocate_range(uint64_t from, uint64_t to, uint64_t& host_en
 // L2 entry (0 past the old end: zeros). Where the copy would stay invisible (extended L2:
 // the subcluster bitmap is kept, so unallocated subclusters still read as before), zeros.
 Error QcowImage::write_cow(uint64_t guest, uint64_t host, uint64_t from, uint64_t to, uint64_t entry) {
+  // Zeros of an encrypted image are written encrypted: without the key they cannot be.
+  if (hdr_.crypt_method != kCryptNone && !cipher_)
+    return Error(Errc::not_supported, "preallocating a partial cluster of an encrypted image needs its key")
+        .image(path_).at(guest);
   std::vector<std::byte> buf(to - from);
   const bool shared_data = !(entry & kOflagCompressed) && (entry & kL2OffsetMask) &&
                            (layout_.extended_l2 || !(entry & kOflagZero)) && !(entry & kOflagCopied);

@@ -10,7 +10,8 @@ namespace vdimg {
 namespace {
 
 const char kUsage[] =
-    "usage: vdimg resize [-f FMT] [--preallocation=MODE] [--shrink] [-q] IMAGE [+|-]SIZE\n"
+    "usage: vdimg resize [-f FMT] [--preallocation=MODE] [--shrink] [--passphrase-file FILE] [-q]\n"
+    "                    IMAGE [+|-]SIZE\n"
     "Sets the virtual size of IMAGE to SIZE, or grows/shrinks it by SIZE.\n"
     "  -f FMT     format of IMAGE\n"
     "  --preallocation=MODE  when growing: off (default), metadata (QCOW2: tables and\n"
@@ -18,6 +19,7 @@ const char kUsage[] =
     "             area allocated)\n"
     "  --shrink   allow making the image smaller (data past the new end is lost;\n"
     "             QCOW2 frees the clusters there, raw is truncated)\n"
+    "  --passphrase-file FILE  passphrase of an encrypted image\n"
     "  -q         quiet\n";
 
 // A leading '-' followed by a digit is a size, not an option: take it out before the option
@@ -130,6 +132,7 @@ int cmd_resize(const Argv& argv_in) {
   auto args = parse_args(argv, {{'f', "format", true}, {0, "shrink", false},
                                 {'q', "quiet", false}, {0, "preallocation", true},
                                 {0, "object", true}, {0, "image-opts", false},
+                                {0, "passphrase-file", true},
                                 {'U', "force-share", false}});
   if (!args) return fail(args.error());
   if (args->help) return print_usage(kUsage);
@@ -143,6 +146,7 @@ int cmd_resize(const Argv& argv_in) {
   req.path = args->positional[0];
   req.format = args->last("format");
   req.flags = 0;
+  if (vd::Error e = take_passphrase_file(*args, req)) return fail(e);
   // The chain is opened, as qemu-img does: a missing backing file fails in its words.
   req.force_share = args->has("force-share");  // refused: resizing writes
   auto disk = open_disk(ctx, req);

@@ -102,6 +102,34 @@ TEST(VdimgResizeGrow, MetadataPreallocationMatchesQemuImg) {
   }
 }
 
+// An encrypted image: the copy-on-write parts of the partial clusters are written encrypted
+// (vdimg takes the key with --passphrase-file, qemu-img with --object and --image-opts).
+TEST(VdimgResizeGrow, MetadataPreallocationOfAnEncryptedImageMatchesQemuImg) {
+  VD_REQUIRE_QCOW2();
+  TempDir dir;
+  const std::string secret = "--object secret,id=s0,data=pw ";
+  auto opts = [&](const std::string& f) { return "driver=qcow2,file.filename=" + q(dir.file(f)) + ",encrypt.key-secret=s0"; };
+  vdtest::sh("cd " + q(dir.path()) + " && printf pw > pw && qemu-img create -q -f qcow2 " + secret +
+             "-o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4k o.qcow2 1000k && qemu-io " + secret +
+             "--image-opts " + opts("o.qcow2") + " -c 'write -P 1 0 100k' -c 'write -P 2 990k 10k' >/dev/null");
+  exact_copy(dir.file("o.qcow2"), dir.file("a.qcow2"));
+  exact_copy(dir.file("o.qcow2"), dir.file("b.qcow2"));
+  CmdResult a = vdtest::vdimg({"resize", "--passphrase-file", dir.file("pw"), "--preallocation=metadata",
+                               dir.file("b.qcow2"), "3001k"});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  vdtest::sh("qemu-img resize -q " + secret + "--image-opts --preallocation=metadata " + opts("a.qcow2") + " 3001k");
+  for (const char* cmd : {"map --output=json ", "check "}) {
+    const std::string b = vdtest::sh("qemu-img " + std::string(cmd) + secret + "--image-opts " + opts("b.qcow2"));
+    EXPECT_EQ(b, vdtest::sh("qemu-img " + std::string(cmd) + secret + "--image-opts " + opts("a.qcow2"))) << cmd;
+    EXPECT_FALSE(b.empty()) << cmd;
+  }
+  EXPECT_EQ(vdtest::file_size(dir.file("b.qcow2")), vdtest::file_size(dir.file("a.qcow2")));
+  EXPECT_EQ(vdtest::run({"/bin/sh", "-c", "qemu-img compare -q " + secret + "--image-opts " + opts("a.qcow2") + " " +
+                                              opts("b.qcow2")})
+                .exit_code,
+            0);
+}
+
 // The L1 table grows past one cluster and new L2 tables follow (512-byte clusters: 32 KiB
 // per table): the old L1 table's cluster is reused as qemu reuses it.
 TEST(VdimgResizeGrow, MetadataPreallocationAcrossL2TablesMatchesQemuImg) {
