@@ -7,7 +7,9 @@
 // refcount is lowered (release_later: the flush's write_releases step runs after the L2 and
 // L1 tables are on disk). A crash in between leaks clusters, never leaves a table pointing
 // at a freed one. The file is trimmed only after that flush, past the last cluster that
-// still has a reference.
+// still has a reference. Before the trim, a shrink unlinks the refcount blocks left counting
+// nothing (Refcounts::drop_empty_blocks: table written first, a crash leaks) and gives the
+// clusters it freed back to the file system (discard), as QEMU's truncate does.
 #include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/image.h"
 
