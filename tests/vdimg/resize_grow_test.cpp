@@ -102,6 +102,25 @@ TEST(VdimgResizeGrow, MetadataPreallocationMatchesQemuImg) {
   }
 }
 
+// A snapshot shares the L2 table and the partial cluster at the old end: the table is copied
+// before it changes and the cluster's data moves to a new one, as qemu does.
+TEST(VdimgResizeGrow, MetadataPreallocationWithASnapshotMatchesQemuImg) {
+  VD_REQUIRE_QCOW2();
+  for (std::string opts : {"", "extended_l2=on", "cluster_size=4k"}) {
+    TempDir dir;
+    vdtest::sh("cd " + q(dir.path()) + " && qemu-img create -q -f qcow2 " + (opts.empty() ? "" : "-o " + opts) +
+               " o.qcow2 1000k && qemu-io -c 'write -P 1 0 100k' -c 'write -P 2 900k 100k' o.qcow2 >/dev/null && "
+               "qemu-img snapshot -c s1 o.qcow2");
+    exact_copy(dir.file("o.qcow2"), dir.file("a.qcow2"));
+    exact_copy(dir.file("o.qcow2"), dir.file("b.qcow2"));
+    resize_both(dir.path(), {"--preallocation=metadata", "3001k"}, opts);
+    expect_same(dir.file("b.qcow2"), dir.file("a.qcow2"), opts);
+    for (const char* f : {"a.qcow2", "b.qcow2"})
+      vdtest::sh("qemu-img convert -l s1 -O raw " + q(dir.file(f)) + " " + q(dir.file(std::string(f) + ".snap")));
+    EXPECT_EQ(vdtest::sha256_file(dir.file("a.qcow2.snap")), vdtest::sha256_file(dir.file("b.qcow2.snap"))) << opts;
+  }
+}
+
 // An encrypted image: the copy-on-write parts of the partial clusters are written encrypted
 // (vdimg takes the key with --passphrase-file, qemu-img with --object and --image-opts).
 TEST(VdimgResizeGrow, MetadataPreallocationOfAnEncryptedImageMatchesQemuImg) {
