@@ -46,8 +46,12 @@ Error LuksImage::set_parent(const std::optional<std::string>& filename,
 // ---- Resize, check, close ------------------------------------------------------------------
 
 // QEMU truncates the file to payload offset + new size; the key is not needed for that.
-Error LuksImage::resize(uint64_t new_size) {
+Error LuksImage::resize(uint64_t new_size, const ResizeOptions& opts) {
   if (!file_) return Error(Errc::internal, "resize after the image was closed").image(path_);
+  if (opts.preallocation != Preallocation::off)
+    return Error(Errc::not_supported, std::string("Unsupported preallocation mode: ") +
+                                                     preallocation_name(opts.preallocation))
+        .image(path_);
   if (flags_ & open_read_only)
     return Error(Errc::read_only, "resize refused: the image is open read-only").image(path_);
   if (!locks_.idle())

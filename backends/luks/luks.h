@@ -117,7 +117,8 @@ class LuksImage final : public Image {
   Error set_parent(const std::optional<std::string>& filename,
                    const std::optional<std::string>& format) override;
 
-  Error resize(uint64_t new_size) override;
+  using Image::resize;
+  Error resize(uint64_t new_size, const ResizeOptions& opts) override;
   Error amend(const AmendOptions& opts) override;
   std::vector<InfoField> format_info() const override;
   bool encrypted() const override { return true; }

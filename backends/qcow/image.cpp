@@ -27,11 +27,16 @@ Error QcowImage::set_lchs(const Geometry& g) {
 }
 
 // Growing: the new size is recorded, and a larger L1 table is allocated and written when the
-// old one cannot map it. Shrinking frees the clusters past the new end (truncate_ops.cpp).
-Error QcowImage::resize(uint64_t new_size) {
+// old one cannot map it; the new area is preallocated or zeroed as `opts` asks (grow_ops.cpp).
+// Shrinking frees the clusters past the new end (truncate_ops.cpp).
+Error QcowImage::resize(uint64_t new_size, const ResizeOptions& opts) {
   if (Error e = refuse_write("resize")) return e;
   if (hdr_.version == 1)
     return Error(Errc::not_supported, "Image format driver does not support resize").image(path_);
+  if (opts.preallocation != Preallocation::off && opts.preallocation != Preallocation::metadata)
+    return Error(Errc::not_supported, std::string("Unsupported preallocation mode: ") +
+                                          preallocation_name(opts.preallocation))
+        .image(path_);
   if (new_size % kSectorBytes)
     return Error(Errc::invalid_argument, "The new size must be a multiple of 512").image(path_);
   if (writes_active_ || flushing_)
@@ -39,23 +44,19 @@ Error QcowImage::resize(uint64_t new_size) {
   // A v2 snapshot records no disk size: it would take the new one (QEMU refuses too).
   if (hdr_.version == 2 && !snapshots_.empty())
     return Error(Errc::not_supported, "Can't resize a v2 image which has snapshots").image(path_);
+  if (new_size < size_ && opts.preallocation != Preallocation::off)
+    return Error(Errc::invalid_argument, "Preallocation can't be used for shrinking an image").image(path_);
   if (bitmaps_)
     if (Error e = bitmaps_->resize(new_size)) return e;
   if (new_size < size_) {
     if (Error e = shrink(new_size)) return e;
-  } else {
-    if (Error e = grow_l1((new_size + layout_.l2_coverage() - 1) / layout_.l2_coverage())) return e;
-    hdr_.size = new_size;
-    size_ = new_size;
-    header_dirty_ = true;
-    if (Error e = FlushRequest::run_sync(*this)) return e;
+    // An external data file takes the new size too, as QEMU does (once no entry points past
+    // the end any more).
+    if (data_file_)
+      if (Error e = data_file_->set_size(new_size)) return e.wrap("resizing", "external data file").image(path_);
+    return {};
   }
-  // An external data file takes the new size too, as QEMU does (after a shrink, once no
-  // entry points past the end any more).
-  if (data_file_) {
-    if (Error e = data_file_->set_size(new_size)) return e.wrap("resizing", "external data file").image(path_);
-  }
-  return {};
+  return grow(new_size, opts);
 }
 
 // A larger active L1 table in new clusters; the flush writes it whole before the header

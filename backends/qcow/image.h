@@ -7,6 +7,7 @@
 //   snapshot_ops.cpp      internal snapshots (synchronous)
 //   amend/                qemu-img amend: options, downgrade, refcount width
 //   truncate_ops.cpp      resize --shrink and make_empty: clusters dropped for good
+//   grow_ops.cpp          resize growing: preallocation=metadata, zeroing over a parent
 //   io/image_lookup.cpp   guest offset -> run, loading L2 tables (joined when already in flight)
 //   io/image_read.cpp     read and block_status
 //   io/image_write.cpp    write entry points, the write gate, allocation helpers, table updates
@@ -86,7 +87,8 @@ class QcowImage final : public Image {
   std::optional<std::string> parent_format() const override { return hdr_.backing_format; }
   Error set_parent(const std::optional<std::string>& filename,
                    const std::optional<std::string>& format) override;
-  Error resize(uint64_t new_size) override;
+  using Image::resize;
+  Error resize(uint64_t new_size, const ResizeOptions& opts) override;
 
   std::vector<InfoField> format_info() const override;
   bool encrypted() const override { return hdr_.crypt_method != kCryptNone; }
@@ -252,9 +254,16 @@ class QcowImage final : public Image {
                              const std::function<void(uint64_t)>& step);
   Error change_refcount_order(uint32_t order, AmendProgress& progress);
 
+  // grow_ops.cpp
+  Error grow(uint64_t new_size, const ResizeOptions& opts);
+  Error preallocate_range(uint64_t from, uint64_t to, uint64_t& host_end);
+  Error write_cow(uint64_t guest_cluster, uint64_t host, uint64_t from, uint64_t to, uint64_t entry);
+  Error zero_range(uint64_t from, uint64_t to);
+
   // truncate_ops.cpp
   Error drop_clusters(uint64_t from);
   Error trim_file();
+  Error punch_freed(const std::vector<uint64_t>& before);
   Error shrink(uint64_t new_size);
 
   // image_lookup.cpp

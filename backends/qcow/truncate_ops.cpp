@@ -7,7 +7,9 @@
 // refcount is lowered (release_later: the flush's write_releases step runs after the L2 and
 // L1 tables are on disk). A crash in between leaks clusters, never leaves a table pointing
 // at a freed one. The file is trimmed only after that flush, past the last cluster that
-// still has a reference.
+// still has a reference. Before the trim, a shrink unlinks the refcount blocks left counting
+// nothing (Refcounts::drop_empty_blocks: table written first, a crash leaks) and gives the
+// clusters it freed back to the file system (discard), as QEMU's truncate does.
 #include "backends/qcow/io/flush_request.h"
 #include "backends/qcow/image.h"
 
@@ -73,16 +75,51 @@ Error QcowImage::trim_file() {
   return {};
 }
 
+// The image file's clusters that had a reference in `before` and have none now are given
+// back to the file system (QEMU discards what a shrink frees: QCOW2_DISCARD_ALWAYS).
+Error QcowImage::punch_freed(const std::vector<uint64_t>& before) {
+  const uint64_t cs = layout_.cluster_size();
+  auto after = refs_->all_refcounts(before.size());
+  if (!after) return after.error();
+  for (uint64_t c = 0; c < before.size();) {
+    if (!(before[c] && !(*after)[c])) {
+      ++c;
+      continue;
+    }
+    uint64_t n = 1;
+    while (c + n < before.size() && before[c + n] && !(*after)[c + n]) ++n;
+    if (Error e = file_->discard(c * cs, n * cs)) return e;
+    c += n;
+  }
+  return {};
+}
+
 // Snapshots keep their own size and tables: only the active state shrinks (QEMU 7.2).
 Error QcowImage::shrink(uint64_t new_size) {
   forget_packing();
   if (Error e = FlushRequest::run_sync(*this)) return e;
+  std::vector<uint64_t> before;
+  if (refs_) {
+    auto size = file_->size();
+    if (!size) return size.error();
+    auto counts = refs_->all_refcounts((*size + layout_.cluster_size() - 1) / layout_.cluster_size());
+    if (!counts) return counts.error();
+    before = std::move(*counts);
+  }
   const uint64_t cs = layout_.cluster_size();
   if (Error e = drop_clusters((new_size + cs - 1) / cs * cs)) return e;
   hdr_.size = new_size;
   size_ = new_size;
   header_dirty_ = true;
   if (Error e = FlushRequest::run_sync(*this)) return e;
+  // Refcount blocks that now count only themselves are unlinked and freed, as QEMU's
+  // qcow2_shrink_reftable does, so that the file can end before them.
+  if (refs_) {
+    if (Error e = refs_->drop_empty_blocks()) return e;
+    metadata_moved();
+    if (Error e = FlushRequest::run_sync(*this)) return e;
+    if (Error e = punch_freed(before)) return e;
+  }
   return trim_file();
 }
 

@@ -70,7 +70,8 @@ class RawImage final : public Image {
   Error set_parent(const std::optional<std::string>& filename,
                    const std::optional<std::string>& format) override;
 
-  Error resize(uint64_t new_size) override;
+  using Image::resize;
+  Error resize(uint64_t new_size, const ResizeOptions& opts) override;
   std::vector<InfoField> format_info() const override { return {}; }
   bool encrypted() const override { return false; }
   std::vector<SnapshotInfo> snapshots() const override { return {}; }

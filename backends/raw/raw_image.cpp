@@ -243,8 +243,14 @@ Error RawImage::set_parent(const std::optional<std::string>& filename,
   return Error(Errc::not_supported, "raw image '" + path_ + "' cannot have a backing file");
 }
 
-Error RawImage::resize(uint64_t new_size) {
+// Preallocation of the new area is the caller's (vdimg reserves or writes it through the
+// data path); the file only changes length here.
+Error RawImage::resize(uint64_t new_size, const ResizeOptions& opts) {
   if (Error e = check_writable("resize")) return e;
+  if (opts.preallocation != Preallocation::off)
+    return Error(Errc::not_supported, std::string("Unsupported preallocation mode: ") +
+                                                     preallocation_name(opts.preallocation))
+        .image(path_);
   if (Error e = file_->set_size(new_size)) return e;
   size_ = round_up_to_sector(new_size);  // as at open: the partial last sector reads zeros past the end
   extent_cache_.reset();

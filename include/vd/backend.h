@@ -169,6 +169,37 @@ struct AmendOptions {
   std::function<void(uint64_t, uint64_t)> progress;
 };
 
+// How Image::resize fills the area a growing resize adds (qemu-img resize --preallocation,
+// QEMU's PreallocMode). Formats refuse a mode they do not have with not_supported ("Unsupported
+// preallocation mode: MODE"); shrinking takes `off` only.
+enum class Preallocation : uint8_t {
+  off,       // nothing allocated: the new area reads as zeros (or through the parent)
+  metadata,  // QCOW2: L2 tables and data clusters allocated, the data left unwritten
+  falloc,    // the file's blocks reserved as well
+  full,      // zeros written
+};
+
+constexpr const char* preallocation_name(Preallocation p) {
+  switch (p) {
+    case Preallocation::off: return "off";
+    case Preallocation::metadata: return "metadata";
+    case Preallocation::falloc: return "falloc";
+    case Preallocation::full: return "full";
+  }
+  return "?";
+}
+
+struct ResizeOptions {
+  Preallocation preallocation = Preallocation::off;
+  // Growing over a parent longer than the old size: the new area must read as zeros, not as
+  // the parent's data there (QEMU's truncate with BDRV_REQ_ZERO_WRITE). The format zeroes
+  // whole allocation units from the first unit boundary at or after the old size (QCOW2:
+  // cluster, or subcluster with extended L2; v3 only, else not_supported); the bytes
+  // between the old size and that boundary are the caller's to write (vdimg writes zeros
+  // there through the disk after the resize).
+  bool zero_new_area = false;
+};
+
 struct CheckReport {
   uint64_t corruptions = 0;
   uint64_t leaks = 0;
@@ -261,7 +292,11 @@ class VD_API Image {
   virtual Error set_parent(const std::optional<std::string>& filename,
                            const std::optional<std::string>& format) = 0;
 
-  virtual Error resize(uint64_t new_size) = 0;
+  // Sets the virtual size (whole sectors). Growing fills the new area as `opts` asks;
+  // shrinking drops what lies past the new end. Nothing may be in flight. Plugin ABI 4
+  // added `opts` (ABI 3 had resize(new_size) alone, which the overload below keeps).
+  virtual Error resize(uint64_t new_size, const ResizeOptions& opts) = 0;
+  Error resize(uint64_t new_size) { return resize(new_size, ResizeOptions{}); }
 
   // Descriptive information for `vdimg info`: format-specific fields in qemu-img's terms.
   virtual std::vector<InfoField> format_info() const = 0;

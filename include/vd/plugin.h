@@ -31,9 +31,9 @@
 #include "vd/error.h"
 
 // Bump with every change to what a plugin sees (a plain integer: it is pasted into a name).
-#define VD_PLUGIN_ABI_VERSION 3
+#define VD_PLUGIN_ABI_VERSION 4
 // The hash of the normalised plugin-visible headers (this line and the version's excluded).
-#define VD_PLUGIN_ABI_FINGERPRINT "fnv1a64-5797060b6030cb9e"
+#define VD_PLUGIN_ABI_FINGERPRINT "fnv1a64-a5862bb907304096"
 
 #define VD_PLUGIN_CAT_(a, b) a##b
 #define VD_PLUGIN_CAT(a, b) VD_PLUGIN_CAT_(a, b)

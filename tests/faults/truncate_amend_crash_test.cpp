@@ -4,6 +4,7 @@
 // number of changes in turn; what survives (unflushed changes dropped, or a random subset of
 // them written back in random order) must check with nothing worse than leaks and read as
 // the image read before (for make_empty: the chain, whose base holds the same data).
+#include <algorithm>
 #include <random>
 
 #include "backends/builtin.h"
@@ -35,7 +36,10 @@ Files crash_during(const Files& fixture, const Operation& op, uint64_t budget, s
 }
 
 // Every budget until the operation completes; `expect_read` gets the survivors' content.
-void sweep(const Files& fixture, const Operation& op, const OpenSpec& spec, const Bytes& want, uint64_t want_len) {
+// With `sizes` (a resize: the old and the new size), the image must have one of them and
+// read as `want` up to `want_len`, zeros after.
+void sweep(const Files& fixture, const Operation& op, const OpenSpec& spec, const Bytes& want, uint64_t want_len,
+           const std::vector<uint64_t>& sizes = {}) {
   std::mt19937 rng(7);
   for (uint64_t budget = 0; budget < 400; ++budget) {
     for (bool reorder : {false, true}) {
@@ -50,6 +54,15 @@ void sweep(const Files& fixture, const Operation& op, const OpenSpec& spec, cons
       vd::Error e = rig.open(spec);
       ASSERT_FALSE(e) << e.message();
       Bytes got = rig.read_all();
+      if (!sizes.empty()) {
+        EXPECT_NE(std::find(sizes.begin(), sizes.end(), rig.top().size()), sizes.end()) << rig.top().size();
+        EXPECT_EQ(got.size(), rig.top().size());
+        for (uint64_t i = want_len; i < got.size(); ++i)
+          if (got[i] != std::byte{0}) {
+            ADD_FAILURE() << "byte " << i << " past the old size is not zero";
+            break;
+          }
+      }
       got.resize(std::min<uint64_t>(got.size(), want_len));
       EXPECT_TRUE(got == Bytes(want.begin(), want.begin() + static_cast<long>(want_len)));
       if (finished) {
@@ -83,6 +96,31 @@ TEST(CrashRewrite, ShrinkKeepsWhatStays) {
                        "qemu-img convert -O raw top.qcow2 initial",
                        {"top.qcow2", "initial"});
   sweep(f, [](vd::Image& img) { return img.resize(410 * 1024); }, {}, f.at("initial"), 410 * 1024);
+}
+
+// Growing with preallocation=metadata: the L1 table moves, new L2 tables and clusters are
+// allocated (the partial cluster at the old end copied on write), then the size changes.
+// Whatever survives has the old size or the new one and reads the same below the old size.
+TEST(CrashRewrite, GrowWithMetadataPreallocationKeepsTheImage) {
+  Files f = make_files("qemu-img create -q -f qcow2 -o cluster_size=4k top.qcow2 1000k && "
+                       "qemu-io -c 'write -P 0x11 0 300k' -c 'write -z 300k 40k' -c 'write -P 0x22 990k 10k' "
+                       "top.qcow2 >/dev/null && qemu-img convert -O raw top.qcow2 initial",
+                       {"top.qcow2", "initial"});
+  const uint64_t old_size = 1000 * 1024, new_size = 2600 * 1024;  // the L1 table grows (2M per L2)
+  vd::ResizeOptions ro;
+  ro.preallocation = vd::Preallocation::metadata;
+  sweep(f, [ro](vd::Image& img) { return img.resize(new_size, ro); }, {}, f.at("initial"), old_size,
+        {old_size, new_size});
+}
+
+// Shrinking an image of 512-byte clusters drops the refcount blocks left empty (the
+// reftable written first): a crash leaks at most, and the image keeps what stays.
+TEST(CrashRewrite, ShrinkDroppingRefcountBlocksKeepsWhatStays) {
+  Files f = make_files("qemu-img create -q -f qcow2 -o cluster_size=512 top.qcow2 600k && "
+                       "qemu-io -c 'write -P 0x11 0 100k' -c 'write -P 0x22 400k 150k' top.qcow2 >/dev/null && "
+                       "qemu-img convert -O raw top.qcow2 initial",
+                       {"top.qcow2", "initial"});
+  sweep(f, [](vd::Image& img) { return img.resize(120 * 1024); }, {}, f.at("initial"), 120 * 1024);
 }
 
 TEST(CrashRewrite, RefcountWidthChangeAndDowngradeKeepTheImage) {

@@ -105,13 +105,13 @@ void expect_refused(const std::string& plugin, const std::vector<std::string>& p
 
 TEST(PluginTest, AbiVersionIsInTheEntryPointName) {
   EXPECT_STREQ(VD_PLUGIN_ENTRY_NAME, "vd_plugin_entry_v" VD_PLUGIN_STR(VD_PLUGIN_ABI_VERSION));
-  EXPECT_EQ(VD_PLUGIN_ABI_VERSION, 3);
+  EXPECT_EQ(VD_PLUGIN_ABI_VERSION, 4);
 }
 
 TEST(PluginTest, PluginForOldAbiIsRefusedWithoutCallingIt) {
   // Its vd_plugin_entry_v1 aborts if called: the name alone refuses it.
   expect_refused(VD_TEST_PLUGIN_OLD_ABI_PATH,
-                 {"plugin was built for vd plugin ABI 1; this vd needs 3", "rebuild"});
+                 {"plugin was built for vd plugin ABI 1; this vd needs " VD_PLUGIN_STR(VD_PLUGIN_ABI_VERSION), "rebuild"});
 }
 
 TEST(PluginTest, PluginBuiltAgainstOtherHeadersIsRefused) {
@@ -122,7 +122,7 @@ TEST(PluginTest, PluginBuiltAgainstOtherHeadersIsRefused) {
 
 TEST(PluginTest, WrongAbiVersionInTableIsRefused) {
   ScopedEnv env("VD_TEST_PLUGIN_ABI", "999");
-  expect_refused(vdtest::plugin_path(), {"plugin was built for vd plugin ABI 999; this vd needs 3"});
+  expect_refused(vdtest::plugin_path(), {"plugin was built for vd plugin ABI 999; this vd needs " VD_PLUGIN_STR(VD_PLUGIN_ABI_VERSION)});
 }
 
 TEST(PluginTest, WrongTableSizeIsRefused) {
@@ -212,7 +212,7 @@ TEST(PluginTest, VdimgRefusesMismatchedPluginAndExits) {
   auto r = vdtest::vdimg({"--plugin", VD_TEST_PLUGIN_OLD_ABI_PATH, "info", image});
   EXPECT_NE(r.exit_code, 0);
   EXPECT_TRUE(contains(r.err, VD_TEST_PLUGIN_OLD_ABI_PATH)) << r.err;
-  EXPECT_TRUE(contains(r.err, "built for vd plugin ABI 1; this vd needs 3")) << r.err;
+  EXPECT_TRUE(contains(r.err, "built for vd plugin ABI 1; this vd needs " VD_PLUGIN_STR(VD_PLUGIN_ABI_VERSION))) << r.err;
   EXPECT_FALSE(contains(r.out, "image:")) << r.out;  // the command did not run
 
   auto env = vdtest::run({"/usr/bin/env", std::string("VD_PLUGIN_PATH=") +

@@ -118,7 +118,7 @@ class PieceImage final : public vd::Image {
   Error set_parent(const std::optional<std::string>&, const std::optional<std::string>&) override {
     return {};
   }
-  Error resize(uint64_t) override { return {}; }
+  Error resize(uint64_t, const vd::ResizeOptions&) override { return {}; }
   std::vector<vd::InfoField> format_info() const override { return {}; }
   bool encrypted() const override { return false; }
   std::vector<vd::SnapshotInfo> snapshots() const override { return {}; }

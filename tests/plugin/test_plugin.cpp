@@ -72,7 +72,7 @@ class PlugImage final : public vd::Image {
                        const std::optional<std::string>&) override {
     return unsupported("backing files");
   }
-  vd::Error resize(uint64_t) override { return unsupported("resize"); }
+  vd::Error resize(uint64_t, const vd::ResizeOptions&) override { return unsupported("resize"); }
   std::vector<vd::InfoField> format_info() const override { return {}; }
   bool encrypted() const override { return false; }
   std::vector<vd::SnapshotInfo> snapshots() const override { return {}; }

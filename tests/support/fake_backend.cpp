@@ -111,7 +111,7 @@ class FakeImage final : public vd::Image {
   std::optional<std::string> parent_format() const override { return opt(h_.parent_format); }
   vd::Error set_parent(const std::optional<std::string>& filename,
                        const std::optional<std::string>& format) override;
-  vd::Error resize(uint64_t) override { return unsupported("resize"); }
+  vd::Error resize(uint64_t, const vd::ResizeOptions&) override { return unsupported("resize"); }
   std::vector<vd::InfoField> format_info() const override { return {}; }
   bool encrypted() const override { return false; }
   std::vector<vd::SnapshotInfo> snapshots() const override { return {}; }

@@ -252,7 +252,9 @@ Result<uint64_t> Refcounts::allocate(uint64_t count) {
     if (!still_free) continue;
     for (uint64_t c = start; c < start + count; ++c)
       if (Error e = set_cluster(c, 1)) return e;
-    if (start == free_hint_) free_hint_ = start + count;
+    // QEMU scans on from where its search ended: a hole before the run too small for it is
+    // passed over for good (until a cluster before it is freed), not tried again.
+    free_hint_ = start + count;
     return start << cfg_.cluster_bits;
   }
 }
@@ -358,6 +360,45 @@ Result<std::vector<uint64_t>> Refcounts::all_refcounts(uint64_t clusters) {
     out[c] = *v;
   }
   return out;
+}
+
+Error Refcounts::drop_empty_blocks() {
+  const uint64_t epb = entries_per_block();
+  std::vector<uint64_t> dropped;  // table indexes
+  for (uint64_t b = 0; b < table_.size(); ++b) {
+    const uint64_t off = table_[b] & kReftableOffsetMask;
+    if (!off) continue;
+    auto blk = block_for(b * epb, false);
+    if (!blk) return blk.error();
+    if (!*blk) continue;
+    const uint64_t self = off >> cfg_.cluster_bits;  // a block may count itself
+    bool empty = true;
+    for (uint64_t i = 0; i < epb && empty; ++i)
+      empty = (self / epb == b && i == self % epb) || read_entry(**blk, i) == 0;
+    if (empty) dropped.push_back(b);
+  }
+  if (dropped.empty()) return {};
+  std::vector<uint64_t> offsets;
+  for (uint64_t b : dropped) {
+    offsets.push_back(table_[b] & kReftableOffsetMask);
+    table_[b] = 0;
+    blocks_.erase(b);
+    dirty_blocks_.erase(b);
+  }
+  table_dirty_ = true;
+  ++table_epoch_;  // the overlap map forgets the blocks
+  bool moved = false;
+  if (Error e = write_table(moved)) return e;
+  if (Error e = file_.flush()) return e.wrap("flushing", "the refcount table").image(path_);
+  for (uint64_t off : offsets) {
+    const uint64_t c = off >> cfg_.cluster_bits;
+    auto blk = block_for(c, false);
+    if (!blk) return blk.error();
+    if (*blk)  // else it was counted by a block dropped here too
+      if (Error e = set_cluster(c, 0)) return e;
+    free_hint_ = std::min(free_hint_, c);
+  }
+  return {};
 }
 
 }  // namespace vd::qcow

@@ -118,6 +118,12 @@ class Refcounts {
   // Applies the held-back decreases in memory (the caller then writes the blocks).
   Error apply_releases();
 
+  // resize --shrink (QEMU's qcow2_shrink_reftable): unlinks every refcount block that counts
+  // nothing but itself. The table is written and flushed at once; only then does each
+  // block lose its own refcount, in memory (written by the next flush): a crash in between
+  // leaks the blocks, never leaves a table entry pointing at a free cluster.
+  Error drop_empty_blocks();
+
   // For check: iterate every cluster's refcount (reading every block).
   Result<std::vector<uint64_t>> all_refcounts(uint64_t clusters);
   uint64_t table_offset() const { return cfg_.table_offset; }
