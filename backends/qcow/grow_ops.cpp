@@ -87,21 +87,9 @@ Error QcowImage::preallocate_range(uint64_t from, uint64_t to, uint64_t& host_en
   const uint64_t first_cluster = from / cs, last_cluster = (to - 1) / cs;
   for (uint64_t guest = from; guest < to;) {
     const uint64_t l1i = layout_.l1_index(guest);
-    uint64_t l2_off = layout_.l2_offset(l1_[l1i]);
-    if (!l2_off || !(l1_[l1i] & kOflagCopied)) {
-      L2Ptr shared;
-      if (l2_off) {
-        auto t = l2_now(l1i, l2_off);
-        if (!t) return t.error();
-        shared = *t;
-      }
-      auto at = allocate_clusters(l2_table_clusters());
-      if (!at) return at.error();
-      install_l2(l1i, l2_off, *at, shared);
-      l2_off = *at;
-    } else if (auto t = l2_now(l1i, l2_off); !t) {
-      return t.error();
-    }
+    auto owned = owned_l2(l1i);
+    if (!owned) return owned.error();
+    const uint64_t l2_off = *owned;
     const uint64_t chunk_end = std::min(to, (guest | (layout_.l2_coverage() - 1)) + 1);
     L2Table& t = l2_for_update(l2_off);
     const uint64_t c_end = (chunk_end + cs - 1) / cs;
@@ -197,6 +185,26 @@ Error QcowImage::write_cow(uint64_t guest, uint64_t host, uint64_t from, uint64_
   return {};
 }
 
+// The L2 table under L1 entry `l1i` as this image's own, loaded and writable: allocated
+// when there is none, copied when a snapshot shares it (QEMU's get_cluster_table).
+Result<uint64_t> QcowImage::owned_l2(uint64_t l1i) {
+  const uint64_t l2_off = layout_.l2_offset(l1_[l1i]);
+  if (l2_off && (l1_[l1i] & kOflagCopied)) {
+    if (auto t = l2_now(l1i, l2_off); !t) return t.error();
+    return l2_off;
+  }
+  L2Ptr shared;
+  if (l2_off) {
+    auto t = l2_now(l1i, l2_off);
+    if (!t) return t.error();
+    shared = *t;
+  }
+  auto at = allocate_clusters(l2_table_clusters());
+  if (!at) return at.error();
+  install_l2(l1i, l2_off, *at, shared);
+  return *at;
+}
+
 // QEMU's qcow2_subcluster_zeroize with no flags over [from, to) (from on a subcluster
 // boundary, to the image end): zero subcluster bits in a partial first cluster, then every
 // cluster zero, keeping its host space; compressed clusters are dropped. Missing L2 tables
@@ -206,21 +214,9 @@ Error QcowImage::zero_range(uint64_t from, uint64_t to) {
   const unsigned w = layout_.words_per_entry();
   for (uint64_t guest = from; guest < to;) {
     const uint64_t l1i = layout_.l1_index(guest);
-    uint64_t l2_off = layout_.l2_offset(l1_[l1i]);
-    if (!l2_off || !(l1_[l1i] & kOflagCopied)) {
-      L2Ptr shared;
-      if (l2_off) {
-        auto t = l2_now(l1i, l2_off);
-        if (!t) return t.error();
-        shared = *t;
-      }
-      auto at = allocate_clusters(l2_table_clusters());
-      if (!at) return at.error();
-      install_l2(l1i, l2_off, *at, shared);
-      l2_off = *at;
-    } else if (auto t = l2_now(l1i, l2_off); !t) {
-      return t.error();
-    }
+    auto owned = owned_l2(l1i);
+    if (!owned) return owned.error();
+    const uint64_t l2_off = *owned;
     const uint64_t chunk_end = std::min(to, (guest | (layout_.l2_coverage() - 1)) + 1);
     L2Table& t = l2_for_update(l2_off);
     uint64_t g = guest;
