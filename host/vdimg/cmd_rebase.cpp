@@ -118,6 +118,13 @@ vd::Error safe_rebase(vd::Runtime& rt, vd::Disk& top, vd::Disk* fresh, QemuProgr
   return {};
 }
 
+// qemu-img records no backing file without its format (it refuses after copying in safe
+// mode; refused before here, the image is left as it was and reads the same).
+vd::Error no_backing_format(const std::string& name) {
+  return vd::Error(vd::Errc::invalid_argument,
+                   "Could not change the backing file to '" + name + "': backing format must be specified");
+}
+
 }  // namespace
 
 int cmd_rebase(const Argv& argv) {
@@ -153,6 +160,10 @@ int cmd_rebase(const Argv& argv) {
   if (!plain) return fail(plain.error());
   auto top = open_disk(ctx, *plain);
   if (!top) return fail(top.error());
+  if (args->has("u") && name && !fmt) {
+    (*top)->close();
+    return fail(no_backing_format(*name));
+  }
   vd::Error err;
   if (!args->has("u")) {
     std::unique_ptr<vd::Disk> fresh;
@@ -173,6 +184,11 @@ int cmd_rebase(const Argv& argv) {
         return fail("Could not open new backing file '" + *name + "': " + why);
       }
       fresh = std::move(*d);
+    }
+    if (name && !fmt) {
+      fresh->close();
+      (*top)->close();
+      return fail(no_backing_format(*name));
     }
     err = safe_rebase(ctx.rt, **top, fresh.get(), progress);
     if (fresh) fresh->close();

@@ -37,10 +37,14 @@ std::optional<std::string> take_negative_size(Argv& argv) {
 }
 
 vd::Result<uint64_t> new_size(const std::string& arg, uint64_t current) {
-  if (arg.empty()) return vd::Error(vd::Errc::invalid_argument, "Invalid image size specified");
-  char sign = arg[0] == '+' || arg[0] == '-' ? arg[0] : 0;
+  char sign = !arg.empty() && (arg[0] == '+' || arg[0] == '-') ? arg[0] : 0;
   auto amount = vd::parse_size(sign ? arg.substr(1) : arg);
-  if (!amount) return vd::Error(vd::Errc::invalid_argument, "Invalid image size specified");
+  // qemu-img parses the size as the option 'size' of its options: in those words.
+  if (!amount)
+    return vd::Error(vd::Errc::invalid_argument,
+                     "Parameter 'size' expects a non-negative number below 2^64\n"
+                     "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+                     "and exabytes, respectively.");
   if (sign == '+') {
     if (*amount > UINT64_MAX - current) return vd::Error(vd::Errc::too_large, "New image size too large");
     return current + *amount;
@@ -164,10 +168,12 @@ int cmd_resize(const Argv& argv_in) {
   }
   if (*size < image.size() && !args->has("shrink")) {
     (*disk)->close();
+    // qemu-img's order: the error, then the warning.
+    fail("Use the --shrink option to perform a shrink operation.");
     std::cerr << "vdimg: warning: Shrinking an image will delete all data beyond the shrunken "
                  "image's end. Before performing such an operation, make sure there is no "
                  "important data there.\n";
-    return fail(req.path + ": Use the --shrink option to perform a shrink operation.");
+    return kExitError;
   }
   const uint64_t old_size = image.size();
   const std::string format = format_name(image);

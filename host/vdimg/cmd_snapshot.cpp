@@ -41,10 +41,13 @@ int change_snapshot(const Args& args, const std::string& op, const std::string& 
   if (op == "create") {
     e = img.snapshot_create(name);
     what = "Could not create snapshot '" + name + "': ";
+    // qemu-img prints the driver's errno: "-95 (Operation not supported)".
+    if (e.is(vd::Errc::not_supported)) e = vd::Error(vd::Errc::not_supported, "-95 (Operation not supported)");
   } else if (op == "apply") {
     e = img.snapshot_apply(name);
     what = "Could not apply snapshot '" + name + "': ";
     if (e.is(vd::Errc::not_found)) e = vd::Error(vd::Errc::not_found, "Failed to load snapshot: No such file or directory");
+    if (e.is(vd::Errc::not_supported)) e = vd::Error(vd::Errc::not_supported, "Block driver does not support snapshots");
   } else {
     // qemu-img finds the snapshot to delete by name only (the first of that name).
     std::optional<std::string> id;

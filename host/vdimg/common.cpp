@@ -123,6 +123,13 @@ vd::Result<std::unique_ptr<vd::Disk>> open_file(Context& ctx, const OpenRequest&
     (*disk)->close();
     return could_not_open(shown, req.refusal);
   }
+  // qemu's warning for a raw image it guessed and will write (vd guards sector 0 the same).
+  if (!(req.flags & vd::open_read_only) && !req.format && format_name((*disk)->image(0)) == "raw")
+    std::cerr << "WARNING: Image format was not specified for '" << shown
+              << "' and probing guessed raw.\n"
+                 "         Automatically detecting the format is dangerous for raw images, write operations on "
+                 "block 0 will be restricted.\n"
+                 "         Specify the 'raw' format explicitly to remove the restrictions.\n";
   return disk;
 }
 

@@ -2,7 +2,8 @@
 // qemu's order and defaults, the -o values refused before anything is made (unknown names,
 // wrong types) and after (the format's own refusals), the file options nocow and
 // extent_size_hint, qcow's preallocation, and qemu's words when a file or backing file is
-// missing. Same stdout, same stderr (tool name aside), same exit code, same file left.
+// missing; and the words of other commands' refusals (resize, rebase, snapshot, the raw
+// probing warning). Same stdout, same stderr (tool name aside), same exit code, same file.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -20,9 +21,11 @@ struct Outcome {
   bool made = false;
 };
 
-Outcome run_in(const std::string& dir, const std::string& tool, const Argv& args, const std::string& made) {
+Outcome run_in(const std::string& dir, const std::string& tool, const Argv& args, const std::string& made,
+               const std::string& setup) {
   std::filesystem::remove_all(dir + "/out");
   std::filesystem::create_directories(dir + "/out");
+  if (!setup.empty()) vdtest::sh("cd " + dir + " && " + setup);
   std::string line = "cd " + dir + " && " + tool;
   for (const auto& a : args) line += " '" + a + "'";
   Outcome o;
@@ -38,11 +41,12 @@ class CreateOptions : public ::testing::Test {
     vdtest::sh("cd " + dir_.path() + " && qemu-img create -q -f qcow2 base.qcow2 8M && mkdir -p sub");
   }
   // `made`: the file the command creates (relative to the folder), compared too.
-  void expect_same(const Argv& args, const std::string& made = "out/x") {
+  // `setup` runs before each tool (a fresh copy of what the command changes).
+  void expect_same(const Argv& args, const std::string& made = "out/x", const std::string& setup = "") {
     std::string shown;
     for (const auto& a : args) shown += " " + a;
-    auto theirs = run_in(dir_.path(), "qemu-img", args, made);
-    auto ours = run_in(dir_.path(), vdtest::vdimg_path(), args, made);
+    auto theirs = run_in(dir_.path(), "qemu-img", args, made, setup);
+    auto ours = run_in(dir_.path(), vdtest::vdimg_path(), args, made, setup);
     EXPECT_EQ(ours.result.exit_code, theirs.result.exit_code) << shown << "\n" << ours.result.err;
     EXPECT_EQ(ours.result.out, theirs.result.out) << shown;
     EXPECT_EQ(vdtest::without_tool_prefix(ours.result.err), vdtest::without_tool_prefix(theirs.result.err))
@@ -92,6 +96,27 @@ TEST_F(CreateOptions, ConvertTargetOptionsMatchQemuImg) {
   expect_same({"convert", "-O", "qcow", "-o", "preallocation=full", "base.qcow2", "out/x"});
   expect_same({"convert", "-O", "qcow", "-o", "preallocation=metadata", "base.qcow2", "out/x"});
   expect_same({"convert", "-O", "qcow2", "base.qcow2", "nodir/x"}, "nodir/x");
+}
+
+TEST_F(CreateOptions, OtherCommandsRefuseInQemuImgsWords) {
+  const std::string fresh =
+      "rm -f w.qcow2 top.qcow2 r.raw && cp base.qcow2 w.qcow2 && "
+      "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 && qemu-img create -q -f raw r.raw 4M";
+  // resize: the shrink refusal (error, then warning) and the size in qemu's option words.
+  expect_same({"resize", "w.qcow2", "-1M"}, "w.qcow2", fresh);
+  for (const std::string size : {"abc", "+abc", ""}) expect_same({"resize", "w.qcow2", size}, "w.qcow2", fresh);
+  // rebase records no backing file without its format.
+  expect_same({"rebase", "-u", "-b", "x", "top.qcow2"}, "top.qcow2", fresh);
+  expect_same({"rebase", "-b", "w.qcow2", "top.qcow2"}, "top.qcow2", fresh);
+  auto info = vdtest::run({"qemu-img", "info", dir_.file("top.qcow2")});
+  EXPECT_NE(info.out.find("backing file format: qcow2"), std::string::npos) << info.out;
+  // A raw image opened for writing without -f: qemu's warning (vd restricts sector 0 too).
+  expect_same({"resize", "r.raw", "8M"}, "r.raw", fresh);
+  expect_same({"resize", "-f", "raw", "r.raw", "8M"}, "r.raw", fresh);
+  // Internal snapshots on formats without them.
+  expect_same({"snapshot", "-c", "s", "r.raw"}, "r.raw", fresh);
+  const std::string v1 = fresh + " && rm -f v1.qcow && qemu-img create -q -f qcow v1.qcow 1M";
+  for (const std::string op : {"-c", "-a", "-d"}) expect_same({"snapshot", op, "s", "v1.qcow"}, "v1.qcow", v1);
 }
 
 }  // namespace
