@@ -89,9 +89,8 @@ Error QcowImage::preallocate_range(uint64_t from, uint64_t to, uint64_t& host_en
     const uint64_t l1i = layout_.l1_index(guest);
     auto owned = owned_l2(l1i);
     if (!owned) return owned.error();
-    const uint64_t l2_off = *owned;
-    const uint64_t chunk_end = std::min(to, (guest | (layout_.l2_coverage() - 1)) + 1);
-    L2Table& t = l2_for_update(l2_off);
+    L2Table& t = **owned;
+    const uint64_t chunk_end = std::min(to, layout_.l2_table_end(guest));
     const uint64_t c_end = (chunk_end + cs - 1) / cs;
     for (uint64_t c = guest / cs; c < c_end;) {
       auto at = [&](uint64_t k) { return layout_.l2_index(k * cs) * w; };
@@ -185,13 +184,13 @@ Error QcowImage::write_cow(uint64_t guest, uint64_t host, uint64_t from, uint64_
   return {};
 }
 
-// The L2 table under L1 entry `l1i` as this image's own, loaded and writable: allocated
-// when there is none, copied when a snapshot shares it (QEMU's get_cluster_table).
-Result<uint64_t> QcowImage::owned_l2(uint64_t l1i) {
+// The L2 table under L1 entry `l1i` as this image's own, loaded and marked for update:
+// allocated when there is none, copied when a snapshot shares it (QEMU's get_cluster_table).
+Result<L2Table*> QcowImage::owned_l2(uint64_t l1i) {
   const uint64_t l2_off = layout_.l2_offset(l1_[l1i]);
   if (l2_off && (l1_[l1i] & kOflagCopied)) {
     if (auto t = l2_now(l1i, l2_off); !t) return t.error();
-    return l2_off;
+    return &l2_for_update(l2_off);
   }
   L2Ptr shared;
   if (l2_off) {
@@ -202,7 +201,7 @@ Result<uint64_t> QcowImage::owned_l2(uint64_t l1i) {
   auto at = allocate_clusters(l2_table_clusters());
   if (!at) return at.error();
   install_l2(l1i, l2_off, *at, shared);
-  return *at;
+  return &l2_for_update(*at);
 }
 
 // QEMU's qcow2_subcluster_zeroize with no flags over [from, to) (from on a subcluster
@@ -216,9 +215,8 @@ Error QcowImage::zero_range(uint64_t from, uint64_t to) {
     const uint64_t l1i = layout_.l1_index(guest);
     auto owned = owned_l2(l1i);
     if (!owned) return owned.error();
-    const uint64_t l2_off = *owned;
-    const uint64_t chunk_end = std::min(to, (guest | (layout_.l2_coverage() - 1)) + 1);
-    L2Table& t = l2_for_update(l2_off);
+    L2Table& t = **owned;
+    const uint64_t chunk_end = std::min(to, layout_.l2_table_end(guest));
     uint64_t g = guest;
     if (g % cs) {  // extended L2: the subclusters from `g` to the cluster's end (or `to`)
       const uint64_t i = layout_.l2_index(g) * w;

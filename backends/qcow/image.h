@@ -172,7 +172,7 @@ class QcowImage final : public Image {
   // Links the L2 table at `at` (a copy of `from`, or empty) in L1 entry `l1_index`, in
   // memory; `old` (0: none) loses the reference the active L1 held.
   void install_l2(uint64_t l1_index, uint64_t old, uint64_t at, const L2Ptr& from);
-  Result<uint64_t> owned_l2(uint64_t l1_index);
+  Result<L2Table*> owned_l2(uint64_t l1_index);
   // Points the guest clusters from `guest` at `entries` (L2 entry words, one or two per
   // cluster with extended L2) in the loaded L2 table at `l2_offset`, releasing what the
   // old entries referenced. Shared by normal and compressed writes.

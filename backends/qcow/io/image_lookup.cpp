@@ -9,7 +9,7 @@ namespace vd::qcow {
 
 void QcowImage::lookup(uint64_t guest, uint64_t max_len, RunHandler done) {
   const uint64_t l1i = layout_.l1_index(guest);
-  const uint64_t table_end = (guest | (layout_.l2_coverage() - 1)) + 1;
+  const uint64_t table_end = layout_.l2_table_end(guest);
   const uint64_t l2_off = l1i < l1_.size() ? layout_.l2_offset(l1_[l1i]) : 0;
   if (l2_off == 0) {
     // No L2 table: the whole range it would map is unallocated.
@@ -28,7 +28,7 @@ std::optional<Result<Run>> QcowImage::lookup_cached(uint64_t guest, uint64_t max
   const uint64_t l1i = layout_.l1_index(guest);
   const uint64_t l2_off = l1i < l1_.size() ? layout_.l2_offset(l1_[l1i]) : 0;
   if (l2_off == 0) {
-    const uint64_t table_end = (guest | (layout_.l2_coverage() - 1)) + 1;
+    const uint64_t table_end = layout_.l2_table_end(guest);
     return Result<Run>(Run{Run::Kind::unallocated, std::min(max_len, table_end - guest)});
   }
   L2Ptr t;

@@ -78,7 +78,7 @@ void ZeroRequest::next_chunk() {
   const bool backing = img_.header().backing_file.has_value();
   if (!l2_off && !backing) {
     // No table and nothing below: the whole table's range already reads as zeros.
-    pos_ = std::min(end_, (pos_ | (l.l2_coverage() - 1)) + 1);
+    pos_ = std::min(end_, l.l2_table_end(pos_));
     return img_.io().post([self = shared_from_this()] { self->next_chunk(); });
   }
   if (!l2_off || !(entry & kOflagCopied)) {
@@ -90,7 +90,7 @@ void ZeroRequest::next_chunk() {
 void ZeroRequest::handle_table(Error e, uint64_t l2_offset) {
   if (e) return finish(e);
   const Layout& l = img_.layout();
-  const uint64_t chunk_end = std::min(end_, (pos_ | (l.l2_coverage() - 1)) + 1);
+  const uint64_t chunk_end = std::min(end_, l.l2_table_end(pos_));
   const uint64_t first = pos_ >> l.cluster_bits;
   const uint64_t count = ((chunk_end - 1) >> l.cluster_bits) - first + 1;
   if (uint64_t c; img_.clusters().any_held(first, count, &c)) {
@@ -105,7 +105,7 @@ void ZeroRequest::apply(uint64_t l2_offset) {
   const Layout& l = img_.layout();
   const bool v3 = l.version >= 3;
   const bool backing = img_.header().backing_file.has_value();
-  const uint64_t chunk_end = std::min(end_, (pos_ | (l.l2_coverage() - 1)) + 1);
+  const uint64_t chunk_end = std::min(end_, l.l2_table_end(pos_));
   const uint64_t all_zero = 0xffffffffull << 32;
   // An external data file maps guest offsets 1:1. QEMU keeps a raw one (data_file_raw) reading
   // as the guest does, and passes discards down to it: so do we.

@@ -93,7 +93,7 @@ Result<Unit> decode_v2(const Layout& l, const L2Table& t, uint64_t idx, uint32_t
 Result<Run> decode_run(const Layout& l, const L2Table& t, uint64_t l2_offset, uint64_t guest,
                        uint64_t max_len, const std::string& path) {
   const uint64_t unit_bytes = 1ull << l.sub_bits();
-  const uint64_t table_end = (guest | (l.l2_coverage() - 1)) + 1;
+  const uint64_t table_end = l.l2_table_end(guest);
   const uint64_t end = std::min(guest + max_len, table_end);
   Run run;
   uint64_t pos = guest;

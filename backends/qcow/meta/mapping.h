@@ -25,6 +25,8 @@ struct Layout {
   uint64_t l2_table_bytes() const { return l2_entries() * 8 * words_per_entry(); }
   // Bytes of guest space one L2 table maps.
   uint64_t l2_coverage() const { return 1ull << (cluster_bits + l2_bits); }
+  // The end of the guest range the L2 table holding `guest` maps.
+  uint64_t l2_table_end(uint64_t guest) const { return (guest | (l2_coverage() - 1)) + 1; }
   uint64_t l1_index(uint64_t guest) const { return guest >> (cluster_bits + l2_bits); }
   uint64_t l2_index(uint64_t guest) const { return (guest >> cluster_bits) & (l2_entries() - 1); }
   // Allocation granularity inside a cluster: 32 subclusters with extended L2.
