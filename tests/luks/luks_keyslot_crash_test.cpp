@@ -83,14 +83,17 @@ Volume make_volume() {
   return out;
 }
 
+// The LUKS header at the start of `bytes`, parsed.
+vd::Result<LuksInfo> header_of(const std::vector<std::byte>& bytes) {
+  return luks_parse(std::span(bytes.data(), kLuksHeaderSize), "mem.luks");
+}
+
 // Runs an amend on a copy of `vol` with the power cut after `budget` writes; returns the copy.
 PowerCutFile amend_with_cut(const Volume& vol, const std::map<std::string, std::string>& options, bool force,
                             std::optional<uint64_t> budget, bool torn, Error& result) {
   PowerCutFile f;
   f.bytes = vol.bytes;
-  std::array<std::byte, kLuksHeaderSize> raw;
-  std::memcpy(raw.data(), vol.bytes.data(), raw.size());
-  auto info = luks_parse(raw, "mem.luks");
+  auto info = header_of(vol.bytes);
   EXPECT_TRUE(info.ok());
   f.budget = budget;
   f.torn = torn;
@@ -104,9 +107,7 @@ PowerCutFile amend_with_cut(const Volume& vol, const std::map<std::string, std::
 bool opens(PowerCutFile& f, const Volume& vol, const std::string& pw) {
   PowerCutFile copy;
   copy.bytes = f.bytes;
-  std::array<std::byte, kLuksHeaderSize> raw;
-  std::memcpy(raw.data(), f.bytes.data(), raw.size());
-  auto info = luks_parse(raw, "mem.luks");
+  auto info = header_of(f.bytes);
   EXPECT_TRUE(info.ok());
   if (!info) return false;
   const LuksArea area{copy, 0, vol.payload, "mem.luks"};
@@ -195,9 +196,7 @@ TEST(LuksKeySlotCrash, ReplacingTheOnlySlotAlwaysLeavesAKey) {
           if (finished) {
             EXPECT_TRUE(opens(f, vol, "pw1"));
             EXPECT_FALSE(opens(f, vol, "pw0"));
-            std::array<std::byte, kLuksHeaderSize> raw;
-            std::memcpy(raw.data(), f.bytes.data(), raw.size());
-            auto info = luks_parse(raw, "mem.luks");
+            auto info = header_of(f.bytes);
             ASSERT_TRUE(info.ok());
             EXPECT_EQ(info->active_slots(), 1u);  // the staging slot is gone again
             EXPECT_TRUE(info->slots[0].active);
