@@ -62,6 +62,16 @@ class UringRingTest : public ::testing::Test {
     return wait([&](vd::Completion d) { f.async_read(IoKind::data, off, b, std::move(d)); });
   }
 
+  // Starts `n` 4 KiB reads of the first blocks of `f` into `buf`, each completion expecting
+  // success and counting itself in `done`.
+  static void start_reads(vd::File& f, Aligned& buf, int n, int& done) {
+    for (int i = 0; i < n; ++i)
+      f.async_read(IoKind::data, i * 4096, std::span(buf.p + i * 4096, 4096), [&done](Error e) {
+        EXPECT_FALSE(e);
+        ++done;
+      });
+  }
+
   asio::io_context ctx_;
   asio::thread_pool pool_{2};
   vdtest::TempDir dir_{std::filesystem::absolute(".").string()};
@@ -156,11 +166,7 @@ TEST_F(UringRingTest, OperationRecordsAreReused) {
   // 400 reads, four at a time.
   int done = 0;
   for (int round = 0; round < 100; ++round) {
-    for (int i = 0; i < 4; ++i)
-      f->async_read(IoKind::data, i * 4096, std::span(buf.p + i * 4096, 4096), [&](Error e) {
-        EXPECT_FALSE(e);
-        ++done;
-      });
+    start_reads(*f, buf, 4, done);
     ctx_.restart();
     while (done < 4 * (round + 1)) ASSERT_GT(ctx_.run_one(), 0u);
   }
@@ -214,11 +220,7 @@ TEST_F(UringRingTest, DestructorWaitsForRequestsWhenNobodyRunsTheExecutor) {
   ASSERT_FALSE(write(*f, 0, out.span()));
   std::memset(in.p, 0, in.n);
   int done = 0;
-  for (int i = 0; i < 16; ++i)
-    f->async_read(IoKind::data, i * 4096, std::span(in.p + i * 4096, 4096), [&](Error e) {
-      EXPECT_FALSE(e);
-      ++done;
-    });
+  start_reads(*f, in, 16, done);
   f.reset();
   p.reset();  // every read has finished when this returns
   EXPECT_EQ(std::memcmp(in.p, out.p, in.n), 0);
@@ -240,11 +242,7 @@ TEST_F(UringRingTest, TheLoopSleepsOnTheEventfdAndTheExecutorRunsOutOfWork) {
     ASSERT_FALSE(write(*f, 0, buf.span()));
     int done = 0;
     for (int round = 0; round < 20; ++round) {
-      for (int i = 0; i < 8; ++i)
-        f->async_read(IoKind::data, i * 4096, std::span(buf.p + i * 4096, 4096), [&](Error e) {
-          EXPECT_FALSE(e);
-          ++done;
-        });
+      start_reads(*f, buf, 8, done);
       ctx_.restart();
       ctx_.run();  // returns only once the ring has nothing in flight and waits for nothing
       EXPECT_EQ(done, 8 * (round + 1));
