@@ -97,20 +97,6 @@ vd::Result<std::unique_ptr<vd::Disk>> reopen(Context& ctx, const std::vector<Cha
   return vd::Disk::assemble(std::move(images), &ctx.rt.files());
 }
 
-vd::Result<vd::DiskExtent> status(vd::Runtime& rt, vd::Disk& d, uint64_t off, uint64_t len) {
-  vd::DiskExtent x;
-  vd::Error e = rt.wait([&](vd::Completion done) {
-    d.block_status(off, len, [&x, done](vd::Error err, vd::DiskExtent ext) {
-      x = ext;
-      done(err);
-    });
-  });
-  if (e) return e;
-  if (x.extent.length == 0 || x.extent.length > len)
-    return vd::Error(vd::Errc::internal, "block status at " + vd::hex(off) + " returned a bad length");
-  return x;
-}
-
 // Holds the copy to `rate` bytes per second (0: unlimited).
 class Throttle {
  public:
@@ -165,7 +151,7 @@ struct CommitJob {
     }
     std::vector<std::byte> buf;
     for (uint64_t pos = 0; pos < end;) {
-      auto x = status(rt, disk, pos, end - pos);
+      auto x = block_status_of(rt, disk, pos, end - pos);
       if (!x) return x.error();
       if (x->level >= 0 && static_cast<size_t>(x->level) < base &&
           x->extent.kind != vd::Extent::Kind::unallocated) {

@@ -107,17 +107,9 @@ struct StatusAt {
 };
 
 vd::Result<StatusAt> status_at(vd::Runtime& rt, const Side& side, uint64_t offset) {
-  vd::DiskExtent x;
-  vd::Error err = rt.wait([&](vd::Completion done) {
-    side.disk->block_status(offset, side.size - offset, [&x, done](vd::Error e, vd::DiskExtent ext) {
-      x = ext;
-      done(e);
-    });
-  });
-  if (!err && (x.extent.length == 0 || x.extent.length > side.size - offset))
-    err = vd::Error(vd::Errc::internal, "block status at " + vd::hex(offset) + " returned a bad length");
-  if (err) return err;
-  return StatusAt{status_of(side, offset, x), x.extent.length};
+  auto x = block_status_of(rt, *side.disk, offset, side.size - offset);
+  if (!x) return x.error();
+  return StatusAt{status_of(side, offset, *x), x->extent.length};
 }
 
 // Reads the same range of two disks at once.

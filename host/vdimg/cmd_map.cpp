@@ -133,20 +133,6 @@ class MapPrinter {
   std::ostringstream out_;
 };
 
-vd::Result<vd::DiskExtent> status_at(vd::Runtime& rt, vd::Disk& disk, uint64_t pos, uint64_t len) {
-  vd::DiskExtent x;
-  vd::Error err = rt.wait([&](vd::Completion done) {
-    disk.block_status(pos, len, [&x, done](vd::Error e, vd::DiskExtent ext) {
-      x = ext;
-      done(e);
-    });
-  });
-  if (err) return err;
-  if (x.extent.length == 0 || x.extent.length > len)
-    return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos) + " returned a bad length");
-  return x;
-}
-
 // qemu-img map's loop over [start, end). Returns false when the printer refused an entry.
 vd::Result<bool> walk_map(vd::Runtime& rt, vd::Disk& disk, uint64_t start, uint64_t end,
                           MapPrinter& printer) {
@@ -156,7 +142,7 @@ vd::Result<bool> walk_map(vd::Runtime& rt, vd::Disk& disk, uint64_t start, uint6
   curr.start = start;
   while (curr.start + curr.length < end) {
     const uint64_t pos = curr.start + curr.length;
-    auto x = status_at(rt, disk, pos, end - pos);
+    auto x = block_status_of(rt, disk, pos, end - pos);
     if (!x) return x.error();
     MapEntry next = entry_of(disk, files, pos, *x);
     if (mergeable(curr, next)) {

@@ -63,16 +63,9 @@ vd::Result<uint64_t> data_clusters_bytes(Context& ctx, vd::Disk& disk, uint64_t 
   const uint64_t size = disk.size();
   uint64_t bytes = 0;
   for (uint64_t pos = 0; pos < size;) {
-    vd::DiskExtent x;
-    vd::Error err = ctx.rt.wait([&](vd::Completion done) {
-      disk.block_status(pos, size - pos, [&x, done](vd::Error e, vd::DiskExtent ext) {
-        x = ext;
-        done(e);
-      });
-    });
-    if (err) return err.wrap("Unable to get block status");
-    if (x.extent.length == 0)
-      return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos) + " returned nothing");
+    auto status = block_status_of(ctx.rt, disk, pos, size - pos);
+    if (!status) return status.error().wrap("Unable to get block status");
+    const vd::DiskExtent& x = *status;
     const bool data = x.level >= 0 && x.extent.kind == vd::Extent::Kind::data && !x.extent.zero_data;
     if (!data) {
       pos += x.extent.length;

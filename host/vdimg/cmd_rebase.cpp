@@ -76,16 +76,9 @@ vd::Result<std::pair<bool, uint64_t>> top_allocation(vd::Runtime& rt, vd::Disk& 
   std::optional<bool> held;
   uint64_t run = 0;
   while (run < len) {
-    vd::DiskExtent x;
-    vd::Error e = rt.wait([&](vd::Completion done) {
-      top.block_status(pos + run, len - run, [&x, done](vd::Error err, vd::DiskExtent ext) {
-        x = ext;
-        done(err);
-      });
-    });
-    if (e) return e;
-    if (x.extent.length == 0 || x.extent.length > len - run)
-      return vd::Error(vd::Errc::internal, "block status at " + vd::hex(pos + run) + " returned a bad length");
+    auto status = block_status_of(rt, top, pos + run, len - run);
+    if (!status) return status.error();
+    const vd::DiskExtent& x = *status;
     // Anything the top does not hold itself reads from below: it may change with the base.
     const bool here = x.level == 0 && x.extent.kind != vd::Extent::Kind::unallocated;
     if (held && *held != here) break;

@@ -299,6 +299,20 @@ vd::Error qemu_open_error(const std::string& top, const vd::Error& e) {
   return vd::Error(vd::Errc::not_found, msg).sys_errno(ENOENT);
 }
 
+vd::Result<vd::DiskExtent> block_status_of(vd::Runtime& rt, vd::Disk& disk, uint64_t off, uint64_t len) {
+  vd::DiskExtent x;
+  vd::Error e = rt.wait([&](vd::Completion done) {
+    disk.block_status(off, len, [&x, done](vd::Error err, vd::DiskExtent ext) {
+      x = ext;
+      done(err);
+    });
+  });
+  if (e) return e;
+  if (x.extent.length == 0 || x.extent.length > len)
+    return vd::Error(vd::Errc::internal, "block status at " + vd::hex(off) + " returned a bad length");
+  return x;
+}
+
 // The image is named once, by the error's path field; an error that has one keeps it.
 vd::Error name_image(const vd::Error& error, const std::string& path) {
   if (!error || !error.path().empty()) return error;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <string>
 
+#include "host/vdimg/vdimg.h"
+
 namespace vdimg {
 
 namespace {
@@ -18,15 +20,10 @@ enum class Status { data, zero, backing };
 vd::Result<std::pair<Status, uint64_t>> status_at(vd::Runtime& rt, vd::Disk& src, uint64_t offset,
                                                   uint64_t length, bool overlay, uint64_t cluster) {
   if (cluster) length = std::min(length, cluster - offset % cluster);
-  vd::DiskExtent x;
-  vd::Error e = rt.wait([&](vd::Completion done) {
-    src.block_status(offset, length, [&x, done](vd::Error err, vd::DiskExtent ext) {
-      x = ext;
-      done(err);
-    });
-  });
-  if (e) return e;
-  const uint64_t len = std::min(std::max<uint64_t>(x.extent.length, 1), length);
+  auto status = block_status_of(rt, src, offset, length);
+  if (!status) return status.error();
+  const vd::DiskExtent& x = *status;
+  const uint64_t len = x.extent.length;
   using Kind = vd::Extent::Kind;
   // With -B only the top image counts (the base of the query is its backing file).
   if (overlay && x.level != 0) return std::make_pair(Status::backing, len);

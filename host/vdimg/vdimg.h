@@ -87,6 +87,9 @@ std::string display_name(const OpenRequest& req, const vd::Disk& disk);
 // open_disk, with a missing internal snapshot (req.snapshot) in qemu-img's words.
 vd::Result<std::unique_ptr<vd::Disk>> open_disk_at_snapshot(Context& ctx, const OpenRequest& req);
 vd::Error qemu_open_error(const std::string& top, const vd::Error& e);
+// Disk::block_status of [off, off + len), waited for; an answer of no bytes or more than
+// asked is an internal error naming the offset.
+vd::Result<vd::DiskExtent> block_status_of(vd::Runtime& rt, vd::Disk& disk, uint64_t off, uint64_t len);
 
 
 // Host cache and aio options as qemu-img and qemu-io take them; one parser for every
